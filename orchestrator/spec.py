@@ -1,0 +1,401 @@
+"""Sweep specification: YAML -> typed, fully validated `SweepSpec`.
+
+Why this module is strict: a sweep runs for days on rented GPUs, so every mistake that can be found by reading
+the YAML must be found *before* Ray or MLflow start. Every section forbids unknown keys, vocabularies are closed
+(`Method`, `EvalSuite`, registry model names), and `SpecError` carries one human line naming the file, the dotted
+key, the bad value and what is allowed (with close matches for names), which the CLI prints with exit code 2.
+
+Layout of a sweep file (values only, no code)::
+
+    name: teacher_vs_student
+    reproduces: [supp_table4]
+    grid: {student: [...], teacher: [...], data_fraction: [0.5], method: [ours], seed: [0]}
+    eval: [clean, c, p]
+    train: {...}; teacher_train: {...}; pretrain: {...}; pool: {...}; data: {...}; resources: {...}
+    profiles: {local: {<any of the sections above, merged over the base>}, paper: {...}}
+
+A profile is a partial override of the base sections; `--set a.b=v` overrides the merged result. The resolved
+document is validated as a whole, so an override can never smuggle in an unknown key.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """Bad user input in a sweep file or an override; its message is one line meant for a person."""
+
+
+class Method(str, Enum):
+    """Training methods (grid axis `method`). Selection rules are not methods: all are evaluated per model."""
+
+    ours = "ours"
+    wo_kd = "wo_kd"
+    apt = "apt"
+    full_ft = "full_ft"
+    wise_ft = "wise_ft"
+    original = "original"
+
+
+# Axes a method ignores: planning drops them so a teacher-free baseline is trained once, not once per teacher.
+METHODS_WITHOUT_TEACHER = frozenset({Method.apt, Method.full_ft, Method.wise_ft, Method.original})
+METHODS_WITHOUT_FRACTION = frozenset({Method.original})
+# Methods whose training touches the frozen part: they cannot train from cached features.
+METHODS_WITHOUT_FEATURE_CACHE = frozenset({Method.full_ft, Method.wise_ft})
+
+
+class EvalSuite(str, Enum):
+    """Evaluation suites. `clean`, `c`, `p`, `transfer` exist on every profile; the ImageNet shift sets only where
+    the profile gives their data roots (on `local` they are reported as missing: "—" in tables)."""
+
+    clean = "clean"
+    c = "c"
+    p = "p"
+    transfer = "transfer"
+    v2 = "v2"
+    r = "r"
+    sketch = "sketch"
+    a = "a"
+    objectnet = "objectnet"
+    objectnet_c = "objectnet_c"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _model_names(role: str) -> list[str]:
+    from trainables.models import list_models  # the registry is the vocabulary; imported lazily (torch is heavy)
+
+    return list(list_models(role))
+
+
+def _check_names(values: list[str], role: str) -> list[str]:
+    allowed = _model_names(role)
+    for v in values:
+        if v not in allowed:
+            close = difflib.get_close_matches(str(v), allowed, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise ValueError(f"unknown {role} {v!r}{hint}; allowed: {', '.join(allowed)}")
+    return values
+
+
+class Grid(_Strict):
+    """The grid axes. Cells are the product after dropping the axes a method ignores (see `plan.cells`)."""
+
+    student: list[str] = Field(min_length=1)
+    teacher: list[str] = Field(default_factory=list)
+    data_fraction: list[float] = Field(default_factory=lambda: [0.5], min_length=1)
+    method: list[Method] = Field(min_length=1)
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("student")
+    @classmethod
+    def _students(cls, v: list[str]) -> list[str]:
+        return _check_names(v, "student")
+
+    @field_validator("teacher")
+    @classmethod
+    def _teachers(cls, v: list[str]) -> list[str]:
+        return _check_names(v, "teacher")
+
+    @field_validator("data_fraction")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for a in v:
+            if not 0.0 < a <= 1.0:
+                raise ValueError(f"data fraction {a!r} is outside (0, 1]")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if s < 0:
+                raise ValueError(f"seed {s!r} must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _teacher_needed(self) -> "Grid":
+        if any(m not in METHODS_WITHOUT_TEACHER for m in self.method) and not self.teacher:
+            raise ValueError("methods 'ours' and 'wo_kd' need at least one teacher in grid.teacher")
+        for axis in ("student", "teacher", "data_fraction", "method", "seed"):
+            vals = getattr(self, axis)
+            if len(set(map(str, vals))) != len(vals):
+                raise ValueError(f"grid.{axis} lists a value twice: {vals}")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Distillation of the student's tail (method.md §2.5 and §3). Every [default] of the method is a knob here."""
+
+    epochs: int = Field(500, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    dropout: float = Field(0.25, ge=0, lt=1)
+    mc_samples: int = Field(10, ge=1)
+    alpha: float = Field(0.5, ge=0, le=1)      # unclean head: (1-alpha) CE + alpha KD
+    tau: float = Field(1.0, gt=0)              # distillation temperature
+    lam: float = Field(1.0, ge=0)              # head selection: U + lam * KL
+    self_distill: float = Field(0.0, ge=0)     # optional clean-head KL to the original student
+    wise_alpha: float = Field(0.5, ge=0, le=1)  # WiSE-FT interpolation weight
+    full_ft_lr: float = Field(1e-5, gt=0)      # complete fine-tuning touches pretrained weights: smaller step
+    precise_bn: bool = True                    # recompute BN statistics after short trainings (platform.md)
+    fail_cells: list[str] = Field(default_factory=list)  # fault switch for tests: cell keys (or "*") that raise
+
+
+class TeacherTrainConfig(_Strict):
+    """Robustifying the small teacher with AugMix (+JSD) on clean + DeepAugment images (method.md §2.1)."""
+
+    epochs: int = Field(90, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    jsd_weight: float = Field(12.0, ge=0)
+    n_images: int | None = Field(None, ge=1)  # None: the whole clean split
+    naive_baseline: bool = False               # also train a clean-only teacher (supplement Table 6)
+
+
+class PretrainConfig(_Strict):
+    """`pretrain_student`: only where no weights are given (local profile) — a clean-trained, brittle student."""
+
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    n_images: int | None = Field(None, ge=1)
+
+
+class PoolConfig(_Strict):
+    """The offline augmented pool of N' images (DeepAugment + Noise2Net, then AugMix), method.md §2.2."""
+
+    n_images: int = Field(2000, ge=1)
+    ae_epochs: int = Field(5, ge=1)
+    augmix_prob: float = Field(0.5, ge=0, le=1)
+    noise2net_share: float = Field(0.5, ge=0, le=1)
+
+
+class DataConfig(_Strict):
+    """Where images come from. `embedded`: MNIST-5k + sklearn digits, shipped in packages; `imagenet`: roots."""
+
+    source: Literal["embedded", "imagenet"] = "embedded"
+    image_size: int = Field(32, ge=32)
+    n_train: int = Field(2000, ge=10)
+    n_test: int = Field(500, ge=10)
+    c_per_cell: int | None = Field(100, ge=1)   # test images per (corruption, severity); None: all
+    p_sequences: int = Field(20, ge=1)
+    p_frames: int = Field(10, ge=2)
+    roots: dict[str, str] = Field(default_factory=dict)
+    reference_model: str | None = None          # model whose flip probabilities define FR (AlexNet in the paper)
+
+
+class Resources(_Strict):
+    """Per-trial resources; Ray Train workers get their own placement group (platform.md)."""
+
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: derived from the cluster
+    max_retries: int = Field(1, ge=0)
+
+
+class SearchConfig(_Strict):
+    """Optional Optuna study inside each cell, e.g. {space: {lr: "loguniform(1e-4, 1e-2)"}, trials: 8}."""
+
+    space: dict[str, str] = Field(min_length=1)
+    trials: int = Field(8, ge=1)
+    metric: str = "acc/ours/c"
+
+
+class SweepSpec(_Strict):
+    """A whole, resolved sweep: one profile merged over the base, overrides applied."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    reproduces: list[str] = Field(default_factory=list)
+    grid: Grid
+    eval: list[EvalSuite] = Field(default_factory=lambda: [EvalSuite.clean, EvalSuite.c], min_length=1)
+    train: TrainConfig = TrainConfig()
+    teacher_train: TeacherTrainConfig = TeacherTrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    pool: PoolConfig = PoolConfig()
+    data: DataConfig = DataConfig()
+    resources: Resources = Resources()
+    model_overrides: dict[str, dict[str, int | float | str | bool]] = Field(default_factory=dict)
+    weights: dict[str, str] = Field(default_factory=dict)  # model name -> paper tag or state-dict path
+    search: SearchConfig | None = None
+    profile: str = "local"
+
+    @field_validator("model_overrides", "weights")
+    @classmethod
+    def _known_models(cls, v: dict) -> dict:
+        _check_names(list(v), "model")
+        return v
+
+    @field_validator("reproduces")
+    @classmethod
+    def _tables(cls, v: list[str]) -> list[str]:
+        from orchestrator.tables import TABLE_IDS
+
+        for t in v:
+            if t not in TABLE_IDS:
+                close = difflib.get_close_matches(t, TABLE_IDS, n=3, cutoff=0.5)
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+                raise ValueError(f"unknown table {t!r}{hint}; allowed: {', '.join(TABLE_IDS)}")
+        return v
+
+    def content_hash(self) -> str:
+        """Hash of the resolved spec (what was run), used to tag the MLflow parent run."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+PROFILE_SECTIONS = frozenset(SweepSpec.model_fields) - {"name", "profile", "reproduces", "description"}
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Read, merge and validate a sweep file.
+
+    Args:
+        path: the YAML file.
+        profile: which entry of `profiles:` to merge over the base sections.
+        overrides: `KEY=VALUE` strings; VALUE is parsed as YAML (`3`, `1e-3`, `[a, b]`, `true`).
+
+    Returns:
+        The validated `SweepSpec`.
+
+    Raises:
+        SpecError: with a one-line message naming the file, key, value and what is allowed.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise SpecError(f"{path}: key 'profiles': expected a mapping of profile name -> overrides, got {profiles!r}")
+    if profile not in profiles:
+        allowed = ", ".join(sorted(profiles)) or "(none defined)"
+        raise SpecError(f"{path}: --profile {profile!r} is not defined under 'profiles'; allowed: {allowed}")
+    body = profiles[profile] or {}
+    if not isinstance(body, dict):
+        raise SpecError(f"{path}: key 'profiles.{profile}': expected a mapping, got {body!r}")
+    for key in body:
+        if key not in PROFILE_SECTIONS:
+            raise SpecError(_unknown_key_msg(path, f"profiles.{profile}.{key}", key, sorted(PROFILE_SECTIONS)))
+    merged = _deep_merge(raw, body)
+    merged["profile"] = profile
+    for item in overrides:
+        _apply_override(path, merged, item)
+    try:
+        return SweepSpec.model_validate(merged)
+    except ValidationError as err:
+        raise SpecError(_first_error(path, err, merged)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read the sweep file: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level (name, grid, ...), got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _apply_override(path: Path, doc: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise SpecError(f"{path}: --set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise SpecError(f"{path}: --set {item!r}: the value {value!r} is not a valid YAML scalar or list") from None
+    parts = key.strip().split(".")
+    node = doc
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            where = ".".join(parts[: i + 1])
+            raise SpecError(f"{path}: --set {item!r}: key {where!r} holds a value, not a section")
+        node = nxt
+    node[parts[-1]] = parsed
+
+
+def _unknown_key_msg(path: Path, dotted: str, key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    return f"{path}: unknown key {dotted!r}{hint}; allowed: {', '.join(allowed)}"
+
+
+def _lookup(doc: Any, loc: tuple) -> Any:
+    node = doc
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _first_error(path: Path, err: ValidationError, doc: dict) -> str:
+    """Turn pydantic's first error into the one line the user sees."""
+    e = err.errors(include_url=False)[0]
+    loc = tuple(e["loc"])
+    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    if e["type"] == "extra_forbidden":
+        parent = _lookup(doc, loc[:-1])
+        model = _model_at(loc[:-1])
+        allowed = sorted(model.model_fields) if model is not None else []
+        return _unknown_key_msg(path, dotted, str(loc[-1]), allowed)
+    value = _lookup(doc, loc) if e["type"] != "missing" else None
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"{path}: missing required key {dotted!r}"
+    if e["type"] == "enum":
+        allowed = e.get("ctx", {}).get("expected", "")
+        close = difflib.get_close_matches(str(value), [a.strip(" '") for a in allowed.replace(" or ", ",").split(",")])
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{path}: key {dotted!r}: {value!r} is not allowed{hint}; allowed: {allowed}"
+    shown = f" {value!r}" if value is not None and not isinstance(value, (dict, list)) else ""
+    return f"{path}: key {dotted!r}:{shown} {msg}"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = SweepSpec
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model

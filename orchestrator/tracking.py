@@ -1,0 +1,361 @@
+"""The MLflow adapter: the only module that imports mlflow.
+
+Why one adapter: MLflow's APIs move fast (3.x changed the default store, added security middleware and job
+runners), so every call is fenced here. Layout (design.md, "MLflow layout"):
+
+- experiment = sweep name; one parent run per sweep invocation (tags `sweep_id`, `spec_hash`, `profile`,
+  `git_commit`); a crashed invocation is resumed into the same parent run;
+- one child run per cell (tags `kind=cell`, `cell=<content key>`), params = the cell's resolved config,
+  metrics streamed per epoch from rank 0, final metrics with stable names;
+- one child run per stage (tags `kind=stage`, `stage=<name>`, `stage_key=<key>`, `cache_hit`).
+
+Workers never rely on MLflow's implicit state (`set_experiment`, active runs, the cwd-relative default URI):
+they get an explicit http:// URI and a run id, and talk through `RunLogger`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+# Keep MLflow quiet and offline-friendly in every process that imports this module.
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+PARAM_MAX = 6000  # MLflow's param value limit; longer values are truncated with a marker
+FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer within the configured patience."""
+
+
+# ------------------------------------------------------------------------------------------- local server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(uri: str, timeout_s: float = 60.0) -> bool:
+    """Poll `<uri>/health` until it answers 200 or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@dataclass
+class LocalMlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over SQLite + an artifacts folder under `root`.
+
+    Started as its own process group so `stop()` ends gunicorn/uvicorn children too (by PID, never by name).
+    One worker: several workers on SQLite risk "database is locked". Job execution is off: otherwise MLflow 3
+    starts seven job-runner processes we do not need.
+    """
+
+    root: Path
+    port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> "LocalMlflowServer":
+        self.root = Path(self.root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "artifacts").mkdir(exist_ok=True)
+        self.port = self.port or _free_port()
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        cmd = [sys.executable, "-m", "mlflow", "server",
+               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        if not wait_healthy(self.uri, timeout_s):
+            self.stop()
+            tail = (self.root / "server.log").read_text(errors="replace")[-400:]
+            raise TrackingUnavailable(f"local MLflow server did not become healthy on {self.uri}: {tail}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> "LocalMlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _params(d: dict[str, Any]) -> list[Param]:
+    out = []
+    for k, v in sorted(d.items()):
+        s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+        out.append(Param(k, s if len(s) <= PARAM_MAX else s[: PARAM_MAX - 12] + "…[truncated]"))
+    return out
+
+
+def _metrics(d: dict[str, float], step: int, ts: int) -> list[Metric]:
+    return [Metric(k, float(v), ts, step) for k, v in d.items() if v is not None and v == v]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys, for params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def retrying(fn, *, patience_s: float, what: str):
+    """Call `fn()` until it succeeds or `patience_s` passes (MLflow outage): nothing logged is dropped silently."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except (MlflowException, OSError) as err:  # connection errors surface as MlflowException
+            if time.monotonic() + delay > deadline:
+                raise TrackingUnavailable(f"MLflow unreachable for {patience_s:.0f} s while {what}: {err}") from err
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+# ------------------------------------------------------------------------------------------- run logger
+
+
+class RunLogger:
+    """Logs into one existing run from any process (rank 0 of a Train worker group, a stage task).
+
+    Buffered with retry: metrics that cannot be sent during an outage are kept and re-sent with the next call,
+    and `flush()` insists for `patience_s` before raising `TrackingUnavailable`.
+    """
+
+    def __init__(self, uri: str, run_id: str, patience_s: float = 300.0) -> None:
+        self.uri, self.run_id, self.patience_s = uri, run_id, patience_s
+        self.client = MlflowClient(uri)
+        self._pending: list[Metric] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self._pending.extend(_metrics(metrics, step, int(time.time() * 1000)))
+        try:
+            self._send()
+        except (MlflowException, OSError):
+            pass  # kept in the buffer; next call or flush() retries
+
+    def _send(self) -> None:
+        while self._pending:
+            batch = self._pending[:900]
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            del self._pending[: len(batch)]
+
+    def flush(self) -> None:
+        retrying(self._send, patience_s=self.patience_s, what=f"sending metrics of run {self.run_id}")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = {k: v for k, v in flatten(params).items() if k not in existing}
+        for i in range(0, len(fresh), 90):
+            chunk = dict(list(fresh.items())[i: i + 90])
+            retrying(lambda c=chunk: self.client.log_batch(self.run_id, params=_params(c), synchronous=True),
+                     patience_s=self.patience_s, what="logging params")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        rt = [RunTag(k, str(v)) for k, v in tags.items()]
+        retrying(lambda: self.client.log_batch(self.run_id, tags=rt, synchronous=True),
+                 patience_s=self.patience_s, what="setting tags")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        retrying(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+                 patience_s=self.patience_s, what=f"uploading {path}")
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        retrying(lambda: self.client.log_text(self.run_id, text, artifact_file),
+                 patience_s=self.patience_s, what=f"uploading {artifact_file}")
+
+    def finish(self, status: str = FINISHED) -> None:
+        self.flush()
+        retrying(lambda: self.client.set_terminated(self.run_id, status),
+                 patience_s=self.patience_s, what="closing the run")
+
+
+# ------------------------------------------------------------------------------------------- sweep tracker
+
+
+class SweepTracker:
+    """Driver-side view of one sweep's experiment: parent run, child runs keyed by content tags, queries."""
+
+    def __init__(self, uri: str, experiment: str, patience_s: float = 300.0) -> None:
+        self.uri, self.experiment, self.patience_s = uri, experiment, patience_s
+        self.client = MlflowClient(uri)
+        self.experiment_id = retrying(self._experiment_id, patience_s=patience_s, what="opening the experiment")
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment)
+        except MlflowException:  # created concurrently by another driver
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def _search(self, filter_string: str, max_results: int = 5000) -> list:
+        return retrying(lambda: self.client.search_runs([self.experiment_id], filter_string,
+                                                        max_results=max_results, order_by=["attributes.start_time DESC"]),
+                        patience_s=self.patience_s, what="searching runs")
+
+    def open_parent(self, sweep_id: str, tags: dict[str, str], run_name: str) -> tuple[str, bool]:
+        """Resume the unfinished parent run of this sweep id, or start a new one. Returns (run_id, resumed)."""
+        for run in self._search(f"tags.sweep_id = '{sweep_id}' and tags.kind = 'sweep'"):
+            if run.info.status != FINISHED:
+                self.client.update_run(run.info.run_id, status=RUNNING)
+                return run.info.run_id, True
+            break
+        all_tags = {"sweep_id": sweep_id, "kind": "sweep", **tags}
+        run = retrying(lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name),
+                       patience_s=self.patience_s, what="creating the parent run")
+        return run.info.run_id, False
+
+    def child_runs(self, sweep_id: str, kind: str) -> dict[str, Any]:
+        """Newest run per content key (`cell` or `stage_key`) of this sweep id."""
+        tag = "cell" if kind == "cell" else "stage_key"
+        out: dict[str, Any] = {}
+        for run in self._search(f"tags.sweep_id = '{sweep_id}' and tags.kind = '{kind}'"):
+            key = run.data.tags.get(tag)
+            prev = out.get(key)
+            if prev is None or (prev.info.status != FINISHED and run.info.status == FINISHED):
+                out[key] = run
+        return out
+
+    def open_child(self, parent_id: str, sweep_id: str, kind: str, key: str, name: str,
+                   tags: dict[str, str], params: dict[str, Any]) -> str:
+        """Create (or reopen, after a crash) the child run for one cell or stage. Params are logged once."""
+        existing = self.child_runs(sweep_id, kind).get(key)
+        if existing is not None and existing.info.status != FINISHED:
+            self.client.update_run(existing.info.run_id, status=RUNNING)
+            return existing.info.run_id
+        key_tag = "cell" if kind == "cell" else "stage_key"
+        all_tags = {"mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "kind": kind, key_tag: key, **tags}
+        run = retrying(lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=name),
+                       patience_s=self.patience_s, what=f"creating run {name}")
+        RunLogger(self.uri, run.info.run_id, self.patience_s).log_params(params)
+        return run.info.run_id
+
+    def mark_orphans(self, sweep_id: str, keep: Iterable[str] = ()) -> int:
+        """Mark RUNNING children of a crashed invocation KILLED, except those about to be resumed."""
+        keep = set(keep)
+        n = 0
+        for run in self._search(f"tags.sweep_id = '{sweep_id}' and attributes.status = 'RUNNING'"):
+            if run.info.run_id in keep or run.data.tags.get("kind") == "sweep":
+                continue
+            self.client.set_terminated(run.info.run_id, KILLED)
+            n += 1
+        return n
+
+    def logger(self, run_id: str) -> RunLogger:
+        return RunLogger(self.uri, run_id, self.patience_s)
+
+
+def runs_dataframe(uri: str, experiment: str, filter_string: str = "", finished_only: bool = True) -> pd.DataFrame:
+    """All runs of an experiment as a DataFrame shaped like `mlflow.search_runs` (`run_id`, `status`,
+    `start_time`, `params.*`, `metrics.*`, `tags.*`), newest first. Built from the client so the URI is explicit
+    (mlflow.search_runs reads the process-global URI)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return pd.DataFrame()
+    clauses = [c for c in (filter_string, "attributes.status = 'FINISHED'" if finished_only else "") if c]
+    rows, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        for r in page:
+            row = {"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+                   "end_time": r.info.end_time, "run_name": r.info.run_name}
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows)
+
+
+def experiment_exists(uri: str, experiment: str) -> bool:
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    return exp is not None
+
+
+def latest_parent_run(uri: str, experiment: str) -> str | None:
+    """The newest sweep parent run of an experiment (where tables are attached)."""
+    df = runs_dataframe(uri, experiment, "tags.kind = 'sweep'", finished_only=False)
+    return None if df.empty else str(df.iloc[0]["run_id"])
+
+
+def log_artifacts(uri: str, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:
+    logger = RunLogger(uri, run_id)
+    for f in files:
+        logger.log_artifact(f, artifact_path)
+
+
+def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
+    return [a.path for a in MlflowClient(uri).list_artifacts(run_id, path)]
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    dst = Path(dst or tempfile.mkdtemp())
+    return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dst)))
