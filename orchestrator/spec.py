@@ -92,11 +92,19 @@ def _check_names(values: list[str], role: str) -> list[str]:
 class Grid(_Strict):
     """The grid axes. Cells are the product after dropping the axes a method ignores (see `plan.cells`)."""
 
-    student: list[str] = Field(min_length=1)
+    student: list[str] = Field(default_factory=list)
     teacher: list[str] = Field(default_factory=list)
+    pairs: list[tuple[str, str]] = Field(default_factory=list)  # [student, teacher] pairs instead of a product
     data_fraction: list[float] = Field(default_factory=lambda: [0.5], min_length=1)
-    method: list[Method] = Field(min_length=1)
+    method: list[Method] = Field(default_factory=lambda: [Method.ours], min_length=1)
     seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        _check_names([p[0] for p in v], "student")
+        _check_names([p[1] for p in v], "teacher")
+        return v
 
     @field_validator("student")
     @classmethod
@@ -126,7 +134,13 @@ class Grid(_Strict):
 
     @model_validator(mode="after")
     def _teacher_needed(self) -> "Grid":
-        if any(m not in METHODS_WITHOUT_TEACHER for m in self.method) and not self.teacher:
+        if self.pairs and (self.student or self.teacher):
+            raise ValueError("give either grid.pairs or grid.student/grid.teacher, not both")
+        if not self.pairs and not self.student and not self.teacher:
+            raise ValueError("the grid is empty: give grid.student (and grid.teacher), grid.pairs, "
+                             "or only grid.teacher for a teacher-only sweep")
+        needs_teacher = any(m not in METHODS_WITHOUT_TEACHER for m in self.method)
+        if self.student and needs_teacher and not self.teacher:
             raise ValueError("methods 'ours' and 'wo_kd' need at least one teacher in grid.teacher")
         for axis in ("student", "teacher", "data_fraction", "method", "seed"):
             vals = getattr(self, axis)
@@ -149,6 +163,7 @@ class TrainConfig(_Strict):
     self_distill: float = Field(0.0, ge=0)     # optional clean-head KL to the original student
     wise_alpha: float = Field(0.5, ge=0, le=1)  # WiSE-FT interpolation weight
     full_ft_lr: float = Field(1e-5, gt=0)      # complete fine-tuning touches pretrained weights: smaller step
+    full_ft_epochs: int | None = Field(None, ge=1)  # None: same as `epochs`
     precise_bn: bool = True                    # recompute BN statistics after short trainings (platform.md)
     fail_cells: list[str] = Field(default_factory=list)  # fault switch for tests: cell keys (or "*") that raise
 

@@ -1,0 +1,83 @@
+"""Cost estimate for a plan: per stage kind, how many stages and roughly how many device-hours.
+
+Why a table and not a profiler run: `--dry-run` must start nothing. Two sources, kept here in the repo:
+- `LOCAL_MS_PER_IMAGE`: forward time per image at the local profile's sizes (32 px, ViT patch 8 / CLIP patch 16),
+  measured on the 2-core reference machine (shared/platform.md, after two warm-up calls);
+- `GFLOPS_PER_IMAGE`: forward GFLOPs at the paper's native resolution, turned into time with an assumed
+  sustained throughput per GPU (`GPU_EFFECTIVE_TFLOPS`, deliberately conservative for fp32/AMP training loops).
+A training step costs about 3 forwards (forward + backward). Numbers are estimates to size a cluster, not promises.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+LOCAL_MS_PER_IMAGE = {
+    "resnet34": 0.7, "resnet50": 1.1, "resnet101": 1.8, "resnet152": 2.6, "vit_small": 2.9, "vit_base": 10.6,
+    "clip_rn50": 1.4, "clip_rn101": 2.2, "clip_vit_b16": 3.4, "clip_vit_b32": 3.4, "clip_vit_l14_336": 12.0,
+}
+GFLOPS_PER_IMAGE = {
+    "resnet34": 3.6, "resnet50": 4.1, "resnet101": 7.8, "resnet152": 11.5, "vit_small": 4.6, "vit_base": 17.6,
+    "clip_rn50": 5.4, "clip_rn101": 9.8, "clip_vit_b16": 17.6, "clip_vit_b32": 4.4, "clip_vit_l14_336": 191.0,
+}
+GPU_EFFECTIVE_TFLOPS = 40.0
+TAIL_SHARE = 0.05        # the tuned tail + heads, relative to a full forward
+CORRUPT_MS_PER_IMAGE = 0.9
+
+
+def _ms_per_image(model: str, profile: str) -> float:
+    if profile == "local":
+        return LOCAL_MS_PER_IMAGE.get(model, 5.0)
+    return GFLOPS_PER_IMAGE.get(model, 20.0) / GPU_EFFECTIVE_TFLOPS  # GFLOP / (TFLOP/s) = ms
+
+
+def _stage_images(stage, spec) -> tuple[str | None, float, float]:
+    """(model, forward-equivalent image passes, extra milliseconds) for one stage."""
+    d, t, inp = spec.data, spec.train, stage.inputs
+    n_pool, n_train = spec.pool.n_images, d.n_train
+    n_eval = d.n_test + 75 * (d.c_per_cell or d.n_test) + 10 * d.p_sequences * d.p_frames
+    model = (inp.get("model") or {}).get("name") if isinstance(inp.get("model"), dict) else None
+    tt = spec.teacher_train
+    if stage.kind == "pretrain_student":
+        p = spec.pretrain
+        return model, 3.0 * p.epochs * (p.n_images or n_train), 0.0
+    if stage.kind == "robustify_teacher":
+        return model, 9.0 * tt.epochs * ((tt.n_images or n_train) + n_pool), 0.0
+    if stage.kind == "naive_teacher":
+        return model, 3.0 * tt.epochs * (tt.n_images or n_train) + n_eval, 0.0
+    if stage.kind == "build_pool":
+        return None, 0.0, (n_pool + n_train * spec.pool.ae_epochs) * 2.0
+    if stage.kind == "build_eval_sets":
+        return None, 0.0, 75 * (d.c_per_cell or d.n_test) * CORRUPT_MS_PER_IMAGE * 1.5
+    if stage.kind == "extract_features":
+        return model, n_train + n_pool + n_eval, 0.0
+    if stage.kind == "teacher_targets":
+        return inp.get("teacher"), n_train + n_pool, 0.0
+    if stage.kind == "cell":
+        cell = inp["cell"]
+        a = cell["data_fraction"] or 0.0
+        n = a * (n_pool + n_train)
+        if cell["method"] in ("full_ft", "wise_ft"):
+            return model, 3.0 * t.epochs * n + 2 * n_eval, 0.0
+        return model, TAIL_SHARE * (3.0 * t.epochs * n + t.mc_samples * n_eval), 0.0
+    return model, 0.0, 0.0
+
+
+def estimate(plan) -> dict[str, Any]:
+    """Per stage kind: count, device-hours, and how much of it the cache already holds."""
+    spec = plan.spec
+    per_kind: dict[str, dict[str, float]] = {}
+    total = remaining = 0.0
+    for stage in plan.stages.values():
+        model, passes, extra_ms = _stage_images(stage, spec)
+        ms = passes * (_ms_per_image(model, spec.profile) if model else 0.0) + extra_ms
+        hours = ms / 3.6e6
+        k = per_kind.setdefault(stage.kind, {"count": 0, "device_hours": 0.0, "cached": 0})
+        k["count"] += 1
+        k["device_hours"] += hours
+        k["cached"] += int(stage.cached)
+        total += hours
+        remaining += 0.0 if stage.cached else hours
+    device = "cpu (2 cores, measured table)" if spec.profile == "local" else \
+        f"gpu (assumed {GPU_EFFECTIVE_TFLOPS:g} effective TFLOP/s)"
+    return {"device": device, "per_kind": per_kind, "total_device_hours": total,
+            "remaining_device_hours": remaining}

@@ -1,0 +1,307 @@
+"""Executing a plan: which stages and cells still need work, where their runs go in MLflow, and resume.
+
+Source of truth for "done": the cache (a published entry) and MLflow (a FINISHED child run of this sweep id).
+- a stage or cell whose entry is cached is never recomputed; if its run is missing in this sweep it is logged
+  from the cached metrics (tag `cache_hit=true`);
+- a cell whose run FAILED is skipped (and reported) unless `--rerun-failed`, which runs only those;
+- a cell whose run was left RUNNING by a killed driver is reopened, and its Train run resumes from the last
+  checkpoint (deterministic Train run names under the shared storage).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import ray_backend
+from orchestrator.cache import Cache
+from orchestrator.plan import Plan, Stage, iter_upstream
+from orchestrator.tracking import FAILED, FINISHED, RunLogger, SweepTracker, flatten
+
+FAIL_ENV = "ROBUSTIFY_FAIL_CELLS"  # comma-separated cell-key prefixes (or "*") that raise: fault injection
+# Upstream stages whose time counts as the method's training time (main paper Figure 1).
+PIPELINE_KINDS = ("robustify_teacher", "extract_features", "teacher_targets", "full_finetune")
+
+
+@dataclass
+class Outcome:
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped_failed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    computed_stages: int = 0
+    cached_stages: int = 0
+
+
+@dataclass
+class SweepContext:
+    plan: Plan
+    cache: Cache
+    storage: Path
+    tracker: SweepTracker
+    parent_id: str
+    sweep_id: str
+    cluster: ray_backend.ClusterInfo
+    use_feature_cache: bool = True
+    log: Any = print
+
+
+# ------------------------------------------------------------------------------------------ in Ray workers
+
+
+def stage_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Body of a stage's Ray task: compute its cache entry (under the lock) and stream metrics to its run."""
+    import torch
+
+    from trainables.common import StageContext, read_metrics
+    from trainables.stages import run_stage
+
+    torch.set_num_threads(max(1, int(task["threads"])))
+    cache = Cache(task["storage"])
+    deps = {role: cache.get(kind, key) for role, (kind, key) in task["deps"].items()}
+    logger = RunLogger(task["uri"], task["run_id"]) if task.get("run_id") else None
+    ctx = StageContext(reporter=logger or _Null(), threads=task["threads"])
+    t0 = time.perf_counter()
+    path, computed = cache.compute(task["kind"], task["key"],
+                                   lambda out: {"kind": task["kind"], "inputs": task["inputs"],
+                                                "seconds": _timed(run_stage, task, deps, out, ctx)})
+    if logger is not None:
+        logger.flush()
+    return {"metrics": read_metrics(path), "computed": computed, "wall_s": time.perf_counter() - t0}
+
+
+def _timed(run_stage, task, deps, out, ctx) -> float:
+    t0 = time.perf_counter()
+    run_stage(task["kind"], task["inputs"], deps, out, ctx)
+    return time.perf_counter() - t0
+
+
+class _Null:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+
+def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resume, checkpoint, wrap) -> dict:
+    """Body of every Train worker of a cell. Rank 0 publishes the cache entry; all ranks report equally."""
+    import tempfile
+
+    from trainables.common import StageContext, read_metrics, write_metrics
+    from trainables.distill import run_cell
+
+    cache = Cache(cfg["storage"])
+    if cache.has("cell", cfg["key"]):
+        return read_metrics(cache.get("cell", cfg["key"]))
+    deps = {role: cache.get(kind, key) for role, (kind, key) in cfg["deps"].items()}
+    logger = RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else _Null()
+    ctx = StageContext(reporter=logger, device=device, rank=rank, world_size=world, wrap_model=wrap,
+                       checkpoint=checkpoint, resume=resume, threads=cfg["threads"])
+    inputs = {**cfg["inputs"], "fail_cells": cfg["fail_cells"]}
+    out = cache.staging("cell", cfg["key"]) if rank == 0 else Path(tempfile.mkdtemp())
+    metrics = run_cell(inputs, deps, out, ctx, use_cache=cfg["use_feature_cache"], key=cfg["key"])
+    if rank == 0:
+        write_metrics(out, metrics)
+        cache.publish("cell", cfg["key"], out, {"kind": "cell", "inputs": cfg["inputs"]})
+        logger.flush()
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ driver side
+
+
+def _stage_params(stage: Stage) -> dict[str, Any]:
+    inp = stage.inputs
+    p: dict[str, Any] = {"stage": stage.kind, "stage_key": stage.key}
+    model = inp.get("model")
+    if isinstance(model, dict):
+        p["model"] = model["name"]
+    if "teacher" in inp and isinstance(inp["teacher"], str):
+        p["model"] = inp["teacher"]
+    if "seed" in inp:
+        p["seed"] = inp["seed"]
+    p.update({f"cfg.{k}": v for k, v in flatten({k: v for k, v in inp.items() if k not in ("model",)}).items()})
+    return p
+
+
+def _stage_name(stage: Stage) -> str:
+    p = _stage_params(stage)
+    return f"{stage.kind}{'-' + p['model'] if 'model' in p else ''}-{stage.key[:8]}"
+
+
+def run_stages(sc: SweepContext, outcome: Outcome, only: set[str] | None = None) -> dict[str, str]:
+    """Wave by wave, compute every missing shared stage. Returns {stage key: error} for failed stages."""
+    plan, cache, tracker = sc.plan, sc.cache, sc.tracker
+    runs = tracker.child_runs(sc.sweep_id, "stage")
+    failed: dict[str, str] = {}
+    res = plan.spec.resources
+    for wave in plan.waves():
+        tasks = []
+        for stage in wave:
+            if only is not None and stage.key not in only:
+                continue
+            if any(d in failed for d in stage.deps.values()):
+                failed[stage.key] = "an upstream stage failed"
+                continue
+            run = runs.get(stage.key)
+            if cache.has(stage.kind, stage.key):
+                outcome.cached_stages += 1
+                if run is None or run.info.status != FINISHED:
+                    _log_cached(sc, stage, run)
+                continue
+            run_id = tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, _stage_name(stage),
+                                        {"stage": stage.kind, "cache_hit": "false"}, _stage_params(stage))
+            tasks.append({"kind": stage.kind, "key": stage.key, "inputs": stage.inputs, "run_id": run_id,
+                          "uri": tracker.uri, "storage": str(sc.storage), "threads": res.cpus_per_worker,
+                          "deps": {r: (plan.stages[k].kind, k) for r, k in stage.deps.items()}})
+        if tasks:
+            sc.log(f"  wave: {', '.join(_stage_name(plan.stages[t['key']]) for t in tasks)}")
+            gpus = res.gpus_per_worker if sc.cluster.gpus else 0
+            ray_backend.run_wave(tasks, stage_task, res.cpus_per_worker, gpus,
+                                 lambda t, r, e: _stage_done(sc, t, r, e, failed, outcome))
+    return failed
+
+
+def _stage_done(sc: SweepContext, task: dict, result: dict | None, err: BaseException | None,
+                failed: dict[str, str], outcome: Outcome) -> None:
+    logger = sc.tracker.logger(task["run_id"])
+    if err is not None:
+        failed[task["key"]] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err) else ''}"
+        logger.set_tags({"error": failed[task["key"]]})
+        logger.finish(FAILED)
+        sc.log(f"  stage {task['kind']} {task['key'][:8]} FAILED: {failed[task['key']]}")
+        return
+    outcome.computed_stages += 1
+    logger.log_metrics(result["metrics"], step=0)
+    logger.finish(FINISHED)
+
+
+def _log_cached(sc: SweepContext, stage: Stage, run) -> None:
+    from trainables.common import read_metrics
+
+    metrics = read_metrics(sc.cache.get(stage.kind, stage.key))
+    run_id = sc.tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, _stage_name(stage),
+                                   {"stage": stage.kind, "cache_hit": "true"}, _stage_params(stage))
+    logger = sc.tracker.logger(run_id)
+    logger.set_tags({"cache_hit": "true"})
+    logger.log_metrics(metrics, step=0)
+    logger.finish(FINISHED)
+
+
+def _cell_params(plan: Plan, cell) -> dict[str, Any]:
+    ax = cell.axes()
+    params = {"student": ax["student"], "teacher": ax["teacher"] or "none",
+              "data_fraction": "none" if ax["data_fraction"] is None else ax["data_fraction"],
+              "method": ax["method"], "seed": ax["seed"]}
+    spec = plan.spec
+    params.update({f"train.{k}": v for k, v in spec.train.model_dump(mode="json").items() if k != "fail_cells"})
+    params.update({"profile": spec.profile, "eval": ",".join(s.value for s in spec.eval)})
+    return params
+
+
+def pipeline_seconds(sc: SweepContext, key: str, cell_metrics: dict[str, float]) -> float:
+    """The cell's own training plus the upstream stages that are part of its method's cost."""
+    from trainables.common import read_metrics
+
+    total = float(cell_metrics.get("time/train_s", 0.0))
+    for st in iter_upstream(sc.plan, key):
+        if st.kind in PIPELINE_KINDS and sc.cache.has(st.kind, st.key):
+            total += float(read_metrics(sc.cache.get(st.kind, st.key)).get("time/stage_s", 0.0))
+    return total
+
+
+def finish_cell(sc: SweepContext, run_id: str, key: str, cached: bool) -> None:
+    from trainables.common import read_metrics
+
+    metrics = read_metrics(sc.cache.get("cell", key))
+    metrics["time/pipeline_s"] = pipeline_seconds(sc, key, metrics)
+    logger = sc.tracker.logger(run_id)
+    if cached:
+        logger.set_tags({"cache_hit": "true"})
+    final = {k: v for k, v in metrics.items() if not k.startswith("train/")}
+    logger.log_metrics(final, step=int(sc.plan.spec.train.epochs))
+    logger.finish(FINISHED)
+
+
+def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_stages: dict[str, str]) -> None:
+    plan, tracker = sc.plan, sc.tracker
+    runs = tracker.child_runs(sc.sweep_id, "cell")
+    fail_cells = list(plan.spec.train.fail_cells) + [s for s in os.environ.get(FAIL_ENV, "").split(",") if s]
+    pending: list[dict[str, Any]] = []
+    run_ids: dict[str, str] = {}
+    res = plan.spec.resources
+    for cell in plan.cells:
+        key = plan.cell_stage[cell]
+        stage = plan.stages[key]
+        run = runs.get(key)
+        status = run.info.status if run is not None else None
+        if status == FINISHED:
+            outcome.finished.append(key)
+            continue
+        if rerun_failed and status != FAILED:
+            continue
+        if not rerun_failed and status == FAILED:
+            outcome.skipped_failed.append(key)
+            continue
+        run_id = tracker.open_child(sc.parent_id, sc.sweep_id, "cell", key, cell.label(), {}, _cell_params(plan, cell))
+        run_ids[key] = run_id
+        bad = [d for d in stage.deps.values() if d in failed_stages]
+        if bad:
+            _fail_cell(sc, run_id, key, f"upstream stage {plan.stages[bad[0]].kind} failed: {failed_stages[bad[0]]}",
+                       outcome)
+            continue
+        if sc.cache.has("cell", key):
+            finish_cell(sc, run_id, key, cached=True)
+            outcome.cached.append(key)
+            outcome.finished.append(key)
+            continue
+        pending.append({
+            "key": key, "label": cell.label(), "inputs": stage.inputs, "run_id": run_id, "uri": tracker.uri,
+            "storage": str(sc.storage), "deps": {r: (plan.stages[k].kind, k) for r, k in stage.deps.items()},
+            "fail_cells": fail_cells, "use_feature_cache": sc.use_feature_cache,
+            "resources": res.model_dump(), "has_gpus": sc.cluster.gpus > 0,
+            "train_storage": str((sc.storage / "ray_train").resolve()),
+        })
+    if not pending:
+        return
+    conc = ray_backend.max_concurrent(sc.cluster, res.workers_per_trial, res.cpus_per_worker,
+                                      res.gpus_per_worker if sc.cluster.gpus else 0, len(pending),
+                                      res.max_concurrent_trials)
+    sc.log(f"  running {len(pending)} cell(s) as Ray Tune trials, {conc} at a time")
+    name = f"{plan.spec.name}-{sc.sweep_id[:8]}-{int(time.time())}"
+    outcomes = ray_backend.run_cells(pending, name, str((sc.storage / "ray_tune").resolve()), conc,
+                                     sc.cluster.has_driver_resource)
+    errors = {o.key: o.error for o in outcomes}
+    for cfg in pending:
+        key = cfg["key"]
+        if errors.get(key) is None and sc.cache.has("cell", key):
+            finish_cell(sc, run_ids[key], key, cached=False)
+            outcome.finished.append(key)
+        else:
+            _fail_cell(sc, run_ids[key], key, errors.get(key) or "trial ended without a result", outcome)
+
+
+def _fail_cell(sc: SweepContext, run_id: str, key: str, error: str, outcome: Outcome) -> None:
+    logger = sc.tracker.logger(run_id)
+    logger.set_tags({"error": error[:5000]})
+    logger.finish(FAILED)
+    outcome.failed[key] = error
+    sc.log(f"  cell {key[:10]} FAILED: {error}")
+
+
+def execute(sc: SweepContext, rerun_failed: bool = False) -> Outcome:
+    """Stages (waves of Ray tasks), then cells (Ray Tune trials)."""
+    outcome = Outcome()
+    only = None
+    if rerun_failed:  # only what the failed cells need
+        runs = sc.tracker.child_runs(sc.sweep_id, "cell")
+        keys = [k for k, r in runs.items() if r.info.status == FAILED and k in sc.plan.stages]
+        only = {s.key for k in keys for s in iter_upstream(sc.plan, k)}
+    failed_stages = run_stages(sc, outcome, only)
+    run_cells(sc, outcome, rerun_failed, failed_stages)
+    return outcome
+
+
+def write_summary(path: Path, outcome: Outcome) -> None:
+    path.write_text(json.dumps(outcome.__dict__, indent=1, sort_keys=True))

@@ -1,0 +1,307 @@
+"""Spec -> cells -> stage DAG with content keys, the dry-run report and a cost estimate.
+
+Why a DAG: a naive sweep repeats the expensive work (robustifying a teacher, running a 150M-parameter frozen
+student over the pool) in every trial. Here each unique piece of work is a `Stage` whose key hashes its resolved
+inputs *and its upstream keys*, so it is computed once, cached, and reused by every cell and every later sweep; a
+changed input changes exactly the keys downstream of it.
+
+Stage kinds, in dependency order (design.md, "The stage DAG"):
+    build_eval_sets   data, eval suites, seed                 clean test set, C set, P sequences, transfer split
+    build_pool        data, pool config, seed                 DeepAugment AE + Noise2Net + AugMix images
+    pretrain_student  student, data, pretrain config          only where the profile gives no weights
+    naive_teacher     teacher, data, teacher config, seed     clean-only teacher (Table 6, and the FR reference)
+    robustify_teacher teacher, data, teacher config, seed     AugMix+JSD on clean + pool
+    extract_features  student weights, pool, eval sets        frozen part of the student, run once
+    teacher_targets   teacher, pool                           teacher logits on clean + pool images
+    full_finetune     student, fraction, train config, seed   complete fine-tuning, shared by full_ft and wise_ft
+    cell              axis values, train config, all above    distill + evaluate (one Ray Tune trial)
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from orchestrator.spec import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION, METHODS_WITHOUT_TEACHER,
+                               EvalSuite, Method, SweepSpec)
+
+# Bump when a stage's code changes meaning: old cache entries then stop matching instead of being silently reused.
+STAGE_VERSION = {
+    "build_eval_sets": 1, "build_pool": 1, "pretrain_student": 1, "naive_teacher": 1,
+    "robustify_teacher": 1, "extract_features": 1, "teacher_targets": 1, "full_finetune": 1, "cell": 1,
+}
+STAGE_ORDER = tuple(STAGE_VERSION)
+
+
+def content_key(payload: Any) -> str:
+    """sha256 of canonical JSON: equal inputs give equal keys on every machine and Python version."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point after dropping the axes its method ignores (teacher/fraction are None there)."""
+
+    student: str
+    teacher: str | None
+    data_fraction: float | None
+    method: str
+    seed: int
+
+    def axes(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def label(self) -> str:
+        t = self.teacher or "none"
+        a = "none" if self.data_fraction is None else f"{self.data_fraction:g}"
+        return f"{self.method}-{self.student}-t_{t}-a{a}-s{self.seed}"
+
+
+@dataclass
+class Stage:
+    """A unit of cached work. `deps` are upstream stage keys; `inputs` is what the key hashes (besides deps)."""
+
+    kind: str
+    key: str
+    inputs: dict[str, Any]
+    deps: dict[str, str] = field(default_factory=dict)  # role -> upstream key
+    cached: bool = False
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.kind, "key": self.key, "cached": self.cached, "deps": self.deps,
+                **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    cells: list[Cell]
+    stages: dict[str, Stage]          # key -> stage (insertion order is a valid topological order)
+    cell_stage: dict[Cell, str]       # cell -> key of its `cell` stage
+
+    def by_kind(self, kind: str) -> list[Stage]:
+        return [s for s in self.stages.values() if s.kind == kind]
+
+    def waves(self) -> list[list[Stage]]:
+        """Stages grouped so that each wave only needs earlier waves (cells excluded: they run as Tune trials)."""
+        depth: dict[str, int] = {}
+        for s in self.stages.values():
+            depth[s.key] = 1 + max((depth[d] for d in s.deps.values()), default=-1)
+        waves: dict[int, list[Stage]] = {}
+        for s in self.stages.values():
+            if s.kind != "cell":
+                waves.setdefault(depth[s.key], []).append(s)
+        return [waves[d] for d in sorted(waves)]
+
+
+# ------------------------------------------------------------------------------------------------ cells
+
+
+def cells(spec: SweepSpec) -> list[Cell]:
+    """The grid's points after removing the axes a method ignores, deduplicated, in a stable order."""
+    g = spec.grid
+    pairs = [tuple(p) for p in g.pairs] or [(s, t) for s in g.student for t in (g.teacher or [None])]
+    out: dict[Cell, None] = {}
+    for (student, teacher), method, seed in itertools.product(pairs, g.method, g.seed):
+        m = Method(method)
+        t = None if m in METHODS_WITHOUT_TEACHER else teacher
+        fractions = [None] if m in METHODS_WITHOUT_FRACTION else list(g.data_fraction)
+        for frac in fractions:
+            out[Cell(student, t, frac, m.value, seed)] = None
+    return list(out)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def _data_inputs(spec: SweepSpec) -> dict[str, Any]:
+    d = spec.data.model_dump(mode="json")
+    d.pop("reference_model", None)
+    return d
+
+
+def _model_inputs(spec: SweepSpec, name: str) -> dict[str, Any]:
+    return {"name": name, "overrides": spec.model_overrides.get(name, {}), "weights": spec.weights.get(name)}
+
+
+class _Builder:
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec = spec
+        self.stages: dict[str, Stage] = {}
+
+    def add(self, kind: str, inputs: dict[str, Any], deps: dict[str, str] | None = None, note: str = "") -> str:
+        deps = deps or {}
+        key = content_key({"kind": kind, "v": STAGE_VERSION[kind], "inputs": inputs, "deps": deps})
+        if key not in self.stages:
+            self.stages[key] = Stage(kind, key, inputs, deps, note=note)
+        return key
+
+    def eval_sets(self, seed: int) -> str:
+        suites = sorted(s.value for s in self.spec.eval)
+        return self.add("build_eval_sets", {"data": _data_inputs(self.spec), "suites": suites, "seed": seed})
+
+    def pool(self, seed: int) -> str:
+        return self.add("build_pool", {"data": _data_inputs(self.spec),
+                                       "pool": self.spec.pool.model_dump(mode="json"), "seed": seed})
+
+    def student_weights(self, student: str) -> dict[str, str]:
+        if self.spec.weights.get(student):
+            return {}  # given weights: the weights string is part of every downstream key via _model_inputs
+        return {"student": self.add("pretrain_student", {
+            "model": _model_inputs(self.spec, student), "data": _data_inputs(self.spec),
+            "pretrain": self.spec.pretrain.model_dump(mode="json"), "dropout": self.spec.train.dropout})}
+
+    def _teacher_cfg(self) -> dict[str, Any]:
+        cfg = self.spec.teacher_train.model_dump(mode="json")
+        cfg.pop("naive_baseline")
+        return cfg
+
+    def reference(self, seed: int) -> dict[str, str]:
+        ref = self.spec.data.reference_model
+        if EvalSuite.p not in self.spec.eval or not ref:
+            return {}
+        return {"reference": self.naive_teacher(ref, seed, with_reference=False)}
+
+    def naive_teacher(self, teacher: str, seed: int, with_reference: bool = True) -> str:
+        deps = {"eval": self.eval_sets(seed), **(self.reference(seed) if with_reference else {})}
+        return self.add("naive_teacher", {"model": _model_inputs(self.spec, teacher), "data": _data_inputs(self.spec),
+                                          "teacher_train": self._teacher_cfg(), "seed": seed}, deps)
+
+    def robust_teacher(self, teacher: str, seed: int) -> str:
+        deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.reference(seed)}
+        return self.add("robustify_teacher", {"model": _model_inputs(self.spec, teacher),
+                                              "data": _data_inputs(self.spec),
+                                              "teacher_train": self._teacher_cfg(), "seed": seed}, deps)
+
+    def features(self, student: str, seed: int) -> str:
+        deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.student_weights(student)}
+        return self.add("extract_features", {"model": _model_inputs(self.spec, student),
+                                             "dropout": self.spec.train.dropout}, deps)
+
+    def targets(self, teacher: str, seed: int) -> str:
+        deps = {"teacher": self.robust_teacher(teacher, seed), "pool": self.pool(seed)}
+        return self.add("teacher_targets", {"teacher": teacher}, deps)
+
+    def full_finetune(self, c: Cell) -> str:
+        deps = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed), **self.student_weights(c.student)}
+        train = self.spec.train.model_dump(mode="json")
+        inputs = {"model": _model_inputs(self.spec, c.student), "data": _data_inputs(self.spec),
+                  "data_fraction": c.data_fraction, "seed": c.seed,
+                  "train": {k: train[k] for k in ("full_ft_epochs", "epochs", "batch_size", "full_ft_lr", "dropout")}}
+        return self.add("full_finetune", inputs, deps,
+                        note="complete fine-tuning cannot use cached student features")
+
+    def cell(self, c: Cell) -> str:
+        m = Method(c.method)
+        deps: dict[str, str] = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed),
+                                **self.student_weights(c.student), **self.reference(c.seed)}
+        note = ""
+        if m in METHODS_WITHOUT_FEATURE_CACHE:
+            note = f"{m.value} trains the frozen part too: it cannot use cached student features"
+            deps["full_ft"] = self.full_finetune(c)
+        else:
+            deps["features"] = self.features(c.student, c.seed)
+        if c.teacher is not None:
+            deps["teacher"] = self.robust_teacher(c.teacher, c.seed)
+            deps["targets"] = self.targets(c.teacher, c.seed)
+            if self.spec.teacher_train.naive_baseline:
+                deps["naive_teacher"] = self.naive_teacher(c.teacher, c.seed)
+        train = self.spec.train.model_dump(mode="json")
+        train.pop("fail_cells")  # a fault switch must not change what a cell *is*
+        inputs = {"cell": c.axes(), "train": train, "model": _model_inputs(self.spec, c.student),
+                  "data": _data_inputs(self.spec), "eval": sorted(s.value for s in self.spec.eval),
+                  "search": self.spec.search.model_dump(mode="json") if self.spec.search else None}
+        return self.add("cell", inputs, deps, note=note)
+
+
+def build_plan(spec: SweepSpec, is_cached=None) -> Plan:
+    """Expand the spec into cells and their stage DAG.
+
+    Args:
+        spec: a validated sweep spec.
+        is_cached: optional `(kind, key) -> bool`, e.g. `Cache.has`, to mark what the cache already holds.
+    """
+    b = _Builder(spec)
+    cs = cells(spec)
+    cell_stage = {c: b.cell(c) for c in cs}
+    if not spec.grid.student and not spec.grid.pairs:  # teacher-only sweep (supplement Table 6)
+        for teacher, seed in itertools.product(spec.grid.teacher, spec.grid.seed):
+            b.robust_teacher(teacher, seed)
+            if spec.teacher_train.naive_baseline:
+                b.naive_teacher(teacher, seed)
+    stages = _topological(b.stages)
+    if is_cached is not None:
+        for s in stages.values():
+            s.cached = bool(is_cached(s.kind, s.key))
+    return Plan(spec, cs, stages, cell_stage)
+
+
+def _topological(stages: dict[str, Stage]) -> dict[str, Stage]:
+    order: dict[str, Stage] = {}
+
+    def visit(key: str) -> None:
+        if key in order:
+            return
+        for d in stages[key].deps.values():
+            visit(d)
+        order[key] = stages[key]
+
+    for kind in STAGE_ORDER:
+        for k, s in stages.items():
+            if s.kind == kind:
+                visit(k)
+    return order
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def dry_run_report(plan: Plan) -> dict[str, Any]:
+    """Everything `--dry-run --json` prints: cells, unique stages, cache state, and the cost estimate."""
+    from orchestrator.costs import estimate
+
+    return {
+        "sweep": plan.spec.name,
+        "profile": plan.spec.profile,
+        "n_cells": len(plan.cells),
+        "cells": [{**c.axes(), "key": plan.cell_stage[c], "label": c.label()} for c in plan.cells],
+        "stages": [s.to_json() for s in plan.stages.values()],
+        "cost": estimate(plan),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable dry run."""
+    lines = [f"sweep {report['sweep']} (profile {report['profile']}): {report['n_cells']} cells"]
+    for c in report["cells"]:
+        lines.append(f"  cell {c['key'][:10]}  {c['label']}")
+    kinds: dict[str, list[dict]] = {}
+    for s in report["stages"]:
+        kinds.setdefault(s["name"], []).append(s)
+    lines.append("stages (unique; cached/total):")
+    for kind, ss in kinds.items():
+        lines.append(f"  {kind:<18} {sum(s['cached'] for s in ss)}/{len(ss)}")
+        lines.extend(f"    note: {n}" for n in sorted({s['note'] for s in ss if s.get('note')}))
+    cost = report["cost"]
+    lines.append(f"estimated cost on '{cost['device']}': {cost['total_device_hours']:.3f} device-hours "
+                 f"({cost['remaining_device_hours']:.3f} not cached)")
+    for kind, c in cost["per_kind"].items():
+        lines.append(f"  {kind:<18} x{c['count']:<3} {c['device_hours']:.3f} h")
+    return "\n".join(lines)
+
+
+def iter_upstream(plan: Plan, key: str) -> Iterable[Stage]:
+    """All stages a stage depends on, transitively (for `time/pipeline_s`)."""
+    seen: set[str] = set()
+    stack = list(plan.stages[key].deps.values())
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        yield plan.stages[k]
+        stack.extend(plan.stages[k].deps.values())

@@ -1,0 +1,89 @@
+"""The sweep's life cycle once the input is known to be good: services up, execute, tables, services down."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+
+from orchestrator import execution, ray_backend
+from orchestrator.cache import Cache
+from orchestrator.plan import build_plan
+from orchestrator.spec import SweepSpec
+from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
+    storage = Path(args.storage).resolve()
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        try:
+            uri = args.tracking_uri
+            if not uri:
+                server = LocalMlflowServer(storage / "mlflow").start()
+                stack.callback(server.stop)
+                uri = server.uri
+                _say(f"MLflow: {uri} (store {storage / 'mlflow'})")
+            return _execute(spec, args, storage, uri, stack, t0)
+        except TrackingUnavailable as err:
+            print(f"error: {err}. Nothing is lost: rerun the same command to resume.", file=sys.stderr)
+            return 1
+        except Exception as err:  # noqa: BLE001 - one line for people, the traceback in a file
+            log = storage / "logs" / "last_error.txt"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            print(f"error: {type(err).__name__}: {err} (traceback: {log})", file=sys.stderr)
+            return 1
+
+
+def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float) -> int:
+    from orchestrator.sweep import git_commit, sweep_id_of
+
+    cache = Cache(storage)
+    plan = build_plan(spec, cache.has)
+    sweep_id = sweep_id_of(spec)
+    tracker = SweepTracker(uri, spec.name, patience_s=args.mlflow_patience)
+    parent_id, resumed = tracker.open_parent(
+        sweep_id, {"spec_hash": spec.content_hash(), "profile": spec.profile, "git_commit": git_commit()},
+        run_name=f"{spec.name}-{spec.profile}")
+    parent = tracker.logger(parent_id)
+    if not resumed:
+        parent.log_text(spec.model_dump_json(indent=1), "spec.json")
+    n_orphans = tracker.mark_orphans(sweep_id, keep=[parent_id])
+    _say(f"sweep {spec.name}: {len(plan.cells)} cells, {len(plan.stages) - len(plan.cells)} shared stages "
+         f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
+         + (" (resumed)" if resumed else "") + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else ""))
+    info = ray_backend.start(args.address, args.num_cpus)
+    stack.callback(ray_backend.stop)
+    sc = execution.SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info,
+                                use_feature_cache=not args.no_feature_cache, log=_say)
+    outcome = execution.execute(sc, rerun_failed=args.rerun_failed)
+    files = _tables(spec, uri, storage, sweep_id, parent_id)
+    wall = time.perf_counter() - t0
+    parent.log_metrics({"time/sweep_s": wall, "cells/finished": len(outcome.finished),
+                        "cells/failed": len(outcome.failed) + len(outcome.skipped_failed)}, step=0)
+    parent.set_tags({"failed_cells": ",".join(sorted(outcome.failed) + outcome.skipped_failed) or "none"})
+    parent.finish(FINISHED)
+    execution.write_summary(storage / "results" / spec.name / "summary.json", outcome)
+    _say(f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
+         f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
+         f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached")
+    for f in files:
+        _say(f"  {f}")
+    return 0 if not outcome.failed else 1
+
+
+def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str) -> list[Path]:
+    from orchestrator.aggregate import aggregate
+
+    out = storage / "results" / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    files = aggregate(uri, spec.name, out, tables=list(spec.reproduces) or None, sweep_id=sweep_id)
+    log_artifacts(uri, parent_id, files, "tables")
+    return files

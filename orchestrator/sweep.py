@@ -1,0 +1,141 @@
+"""`python -m orchestrator.sweep SPEC`: plan, execute on Ray, track in MLflow, and render the paper's tables.
+
+Read top to bottom, `main` is the whole story: validate everything (exit 2 on bad input, nothing started) ->
+plan (`--dry-run` stops here) -> start MLflow (unless `--tracking-uri`) and Ray -> run the stage waves and the
+cells -> aggregate the tables into `<storage>/results/<sweep>/` and onto the parent run -> stop what we started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.spec import SpecError, SweepSpec, load_spec
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage dump -> our one line, exit 2
+        raise SpecError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m orchestrator.sweep",
+                description="Run a robustification sweep (Ray Tune x Ray Train, tracked in MLflow).")
+    p.add_argument("spec", help="sweep YAML, e.g. sweeps/teacher_vs_student.yaml")
+    p.add_argument("--profile", default="local", help="profile defined in the sweep file (local | paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the resolved spec, e.g. --set train.epochs=3")
+    p.add_argument("--dry-run", action="store_true", help="print cells, stages, cache state and cost; start nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
+    p.add_argument("--tracking-uri", help="MLflow tracking server (default: a local server over <storage>/mlflow)")
+    p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store (default ./runs)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--rerun-failed", action="store_true", help="rerun only the cells whose runs FAILED")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="encode images with the full student every batch (benchmark baseline)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--mlflow-patience", type=float, default=300.0,
+                   help="seconds to keep retrying an unreachable MLflow before stopping the sweep")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def check_storage(storage: str) -> None:
+    """An unwritable or full storage is bad input: say so before anything starts."""
+    if "://" in storage and not storage.startswith("file://"):
+        return  # object stores are checked by pyarrow on first write
+    path = Path(storage.removeprefix("file://"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise SpecError(f"--storage {storage!r}: not writable ({err.strerror or err}); "
+                        "give a writable folder or a s3:// URI") from None
+    st = os.statvfs(path)
+    if st.f_bavail * st.f_frsize < 256 * 2**20:
+        raise SpecError(f"--storage {storage!r}: less than 256 MiB free; free space or choose another folder")
+
+
+def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
+    if spec.data.source == "embedded":
+        return
+    from trainables.data import check_roots
+
+    needed = _needed_roots(spec)
+    problems = check_roots(spec.data.roots, needed)
+    if problems:
+        raise SpecError(f"{spec_path}: profile {spec.profile!r}: key 'data.roots': {problems[0]}"
+                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _needed_roots(spec: SweepSpec) -> list[str]:
+    suite_roots = {"clean": "imagenet", "c": "imagenet_c", "p": "imagenet_p", "v2": "imagenet_v2",
+                   "r": "imagenet_r", "sketch": "imagenet_sketch", "a": "imagenet_a", "objectnet": "objectnet",
+                   "objectnet_c": "objectnet"}
+    needed = ["imagenet"] + [suite_roots[s.value] for s in spec.eval if s.value in suite_roots]
+    if any(s.value == "transfer" for s in spec.eval):
+        needed += [k for k in spec.data.roots if k in ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100",
+                                                       "fgvc_aircraft", "sun397")] or ["tiny_imagenet"]
+    return list(dict.fromkeys(needed))
+
+
+def sweep_id_of(spec: SweepSpec) -> str:
+    return spec.content_hash()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        spec = load_spec(args.spec, args.profile, args.overrides)
+        if not args.dry_run:
+            check_storage(args.storage)
+        check_data_roots(spec, args.spec)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from orchestrator.cache import Cache
+    from orchestrator.plan import build_plan, dry_run_report, format_report
+
+    if args.dry_run:
+        cache = Cache(args.storage) if Path(args.storage).exists() or "://" in args.storage else None
+        plan = build_plan(spec, cache.has if cache else None)
+        report = dry_run_report(plan)
+        print(json.dumps(report, indent=1) if args.json else format_report(report))
+        return 0
+    return _run(args, spec)
+
+
+def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
+    from orchestrator import runner
+
+    try:
+        return runner.run_sweep(spec, args)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

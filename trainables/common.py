@@ -1,0 +1,153 @@
+"""Plumbing shared by the stages: the context a stage runs in, batched inference, precise BN, seeding, I/O.
+
+The data plane knows nothing of Ray or MLflow: the orchestrator hands each stage a `StageContext` whose
+reporter logs to MLflow and whose `checkpoint` reports to Ray Train; tests hand it a plain one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class Reporter(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
+
+
+class NullReporter:
+    """Collects metrics in memory (tests, non-zero ranks)."""
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.history.append((step, dict(metrics)))
+
+
+@dataclass
+class StageContext:
+    """What a stage gets from whoever runs it.
+
+    Attributes:
+        reporter: per-epoch and final metrics (MLflow on rank 0 under Ray).
+        device: where to compute.
+        rank / world_size: data-parallel position (Ray Train workers); 0 / 1 otherwise.
+        wrap_model: DDP wrapper for the trained module (identity outside Ray Train).
+        checkpoint: called once per epoch by every rank with (state, epoch, metrics); None: no checkpoints.
+        resume: the state of the last checkpoint, if the stage is being retried.
+        threads: torch intra-op threads.
+    """
+
+    reporter: Reporter = field(default_factory=NullReporter)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    checkpoint: Callable[[dict, int, dict], None] | None = None
+    resume: dict | None = None
+    threads: int | None = None
+
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        if self.rank == 0:
+            self.reporter.log_metrics(metrics, step)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 (N,3,H,W) at rest -> float [0,1] for the models (which normalise themselves)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+@torch.no_grad()
+def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 256, device: torch.device | None = None,
+            images: bool = True) -> Tensor:
+    """Apply `fn` over the first dim in chunks; uint8 images are converted per chunk to bound memory."""
+    outs = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i: i + batch_size]
+        chunk = to_float(chunk) if images else chunk
+        outs.append(fn(chunk.to(device) if device is not None else chunk).cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator, rank: int = 0,
+                        world_size: int = 1) -> Iterator[Tensor]:
+    """Shuffled index batches; each rank takes its own slice of every global batch (data parallel)."""
+    perm = torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        idx = perm[i: i + batch_size]
+        yield idx[rank::world_size] if world_size > 1 else idx
+
+
+@torch.no_grad()
+def precise_bn(module: nn.Module, inputs: Tensor, forward: Callable[[Tensor], Any], batch_size: int = 128,
+               max_batches: int = 40) -> None:
+    """Recompute BatchNorm running statistics with a cumulative average over training data.
+
+    Why: after a few hundred Adam steps the running estimates (momentum 0.1) lag the weights so badly that eval
+    mode sits at chance while train mode is fine (shared/platform.md). Only BN layers switch to train mode.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = {m: (m.momentum, m.training) for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    for i in range(0, min(len(inputs), batch_size * max_batches), batch_size):
+        chunk = inputs[i: i + batch_size]
+        forward(to_float(chunk) if chunk.dtype == torch.uint8 else chunk)
+    for m, (mom, training) in saved.items():
+        m.momentum = mom
+        m.train(training)
+
+
+def freeze_eval(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------- storage
+
+
+def save(obj: Any, path: Path) -> None:
+    """torch.save of plain tensors/containers only, so `load` can use weights_only=True."""
+    torch.save(obj, path)
+
+
+def load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_metrics(folder: Path, metrics: dict[str, float]) -> None:
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+
+
+def read_metrics(folder: Path) -> dict[str, float]:
+    f = folder / "metrics.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.s = time.perf_counter() - self.t0

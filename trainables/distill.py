@@ -1,0 +1,322 @@
+"""The `cell` stage: distil into the student's tuned tail (or run a baseline), then evaluate every selection rule.
+
+Methods (method.md §3, §5):
+    ours      three heads, KD from the robust teacher + the uncertainty-aware combined target
+    wo_kd     three heads, every soft target replaced by CE on the labels (same data per head)
+    apt       same tuned portion, one head (the `combined` slot), CE on clean ∪ augmented, no teacher
+    full_ft   all parameters on clean ∪ augmented (the `full_finetune` stage; evaluated from images)
+    wise_ft   (1 - w) θ_original + w θ_full_ft, w = train.wise_alpha
+    original  the untouched (pre)trained student (CLIP: zero-shot through the class-prompt embeddings)
+
+Why features: everything before the split point is frozen, in eval mode and dropout-free, so training the tail
+on cached features is exact and costs a few million parameters per step instead of the whole student. With
+`use_cache=False` (benchmark "naive" mode, and the exactness test) the same loop encodes images every batch.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables.common import (StageContext, Timer, iterate_minibatches, load, precise_bn, read_metrics, save,
+                               seed_everything, to_float)
+from trainables.evaluate import classifier_predictor, evaluate_suites
+from trainables.inference import predict_all
+from trainables.losses import ThreeHeadLoss
+from trainables.stages import encode_bundles, load_bundles, load_model_folder, load_pool, student_from_deps
+
+THREE_HEADED = ("ours", "wo_kd")
+
+
+def _fraction_indices(n: int, a: float, seed: int) -> Tensor:
+    from trainables.augment import sample_fraction
+
+    return sample_fraction(n, a, seed)
+
+
+class _Tail(nn.Module):
+    """The trained part: shared trunk + heads (what DDP wraps)."""
+
+    def __init__(self, trunk: nn.Module, heads: nn.ModuleDict) -> None:
+        super().__init__()
+        self.trunk, self.heads = trunk, heads
+
+    def forward(self, f: Tensor, heads: tuple[str, ...]) -> dict[str, Tensor]:
+        z = self.trunk(f)
+        return {h: self.heads[h](z) for h in heads}
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class _TrainData:
+    """Clean and augmented training inputs (features, or images in uncached mode) with teacher/S0 logits."""
+
+    def __init__(self, inputs: dict, deps: dict[str, Path], student: nn.Module, use_cache: bool) -> None:
+        cell = inputs["cell"]
+        a, seed = cell["data_fraction"], cell["seed"]
+        pool = load_pool(deps["pool"])
+        ci = _fraction_indices(len(pool["train"]["y"]), a, seed)
+        pi = _fraction_indices(len(pool["pool"]["y"]), a, seed)
+        self.y_clean, self.y_aug = pool["train"]["y"][ci], pool["pool"]["y"][pi]
+        if use_cache:
+            feats = load(deps["features"] / "features.pt")
+            self.x_clean, self.x_aug = feats["train"]["x"][ci], feats["pool"]["x"][pi]
+        else:
+            self.x_clean, self.x_aug = pool["train"]["x"][ci], pool["pool"]["x"][pi]
+        self.encode = (lambda x: x) if use_cache else (lambda x: student.encode(to_float(x)))
+        self.t_clean = self.t_aug = None
+        if "targets" in deps and cell["method"] == "ours":
+            if use_cache:
+                t = load(deps["targets"] / "targets.pt")
+                self.t_clean, self.t_aug = t["train"][ci], t["pool"][pi]
+            else:
+                teacher = load_model_folder(deps["teacher"]).eval()
+                self.t_clean, self.t_aug = _batched(teacher, self.x_clean), _batched(teacher, self.x_aug)
+
+    def __len__(self) -> int:
+        return len(self.y_aug)
+
+
+@torch.no_grad()
+def _batched(fn, x: Tensor, bs: int = 256) -> Tensor:
+    return torch.cat([fn(to_float(x[i: i + bs]) if x.dtype == torch.uint8 else x[i: i + bs])
+                      for i in range(0, len(x), bs)])
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _loss(method: str, tail: nn.Module, f_c: Tensor, f_a: Tensor, yc: Tensor, ya: Tensor, tc, ta, s0, task):
+    if method == "apt":
+        logits = tail(torch.cat([f_c, f_a]), ("combined",))["combined"]
+        loss = F.cross_entropy(logits, torch.cat([yc, ya]))
+        return loss, {"combined": loss.detach()}
+    out_c = tail(f_c, ("clean", "unclean", "combined"))
+    out_a = tail(f_a, ("clean", "unclean", "combined"))
+    head_logits = {h: (out_c[h], out_a[h]) for h in out_c}
+    s0c, s0a = s0
+    return task(head_logits, yc, ya, tc, ta, s0c, s0a)
+
+
+def train_tail(inputs: dict, student: nn.Module, td: _TrainData, ctx: StageContext) -> dict[str, float]:
+    """Adam over trunk + heads for `epochs`; per-epoch metrics and checkpoints; resumes from `ctx.resume`."""
+    cell, tr = inputs["cell"], inputs["train"]
+    method = cell["method"]
+    g = seed_everything(cell["seed"])
+    tail = _Tail(student.trunk, student.heads)
+    model = ctx.wrap_model(tail)
+    params = [p for p in tail.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tr["lr"])
+    task = ThreeHeadLoss(alpha=tr["alpha"], tau=tr["tau"], self_distill_weight=tr["self_distill"],
+                         use_kd=(method == "ours"))
+    start = 0
+    if ctx.resume:
+        tail.load_state_dict(ctx.resume["tail"])
+        opt.load_state_dict(ctx.resume["opt"])
+        g.set_state(ctx.resume["rng"])
+        start = int(ctx.resume["epoch"]) + 1
+    bs = tr["batch_size"]
+    last: dict[str, float] = {}
+    for epoch in range(start, tr["epochs"]):
+        tail.train()
+        sums: dict[str, float] = {}
+        nb = 0
+        cperm = torch.randperm(len(td.y_clean), generator=g)
+        for b, idx in enumerate(iterate_minibatches(len(td), bs, g, ctx.rank, ctx.world_size)):
+            cidx = cperm[(torch.arange(len(idx)) + b * len(idx)) % len(cperm)]
+            with torch.no_grad():
+                f_c, f_a = td.encode(td.x_clean[cidx]), td.encode(td.x_aug[idx])
+                s0 = (student.original(f_c), student.original(f_a)) if method == "ours" else (None, None)
+            tc = td.t_clean[cidx] if td.t_clean is not None else None
+            ta = td.t_aug[idx] if td.t_aug is not None else None
+            loss, parts = _loss(method, model, f_c, f_a, td.y_clean[cidx], td.y_aug[idx], tc, ta, s0, task)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            nb += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            for k, v in parts.items():
+                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v)
+        last = {f"train/{k}": v / max(nb, 1) for k, v in sums.items()} | {"train/lr": tr["lr"]}
+        ctx.log(last, step=epoch)
+        if ctx.checkpoint is not None:
+            ctx.checkpoint({"tail": tail.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
+                            "epoch": epoch}, epoch, last)
+    if tr.get("precise_bn", True):
+        feats = torch.cat([td.x_clean, td.x_aug])
+        precise_bn(tail, feats, lambda f: tail(td.encode(f), ("clean", "unclean", "combined")))
+    tail.eval()
+    return last
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def _rules_predictor(student: nn.Module, n: int, lam: float, encode=None):
+    def predict(f: Tensor) -> dict[str, Tensor]:
+        f = encode(f) if encode is not None else f
+        r = predict_all(student.heads, student.trunk(f), n_samples=n, lam=lam)
+        out = {"main": r["pred"]["ours"], **r["pred"]}
+        out.update({f"head_{h}": v for h, v in r["head_pred"].items()})
+        out.update({f"chosen/{k}": v for k, v in r["chosen"].items()})
+        return out
+    return predict
+
+
+def _single_head_predictor(student: nn.Module, head: str, encode=None):
+    def predict(f: Tensor) -> dict[str, Tensor]:
+        f = encode(f) if encode is not None else f
+        return {"main": student.heads[head](student.trunk(f)).argmax(-1)}
+    return predict
+
+
+def _original_predictor(student: nn.Module, encode=None):
+    def predict(f: Tensor) -> dict[str, Tensor]:
+        f = encode(f) if encode is not None else f
+        return {"main": student.original(f).argmax(-1)}
+    return predict
+
+
+def _eval_inputs(inputs: dict, deps: dict[str, Path], student: nn.Module, use_cache: bool):
+    """Eval bundles as features (cached) or images, and the matching `encode` for image inputs."""
+    if use_cache:
+        return load(deps["features"] / "features.pt")["eval"], None
+    return load_bundles(deps["eval"]), (lambda x: student.encode(x))
+
+
+def evaluate_cell(inputs: dict, deps: dict[str, Path], student: nn.Module, use_cache: bool,
+                  orig_trunk: nn.Module) -> dict[str, float]:
+    method, tr = inputs["cell"]["method"], inputs["train"]
+    suites = inputs["eval"]
+    bundles, enc = _eval_inputs(inputs, deps, student, use_cache)
+    ref = read_metrics(deps["reference"]) if "reference" in deps else None
+    embed_in = enc or (lambda f: f)
+    if method in THREE_HEADED:
+        pred = _rules_predictor(student, tr["mc_samples"], tr["lam"], enc)
+    elif method == "apt":
+        pred = _single_head_predictor(student, "combined", enc)
+    else:  # original
+        pred = _original_predictor(student, enc)
+    trunk = orig_trunk if method == "original" else student.trunk
+    metrics = evaluate_suites(pred, bundles, suites, reference_fp=ref, embed=lambda f: trunk(embed_in(f)).flatten(1))
+    if method != "original":  # the untouched student on the same sets: "pretrained vs tuned" in one run
+        o = evaluate_suites(_original_predictor(student, enc), bundles, [s for s in suites if s in ("clean", "c")])
+        metrics.update({f"original/{k}": v for k, v in o.items() if k in ("acc/clean", "acc/c")})
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def _fail_switch(inputs: dict, key: str | None) -> None:
+    fails = inputs.get("fail_cells") or []
+    if "*" in fails or (key and any(key.startswith(f) for f in fails)):
+        raise RuntimeError(f"fault injected by train.fail_cells for cell {key}")
+
+
+def run_cell(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext,
+             use_cache: bool = True, key: str | None = None) -> dict[str, float]:
+    """Distil (or run the baseline) and evaluate; writes the tail's state to `out/tail.pt`."""
+    _fail_switch(inputs, key)
+    cell = inputs["cell"]
+    method = cell["method"]
+    t0 = time.perf_counter()
+    if method in ("full_ft", "wise_ft"):
+        return _run_full(inputs, deps, out, ctx)
+    bundles_meta = load_bundles(deps["eval"]) if "student" not in deps else None
+    classes = (bundles_meta or {}).get("classes") or _classes_from(deps)
+    student = student_from_deps(inputs, deps, classes, inputs["train"]["dropout"]).eval()
+    use_cache = use_cache and "features" in deps
+    orig_trunk = copy.deepcopy(student.trunk).eval()
+    metrics: dict[str, float] = {}
+    if method != "original":
+        td = _TrainData(inputs, deps, student, use_cache)
+        with Timer() as t:
+            last = train_tail(inputs, student, td, ctx)
+        metrics.update({"time/train_s": t.s, **{k: v for k, v in last.items()}})
+        save({k: v for k, v in student.state_dict().items() if k.startswith(("trunk.", "heads."))}, out / "tail.pt")
+    else:
+        metrics["time/train_s"] = 0.0
+    if ctx.rank == 0:
+        metrics.update(evaluate_cell(inputs, deps, student, use_cache, orig_trunk))
+        counts = student.param_counts()
+        metrics.update({"params/tuned": float(counts["tuned"]), "params/total": float(counts["total"])})
+    if "teacher" in deps:
+        metrics.update({f"teacher/{k}": v for k, v in read_metrics(deps["teacher"]).items()
+                        if k in ("acc/clean", "acc/c", "mfr", "fp/mean", "acc/pool")})
+    metrics["time/cell_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def _classes_from(deps: dict[str, Path]) -> list[str]:
+    import json
+
+    return json.loads((deps["student"] / "model.json").read_text())["classes"]
+
+
+# --------------------------------------------------------------------------------------------- complete FT
+
+
+def full_finetune(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
+    """Complete fine-tuning: every parameter of the student on clean ∪ augmented images (expensive baseline)."""
+    tr, seed = inputs["train"], inputs["seed"]
+    bundles = load_bundles(deps["eval"])
+    student = student_from_deps(inputs, deps, bundles["classes"], tr["dropout"])
+    pool = load_pool(deps["pool"])
+    a = inputs["data_fraction"]
+    ci = _fraction_indices(len(pool["train"]["y"]), a, seed)
+    pi = _fraction_indices(len(pool["pool"]["y"]), a, seed)
+    x = torch.cat([pool["train"]["x"][ci], pool["pool"]["x"][pi]])
+    y = torch.cat([pool["train"]["y"][ci], pool["pool"]["y"][pi]])
+    for p in student.parameters():
+        p.requires_grad_(True)
+    g = seed_everything(seed)
+    opt = torch.optim.Adam([p for n, p in student.named_parameters() if not n.startswith("original")],
+                           lr=tr["full_ft_lr"])
+    epochs = tr["full_ft_epochs"] or tr["epochs"]
+    with Timer() as t:
+        for epoch in range(epochs):
+            student.train()
+            tot, nb = 0.0, 0
+            for idx in iterate_minibatches(len(x), tr["batch_size"], g):
+                loss = F.cross_entropy(student(to_float(x[idx]), head="combined"), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot, nb = tot + float(loss), nb + 1
+            ctx.log({"train/loss": tot / max(nb, 1), "train/lr": tr["full_ft_lr"]}, step=epoch)
+        precise_bn(student, x, lambda z: student(z, head="combined"))
+    student.eval()
+    save(student.state_dict(), out / "model.pt")
+    (out / "model.json").write_text((deps["student"] / "model.json").read_text() if "student" in deps else "{}")
+    return {"time/train_s": t.s, "time/stage_s": t.s}
+
+
+def _run_full(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
+    method, tr = inputs["cell"]["method"], inputs["train"]
+    bundles = load_bundles(deps["eval"])
+    base = student_from_deps(inputs, deps, bundles["classes"], tr["dropout"]).eval()
+    tuned = copy.deepcopy(base)
+    tuned.load_state_dict(load(deps["full_ft"] / "model.pt"))
+    if method == "wise_ft":  # weight-space ensemble of the original and the fine-tuned model
+        w = tr["wise_alpha"]
+        sd0, sd1 = base.state_dict(), tuned.state_dict()
+        tuned.load_state_dict({k: (1 - w) * sd0[k] + w * sd1[k] if sd0[k].is_floating_point() else sd1[k]
+                               for k in sd0})
+    tuned.eval()
+    net = lambda x: tuned(x, head="combined")  # noqa: E731
+    ref = read_metrics(deps["reference"]) if "reference" in deps else None
+    with torch.no_grad():
+        metrics = evaluate_suites(classifier_predictor(net), bundles, inputs["eval"], reference_fp=ref,
+                                  embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1))
+    ft = read_metrics(deps["full_ft"])
+    counts = tuned.param_counts()
+    metrics.update({"time/train_s": ft.get("time/train_s", 0.0), "params/tuned": float(counts["total"]),
+                    "params/total": float(counts["total"])})
+    return metrics
