@@ -51,13 +51,22 @@ def _manifest_for(folder: Path, meta: dict | None) -> dict:
 class Cache:
     """Stage cache rooted at a storage path or URI."""
 
-    def __init__(self, storage: str | os.PathLike, scratch: str | os.PathLike | None = None) -> None:
+    def __init__(self, storage: str | os.PathLike, scratch: str | os.PathLike | None = None,
+                 filesystem=None) -> None:
+        """Args:
+            storage: a folder, or a URI pyarrow understands (s3://bucket/prefix, gs://, hdfs://).
+            scratch: local mirror for entries read from / written to a remote store.
+            filesystem: an explicit `pyarrow.fs.FileSystem` (storage is then a path inside it).
+        """
         storage = str(storage)
-        self.remote = "://" in storage and not storage.startswith("file://")
+        self.remote = filesystem is not None or ("://" in storage and not storage.startswith("file://"))
         if self.remote:
             import pyarrow.fs as pafs
 
-            self.fs, base = pafs.FileSystem.from_uri(storage)
+            if filesystem is not None:
+                self.fs, base = filesystem, storage
+            else:
+                self.fs, base = pafs.FileSystem.from_uri(storage)
             self.base = base.rstrip("/") + "/cache"
             tag = hashlib.sha1(storage.encode()).hexdigest()[:10]
             self.local = Path(scratch or Path.home() / ".cache" / "robustify" / tag)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a real MLflow server on 127.0.0.1 and one real smoke sweep per test session."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.tracking import LocalMlflowServer
+from tests.procs import kill_marked, run_cli
+
+
+@dataclass
+class SmokeSweep:
+    storage: Path
+    uri: str
+    experiment: str
+    stdout: str
+    stderr: str
+    returncode: int
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory) -> SmokeSweep:
+    """`python -m orchestrator.sweep sweeps/smoke.yaml` against a real MLflow server started here."""
+    storage = tmp_path_factory.mktemp("smoke")
+    server = LocalMlflowServer(storage / "mlflow").start()
+    mark = uuid.uuid4().hex
+    try:
+        proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage),
+                        "--tracking-uri", server.uri], mark=mark, timeout=1500)
+        yield SmokeSweep(storage, server.uri, "smoke", proc.stdout, proc.stderr, proc.returncode)
+    finally:
+        kill_marked(mark)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def smoke_store(smoke_sweep: SmokeSweep) -> Path:
+    """Storage folder of the finished smoke sweep; its MLflow store is `<storage>/mlflow`."""
+    assert smoke_sweep.returncode == 0, smoke_sweep.stderr[-3000:]
+    return smoke_sweep.storage

@@ -1,0 +1,64 @@
+"""The CLI on bad input: exit code 2, one short line, no traceback, nothing started; dry run starts nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.procs import ROOT, run_cli
+
+BAD = [
+    ("missing file", ["sweeps/nope.yaml"], "no such sweep file"),
+    ("unknown profile", ["sweeps/smoke.yaml", "--profile", "cloud"], "profile 'cloud'"),
+    ("unknown student", ["sweeps/smoke.yaml", "--set", "grid.student=[vit_smal]"], "vit_small"),
+    ("unknown method", ["sweeps/smoke.yaml", "--set", "grid.method=[ourz]"], "ours"),
+    ("bad fraction", ["sweeps/smoke.yaml", "--set", "grid.data_fraction=[0]"], "(0, 1]"),
+    ("empty axis", ["sweeps/smoke.yaml", "--set", "grid.method=[]"], "grid.method"),
+    ("unknown key", ["sweeps/smoke.yaml", "--set", "train.epoch=3"], "train.epoch"),
+    ("bad flag", ["sweeps/smoke.yaml", "--frobnicate"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("name, args, needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exit_2_one_line(tmp_path: Path, name: str, args: list[str], needle: str) -> None:
+    storage = tmp_path / "runs"
+    proc = run_cli(["orchestrator.sweep", *args, "--storage", str(storage)], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) <= 3 and needle in err, err
+    assert not (storage / "mlflow").exists() and not (storage / "ray_tune").exists()
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {student: [clip_vit_b16]\n")
+    proc = run_cli(["orchestrator.sweep", str(bad), "--storage", str(tmp_path / "r")], timeout=120)
+    assert proc.returncode == 2 and "malformed YAML" in proc.stderr and str(bad) in proc.stderr
+
+
+def test_unwritable_storage(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(blocker / "sub")], timeout=120)
+    assert proc.returncode == 2 and "--storage" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dry_run_json_teacher_vs_student(tmp_path: Path) -> None:
+    proc = run_cli(["orchestrator.sweep", "sweeps/teacher_vs_student.yaml", "--dry-run", "--json",
+                    "--storage", str(tmp_path / "r")], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["cells"]) == 6
+    assert {c["teacher"] for c in report["cells"]} == {"resnet34", "resnet50", "resnet101", "vit_small",
+                                                        "resnet152", "vit_base"}
+    assert all(c["student"] == "clip_vit_b16" and c["data_fraction"] == 0.5 for c in report["cells"])
+    assert report["stages"] and report["cost"]["per_kind"]["robustify_teacher"]["count"] == 6
+    assert not (tmp_path / "r").exists()
+
+
+def test_paper_profile_missing_roots_reported_at_plan_time(tmp_path: Path) -> None:
+    proc = run_cli(["orchestrator.sweep", "sweeps/teacher_vs_student.yaml", "--profile", "paper",
+                    "--storage", str(tmp_path / "r")], timeout=120)
+    assert proc.returncode == 2 and "data.roots" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "mlflow").exists()
