@@ -100,7 +100,9 @@ def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resum
                        checkpoint=checkpoint, resume=resume, threads=cfg["threads"])
     inputs = {**cfg["inputs"], "fail_cells": cfg["fail_cells"]}
     out = cache.staging("cell", cfg["key"]) if rank == 0 else Path(tempfile.mkdtemp())
+    start = time.time()
     metrics = run_cell(inputs, deps, out, ctx, use_cache=cfg["use_feature_cache"], key=cfg["key"])
+    metrics.update({"time/start_unix": start, "time/end_unix": time.time()})
     if rank == 0:
         write_metrics(out, metrics)
         cache.publish("cell", cfg["key"], out, {"kind": "cell", "inputs": cfg["inputs"]})

@@ -8,6 +8,7 @@ fills, and the returned metrics are also written to `out/metrics.json`. Nothing 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -309,6 +310,8 @@ def run_stage(kind: str, inputs: dict, deps: dict[str, Path], out: Path, ctx: St
         fn = distill.run_cell if kind == "cell" else distill.full_finetune
     else:
         fn = STAGES[kind]
+    start = time.time()
     metrics = fn(inputs, deps, out, ctx)
+    metrics.update({"time/start_unix": start, "time/end_unix": time.time()})  # for the overhead benchmark
     write_metrics(out, metrics)
     return metrics
