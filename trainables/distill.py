@@ -274,10 +274,10 @@ def full_finetune(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCont
     pi = _fraction_indices(len(pool["pool"]["y"]), a, seed)
     x = torch.cat([pool["train"]["x"][ci], pool["pool"]["x"][pi]])
     y = torch.cat([pool["train"]["y"][ci], pool["pool"]["y"][pi]])
-    for p in student.parameters():
-        p.requires_grad_(True)
+    student.set_frozen_trainable(True)
     g = seed_everything(seed)
-    opt = torch.optim.Adam([p for n, p in student.named_parameters() if not n.startswith("original")],
+    opt = torch.optim.Adam([p for n, p in student.named_parameters()
+                            if p.requires_grad and not n.startswith(("original_tail.", "heads.clean", "heads.unclean"))],
                            lr=tr["full_ft_lr"])
     epochs = tr["full_ft_epochs"] or tr["epochs"]
     with Timer() as t:
@@ -292,6 +292,7 @@ def full_finetune(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCont
                 tot, nb = tot + float(loss), nb + 1
             ctx.log({"train/loss": tot / max(nb, 1), "train/lr": tr["full_ft_lr"]}, step=epoch)
         precise_bn(student, x, lambda z: student(z, head="combined"))
+    student.set_frozen_trainable(False)
     student.eval()
     save(student.state_dict(), out / "model.pt")
     (out / "model.json").write_text((deps["student"] / "model.json").read_text() if "student" in deps else "{}")

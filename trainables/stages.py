@@ -226,12 +226,12 @@ def pretrain_student(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageC
     s = build_student(inputs["model"], len(classes), d["image_size"], classes, inputs["dropout"])
     n = p["n_images"] or len(train)
     x, y = train.images[:n], train.labels[:n]
-    for param in s.parameters():
-        param.requires_grad_(True)
+    s.set_frozen_trainable(True)
     clean = lambda net, xb, yb, step: _ce_step(lambda z: net(z, head="clean"), xb, yb, step)  # noqa: E731
     with Timer() as t:
         _train_classifier(s, x, y, p["epochs"], p["lr"], p["batch_size"], 0, ctx, clean)
         precise_bn(s, x, lambda z: s(z, head="clean"))
+    s.set_frozen_trainable(False)
     s.eval()
     for h in ("unclean", "combined"):  # every head starts from the same (pre)trained weights
         s.heads[h].load_state_dict(s.heads["clean"].state_dict())
