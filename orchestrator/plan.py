@@ -167,9 +167,12 @@ class _Builder:
         return {"reference": self.naive_teacher(ref, seed, with_reference=False)}
 
     def naive_teacher(self, teacher: str, seed: int, with_reference: bool = True) -> str:
+        # the reference model's naive teacher *is* the reference: one stage, FR = 1 by definition
+        with_reference = with_reference and teacher != self.spec.data.reference_model
         deps = {"eval": self.eval_sets(seed), **(self.reference(seed) if with_reference else {})}
         return self.add("naive_teacher", {"model": _model_inputs(self.spec, teacher), "data": _data_inputs(self.spec),
-                                          "teacher_train": self._teacher_cfg(), "seed": seed}, deps)
+                                          "teacher_train": self._teacher_cfg(), "seed": seed,
+                                          "is_reference": teacher == self.spec.data.reference_model}, deps)
 
     def robust_teacher(self, teacher: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.reference(seed)}

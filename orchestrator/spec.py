@@ -312,7 +312,30 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
     try:
         return SweepSpec.model_validate(merged)
     except ValidationError as err:
-        raise SpecError(_first_error(path, err, merged)) from None
+        msg = _first_error(path, err, merged)
+        raise SpecError(_with_origin(msg, err, body, profile, overrides)) from None
+
+
+def _with_origin(msg: str, err: ValidationError, body: dict, profile: str, overrides) -> str:
+    """Say where the bad key came from: an override, the profile, or the base document."""
+    loc = [str(p) for p in err.errors(include_url=False)[0]["loc"] if not isinstance(p, int)]
+    dotted = ".".join(loc)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            return f"{msg} (from --set {item!r})"
+    if loc and _lookup(body, tuple(loc[:1])) is not None and _present(body, loc):
+        return f"{msg} (from profiles.{profile}.{dotted})"
+    return msg
+
+
+def _present(doc: Any, loc: list[str]) -> bool:
+    node = doc
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

