@@ -72,13 +72,16 @@ def reconstruction_report(ae: nn.Module, images: Tensor) -> dict[str, float]:
 
 
 def train_autoencoder(images: Tensor, epochs: int, seed: int, batch_size: int = 32, lr: float = 3e-3,
-                      max_ratio: float = 0.5) -> tuple[ConvAutoencoder, dict[str, float]]:
-    """Train on the clean split; raise `CollapsedAutoencoder` unless recon MSE < max_ratio x mean-image MSE."""
+                      max_ratio: float = 0.5, min_steps: int = 200) -> tuple[ConvAutoencoder, dict[str, float]]:
+    """Train on the clean split for `epochs` but at least `min_steps` optimiser steps (tiny splits would
+    otherwise stop before the decoder leaves the mean image); raise `CollapsedAutoencoder` unless the
+    reconstruction MSE < max_ratio x the mean-image MSE."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     ae = ConvAutoencoder()
     opt = torch.optim.Adam(ae.parameters(), lr=lr)
     x = images.float() / 255.0
+    epochs = max(epochs, math.ceil(min_steps / max(1, math.ceil(len(x) / batch_size))))
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
             loss = F.mse_loss(ae(x[idx]), x[idx])

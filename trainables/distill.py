@@ -140,7 +140,7 @@ def train_tail(inputs: dict, student: nn.Module, td: _TrainData, ctx: StageConte
             loss.backward()
             opt.step()
             nb += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in parts.items():
                 sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v)
         last = {f"train/{k}": v / max(nb, 1) for k, v in sums.items()} | {"train/lr": tr["lr"]}
