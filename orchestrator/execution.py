@@ -101,13 +101,39 @@ def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resum
     inputs = {**cfg["inputs"], "fail_cells": cfg["fail_cells"]}
     out = cache.staging("cell", cfg["key"]) if rank == 0 else Path(tempfile.mkdtemp())
     start = time.time()
-    metrics = run_cell(inputs, deps, out, ctx, use_cache=cfg["use_feature_cache"], key=cfg["key"])
+    search = cfg["inputs"].get("search")
+    if search and rank == 0:
+        metrics = _search_cell(cfg, inputs, deps, out, ctx, search)
+    else:
+        metrics = run_cell(inputs, deps, out, ctx, use_cache=cfg["use_feature_cache"], key=cfg["key"])
     metrics.update({"time/start_unix": start, "time/end_unix": time.time()})
     if rank == 0:
         write_metrics(out, metrics)
+        (out / "placement.json").write_text(json.dumps({k: cfg.get(k) for k in ("driver_node", "worker_node")}))
         cache.publish("cell", cfg["key"], out, {"kind": "cell", "inputs": cfg["inputs"]})
         logger.flush()
     return metrics
+
+
+def _search_cell(cfg: dict, inputs: dict, deps: dict, out: Path, ctx, search: dict) -> dict[str, float]:
+    """Optuna study inside the cell: each trial is a full distill + evaluate with sampled train knobs."""
+    import copy
+    import dataclasses
+
+    from orchestrator.search import run_study
+    from trainables.common import write_metrics
+    from trainables.distill import run_cell
+
+    def train_once(params: dict, tdir: Path) -> dict[str, float]:
+        trial_inputs = copy.deepcopy(inputs)
+        trial_inputs["train"].update(params)
+        trial_ctx = dataclasses.replace(ctx, checkpoint=None, resume=None, reporter=_Null())
+        m = run_cell(trial_inputs, deps, tdir, trial_ctx, use_cache=cfg["use_feature_cache"], key=cfg["key"])
+        write_metrics(tdir, m)
+        return m
+
+    return run_study(Path(cfg["storage"]), cfg["key"], search["space"], search["trials"], search["metric"],
+                     train_once, out, lambda m, step: ctx.reporter.log_metrics(m, step))
 
 
 # ------------------------------------------------------------------------------------------ driver side
@@ -133,36 +159,78 @@ def _stage_name(stage: Stage) -> str:
 
 
 def run_stages(sc: SweepContext, outcome: Outcome, only: set[str] | None = None) -> dict[str, str]:
-    """Wave by wave, compute every missing shared stage. Returns {stage key: error} for failed stages."""
+    """Compute every missing shared stage, each as soon as its inputs exist. Returns {stage key: error}."""
     plan, cache, tracker = sc.plan, sc.cache, sc.tracker
     runs = tracker.child_runs(sc.sweep_id, "stage")
     failed: dict[str, str] = {}
     res = plan.spec.resources
-    for wave in plan.waves():
-        tasks = []
-        for stage in wave:
-            if only is not None and stage.key not in only:
-                continue
-            if any(d in failed for d in stage.deps.values()):
-                failed[stage.key] = "an upstream stage failed"
-                continue
-            run = runs.get(stage.key)
-            if cache.has(stage.kind, stage.key):
-                outcome.cached_stages += 1
-                if run is None or run.info.status != FINISHED:
-                    _log_cached(sc, stage, run)
-                continue
-            run_id = tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, _stage_name(stage),
-                                        {"stage": stage.kind, "cache_hit": "false"}, _stage_params(stage))
-            tasks.append({"kind": stage.kind, "key": stage.key, "inputs": stage.inputs, "run_id": run_id,
-                          "uri": tracker.uri, "storage": str(sc.storage), "threads": res.cpus_per_worker,
-                          "deps": {r: (plan.stages[k].kind, k) for r, k in stage.deps.items()}})
-        if tasks:
-            sc.log(f"  wave: {', '.join(_stage_name(plan.stages[t['key']]) for t in tasks)}")
-            gpus = res.gpus_per_worker if sc.cluster.gpus else 0
-            ray_backend.run_wave(tasks, stage_task, res.cpus_per_worker, gpus,
-                                 lambda t, r, e: _stage_done(sc, t, r, e, failed, outcome))
+    tasks: dict[str, dict] = {}
+    for stage in plan.stages.values():
+        if stage.kind == "cell" or (only is not None and stage.key not in only):
+            continue
+        run = runs.get(stage.key)
+        if _verified(sc, stage):
+            outcome.cached_stages += 1
+            if run is None or run.info.status != FINISHED:
+                _log_cached(sc, stage, run)
+            continue
+        run_id = tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, _stage_name(stage),
+                                    {"stage": stage.kind, "cache_hit": "false"}, _stage_params(stage))
+        tasks[stage.key] = {"kind": stage.kind, "key": stage.key, "inputs": stage.inputs, "run_id": run_id,
+                            "uri": tracker.uri, "storage": str(sc.storage), "threads": res.cpus_per_worker,
+                            "deps": {r: (plan.stages[k].kind, k) for r, k in stage.deps.items()}}
+    if tasks:
+        sc.log(f"  computing {len(tasks)} shared stage(s): "
+               + ", ".join(_stage_name(plan.stages[k]) for k in tasks))
+        deps = {k: {d for d in plan.stages[k].deps.values() if d in tasks} for k in tasks}
+        gpus = res.gpus_per_worker if sc.cluster.gpus else 0
+        ray_backend.run_dag(tasks, deps, stage_task, res.cpus_per_worker, gpus,
+                            lambda t, r, e: _stage_done(sc, t, r, e, failed, outcome))
+    _log_teacher_flip_rates(sc)
     return failed
+
+
+def _verified(sc: SweepContext, stage: Stage) -> bool:
+    """Is the entry cached *and* intact? A corrupt entry is removed here and recomputed like a missing one."""
+    from orchestrator.cache import CacheCorrupt
+
+    if not sc.cache.has(stage.kind, stage.key):
+        return False
+    try:
+        sc.cache.get(stage.kind, stage.key)
+        return True
+    except CacheCorrupt as err:
+        sc.log(f"  {err}: recomputing it")
+        return False
+
+
+def flip_rates_for(sc: SweepContext, metrics: dict[str, float], seed: int, prefix: str = "") -> dict[str, float]:
+    """`fr/*` and `mfr` of stored flip probabilities against the seed's reference model (if it has run)."""
+    from trainables.common import read_metrics
+    from trainables.evaluate import with_flip_rates
+
+    key = sc.plan.references.get(seed)
+    if key is None or not sc.cache.has("naive_teacher", key):
+        return {}
+    ref = read_metrics(sc.cache.get("naive_teacher", key))
+    fp = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix + "fp/")}
+    return {prefix + k: v for k, v in with_flip_rates(fp, ref).items()}
+
+
+def _log_teacher_flip_rates(sc: SweepContext) -> None:
+    """Teachers' mFR (Table 6) needs the reference's FPs, so it is logged once every stage has run."""
+    from trainables.common import read_metrics
+
+    runs = sc.tracker.child_runs(sc.sweep_id, "stage")
+    for stage in sc.plan.stages.values():
+        run = runs.get(stage.key)
+        if stage.kind not in ("naive_teacher", "robustify_teacher") or run is None:
+            continue
+        if not sc.cache.has(stage.kind, stage.key):
+            continue
+        fr = flip_rates_for(sc, read_metrics(sc.cache.get(stage.kind, stage.key)), stage.inputs["seed"])
+        if fr:
+            sc.tracker.logger(run.info.run_id).log_metrics(fr, step=0)
 
 
 def _stage_done(sc: SweepContext, task: dict, result: dict | None, err: BaseException | None,
@@ -177,6 +245,7 @@ def _stage_done(sc: SweepContext, task: dict, result: dict | None, err: BaseExce
     outcome.computed_stages += 1
     logger.log_metrics(result["metrics"], step=0)
     logger.finish(FINISHED)
+    sc.log(f"  stage {_stage_name(sc.plan.stages[task['key']])} done in {result['wall_s']:.0f} s")
 
 
 def _log_cached(sc: SweepContext, stage: Stage, run) -> None:
@@ -218,6 +287,9 @@ def finish_cell(sc: SweepContext, run_id: str, key: str, cached: bool) -> None:
 
     metrics = read_metrics(sc.cache.get("cell", key))
     metrics["time/pipeline_s"] = pipeline_seconds(sc, key, metrics)
+    seed = sc.plan.stages[key].inputs["cell"]["seed"]
+    metrics.update(flip_rates_for(sc, metrics, seed))
+    metrics.update(flip_rates_for(sc, metrics, seed, prefix="teacher/"))
     logger = sc.tracker.logger(run_id)
     if cached:
         logger.set_tags({"cache_hit": "true"})
@@ -253,7 +325,7 @@ def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_sta
             _fail_cell(sc, run_id, key, f"upstream stage {plan.stages[bad[0]].kind} failed: {failed_stages[bad[0]]}",
                        outcome)
             continue
-        if sc.cache.has("cell", key):
+        if _verified(sc, stage):
             finish_cell(sc, run_id, key, cached=True)
             outcome.cached.append(key)
             outcome.finished.append(key)

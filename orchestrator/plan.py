@@ -82,6 +82,7 @@ class Plan:
     cells: list[Cell]
     stages: dict[str, Stage]          # key -> stage (insertion order is a valid topological order)
     cell_stage: dict[Cell, str]       # cell -> key of its `cell` stage
+    references: dict[int, str] = field(default_factory=dict)  # seed -> key of the flip-rate reference stage
 
     def by_kind(self, kind: str) -> list[Stage]:
         return [s for s in self.stages.values() if s.kind == kind]
@@ -160,22 +161,21 @@ class _Builder:
         cfg.pop("naive_baseline")
         return cfg
 
-    def reference(self, seed: int) -> dict[str, str]:
+    def reference(self, seed: int) -> str | None:
+        """The flip-rate reference (AlexNet in the paper): the named model trained naively. FR = FP / FP_ref is
+        arithmetic on stored flip probabilities, done when results are logged, so no stage waits for it."""
         ref = self.spec.data.reference_model
         if EvalSuite.p not in self.spec.eval or not ref:
-            return {}
-        return {"reference": self.naive_teacher(ref, seed, with_reference=False)}
+            return None
+        return self.naive_teacher(ref, seed)
 
-    def naive_teacher(self, teacher: str, seed: int, with_reference: bool = True) -> str:
-        # the reference model's naive teacher *is* the reference: one stage, FR = 1 by definition
-        with_reference = with_reference and teacher != self.spec.data.reference_model
-        deps = {"eval": self.eval_sets(seed), **(self.reference(seed) if with_reference else {})}
+    def naive_teacher(self, teacher: str, seed: int) -> str:
         return self.add("naive_teacher", {"model": _model_inputs(self.spec, teacher), "data": _data_inputs(self.spec),
-                                          "teacher_train": self._teacher_cfg(), "seed": seed,
-                                          "is_reference": teacher == self.spec.data.reference_model}, deps)
+                                          "teacher_train": self._teacher_cfg(), "seed": seed},
+                        {"eval": self.eval_sets(seed)})
 
     def robust_teacher(self, teacher: str, seed: int) -> str:
-        deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.reference(seed)}
+        deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed)}
         return self.add("robustify_teacher", {"model": _model_inputs(self.spec, teacher),
                                               "data": _data_inputs(self.spec),
                                               "teacher_train": self._teacher_cfg(), "seed": seed}, deps)
@@ -201,7 +201,7 @@ class _Builder:
     def cell(self, c: Cell) -> str:
         m = Method(c.method)
         deps: dict[str, str] = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed),
-                                **self.student_weights(c.student), **self.reference(c.seed)}
+                                **self.student_weights(c.student)}
         note = ""
         if m in METHODS_WITHOUT_FEATURE_CACHE:
             note = f"{m.value} trains the frozen part too: it cannot use cached student features"
@@ -236,11 +236,12 @@ def build_plan(spec: SweepSpec, is_cached=None) -> Plan:
             b.robust_teacher(teacher, seed)
             if spec.teacher_train.naive_baseline:
                 b.naive_teacher(teacher, seed)
+    references = {seed: key for seed in spec.grid.seed if (key := b.reference(seed)) is not None}
     stages = _topological(b.stages)
     if is_cached is not None:
         for s in stages.values():
             s.cached = bool(is_cached(s.kind, s.key))
-    return Plan(spec, cs, stages, cell_stage)
+    return Plan(spec, cs, stages, cell_stage, references)
 
 
 def _topological(stages: dict[str, Stage]) -> dict[str, Stage]:

@@ -70,20 +70,37 @@ def max_concurrent(info: ClusterInfo, workers: int, cpus: float, gpus: float, n_
 # ------------------------------------------------------------------------------------------------ stage tasks
 
 
-def run_wave(tasks: list[dict[str, Any]], fn: Callable[[dict[str, Any]], Any], cpus: float, gpus: float,
-             on_done: Callable[[dict[str, Any], Any, BaseException | None], None]) -> None:
-    """Run `fn(task)` for every task as a Ray task; call `on_done(task, result, error)` as each finishes."""
+def run_dag(tasks: dict[str, dict[str, Any]], deps: dict[str, set[str]], fn: Callable[[dict[str, Any]], Any],
+            cpus: float, gpus: float, on_done: Callable[[dict[str, Any], Any, BaseException | None], None]) -> None:
+    """Run `fn(task)` for every task as a Ray task as soon as the tasks it depends on have finished (not wave by
+    wave: a slow student pretraining must not hold back the teachers). `on_done(task, result, error)` is called
+    as each finishes; a task whose upstream failed is reported with an error and never started."""
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1, retry_exceptions=False)(fn)
-    pending = {remote.remote(t): t for t in tasks}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        task = pending.pop(done[0])
+    waiting, running, done, failed = set(tasks), {}, set(), set()
+
+    def submit_ready() -> None:
+        for key in sorted(waiting):
+            if deps[key] & failed:
+                waiting.discard(key)
+                failed.add(key)
+                on_done(tasks[key], None, RuntimeError("an upstream stage failed"))
+            elif deps[key] <= done:
+                waiting.discard(key)
+                running[remote.remote(tasks[key])] = key
+
+    submit_ready()
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1)
+        key = running.pop(ready[0])
         try:
-            on_done(task, ray.get(done[0]), None)
-        except ray.exceptions.RayError as err:
-            on_done(task, None, err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err)
-        except Exception as err:  # noqa: BLE001 - the stage's own exception, reported per stage
-            on_done(task, None, err)
+            result, err = ray.get(ready[0]), None
+        except ray.exceptions.RayTaskError as e:
+            result, err = None, e.as_instanceof_cause()
+        except ray.exceptions.RayError as e:
+            result, err = None, e
+        (failed if err is not None else done).add(key)
+        on_done(tasks[key], result, err)
+        submit_ready()
 
 
 # ------------------------------------------------------------------------------------------------ cell trials
@@ -123,6 +140,7 @@ def cell_worker_loop(cfg: dict[str, Any]) -> None:
     from orchestrator import execution
 
     rank, world, device, resume, checkpoint, wrap = _worker_context(cfg)
+    cfg = {**cfg, "worker_node": ray.get_runtime_context().get_node_id()}
     torch.set_num_threads(max(1, int(cfg["threads"])))
     metrics = execution.run_cell_in_worker(cfg, rank, world, device, resume, checkpoint, wrap)
     ray.train.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "done": 1})
@@ -134,7 +152,7 @@ def _cell_driver(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cell = config["cell"]
+    cell = {**config["cell"], "driver_node": ray.get_runtime_context().get_node_id()}
     res = cell["resources"]
     use_gpu = res["gpus_per_worker"] > 0 and cell["has_gpus"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if use_gpu else {})}

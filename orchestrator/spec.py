@@ -226,7 +226,15 @@ class SearchConfig(_Strict):
 
     space: dict[str, str] = Field(min_length=1)
     trials: int = Field(8, ge=1)
-    metric: str = "acc/ours/c"
+    metric: str = "acc/c"
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, str]) -> dict[str, str]:
+        from orchestrator.search import parse_space
+
+        parse_space(v)
+        return v
 
 
 class SweepSpec(_Strict):
@@ -247,6 +255,12 @@ class SweepSpec(_Strict):
     weights: dict[str, str] = Field(default_factory=dict)  # model name -> paper tag or state-dict path
     search: SearchConfig | None = None
     profile: str = "local"
+
+    @model_validator(mode="after")
+    def _search_single_worker(self) -> "SweepSpec":
+        if self.search is not None and self.resources.workers_per_trial != 1:
+            raise ValueError("search (Optuna inside a cell) runs on one worker: set resources.workers_per_trial: 1")
+        return self
 
     @field_validator("model_overrides", "weights")
     @classmethod

@@ -195,7 +195,6 @@ def evaluate_cell(inputs: dict, deps: dict[str, Path], student: nn.Module, use_c
     method, tr = inputs["cell"]["method"], inputs["train"]
     suites = inputs["eval"]
     bundles, enc = _eval_inputs(inputs, deps, student, use_cache)
-    ref = read_metrics(deps["reference"]) if "reference" in deps else None
     embed_in = enc or (lambda f: f)
     if method in THREE_HEADED:
         pred = _rules_predictor(student, tr["mc_samples"], tr["lam"], enc)
@@ -204,7 +203,7 @@ def evaluate_cell(inputs: dict, deps: dict[str, Path], student: nn.Module, use_c
     else:  # original
         pred = _original_predictor(student, enc)
     trunk = orig_trunk if method == "original" else student.trunk
-    metrics = evaluate_suites(pred, bundles, suites, reference_fp=ref, embed=lambda f: trunk(embed_in(f)).flatten(1))
+    metrics = evaluate_suites(pred, bundles, suites, embed=lambda f: trunk(embed_in(f)).flatten(1))
     if method != "original":  # the untouched student on the same sets: "pretrained vs tuned" in one run
         o = evaluate_suites(_original_predictor(student, enc), bundles, [s for s in suites if s in ("clean", "c")])
         metrics.update({f"original/{k}": v for k, v in o.items() if k in ("acc/clean", "acc/c")})
@@ -249,7 +248,7 @@ def run_cell(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext,
         metrics.update({"params/tuned": float(counts["tuned"]), "params/total": float(counts["total"])})
     if "teacher" in deps:
         metrics.update({f"teacher/{k}": v for k, v in read_metrics(deps["teacher"]).items()
-                        if k in ("acc/clean", "acc/c", "mfr", "fp/mean", "acc/pool")})
+                        if k in ("acc/clean", "acc/c", "fp/mean", "acc/pool") or k.startswith("fp/")})
     metrics["time/cell_s"] = time.perf_counter() - t0
     return metrics
 
@@ -312,9 +311,8 @@ def _run_full(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext)
                                for k in sd0})
     tuned.eval()
     net = lambda x: tuned(x, head="combined")  # noqa: E731
-    ref = read_metrics(deps["reference"]) if "reference" in deps else None
     with torch.no_grad():
-        metrics = evaluate_suites(classifier_predictor(net), bundles, inputs["eval"], reference_fp=ref,
+        metrics = evaluate_suites(classifier_predictor(net), bundles, inputs["eval"],
                                   embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1))
     ft = read_metrics(deps["full_ft"])
     counts = tuned.param_counts()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from trainables import augment, data, shifts
 from trainables.common import (StageContext, Timer, freeze_eval, iterate_minibatches, load, precise_bn, read_metrics,
                                save, seed_everything, to_float, write_metrics)
-from trainables.evaluate import classifier_predictor, evaluate_suites, with_flip_rates
+from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.losses import augmix_loss
 from trainables.models import create_student, create_teacher, load_state_dict_file
 
@@ -188,10 +188,7 @@ def _teacher_stage(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCon
         _train_classifier(net, x, y, tt["epochs"], tt["lr"], tt["batch_size"], seed, ctx, step_fn)
         precise_bn(net, x[torch.randperm(len(x), generator=g)], net)
     net.eval()
-    ref = read_metrics(deps["reference"]) if "reference" in deps else None
-    metrics = evaluate_suites(classifier_predictor(net), bundles, ["clean", "c", "p"], reference_fp=ref)
-    if ref is None and inputs.get("is_reference") and "fp/mean" in metrics:
-        metrics.update(with_flip_rates(metrics, metrics))  # the reference model itself: FR = 1
+    metrics = evaluate_suites(classifier_predictor(net), bundles, ["clean", "c", "p"])
     if pool is not None:
         metrics["acc/pool"] = _accuracy(net, pool["x"], pool["y"])
     metrics.update({"time/train_s": t.s, "time/stage_s": t.s})
