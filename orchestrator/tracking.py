@@ -244,7 +244,9 @@ class SweepTracker:
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(self.experiment)
+            # "custom model development": the UI then opens on training runs, not the GenAI trace overview
+            return self.client.create_experiment(self.experiment,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # created concurrently by another driver
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 
