@@ -41,7 +41,7 @@ def _stage_images(stage, spec) -> tuple[str | None, float, float]:
         p = spec.pretrain
         return model, 3.0 * p.epochs * (p.n_images or n_train), 0.0
     if stage.kind == "robustify_teacher":
-        return model, 9.0 * tt.epochs * ((tt.n_images or n_train) + n_pool), 0.0
+        return model, 9.0 * tt.epochs * ((tt.n_images or n_train) + (tt.pool_images or n_pool)), 0.0
     if stage.kind == "naive_teacher":
         return model, 3.0 * tt.epochs * (tt.n_images or n_train) + n_eval, 0.0
     if stage.kind == "build_pool":
@@ -52,6 +52,9 @@ def _stage_images(stage, spec) -> tuple[str | None, float, float]:
         return model, n_train + n_pool + n_eval, 0.0
     if stage.kind == "teacher_targets":
         return inp.get("teacher"), n_train + n_pool, 0.0
+    if stage.kind == "full_finetune":
+        n = (inp["data_fraction"] or 1.0) * (n_pool + n_train)
+        return model, 3.0 * (t.full_ft_epochs or t.epochs) * n, 0.0
     if stage.kind == "cell":
         cell = inp["cell"]
         a = cell["data_fraction"] or 0.0

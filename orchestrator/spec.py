@@ -175,7 +175,8 @@ class TeacherTrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     jsd_weight: float = Field(12.0, ge=0)
-    n_images: int | None = Field(None, ge=1)  # None: the whole clean split
+    n_images: int | None = Field(None, ge=1)  # clean images (None: the whole clean split)
+    pool_images: int | None = Field(None, ge=1)  # augmented pool images (None: the whole pool)
     naive_baseline: bool = False               # also train a clean-only teacher (supplement Table 6)
 
 

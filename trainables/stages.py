@@ -181,7 +181,8 @@ def _teacher_stage(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCon
     pool = None
     if robust:  # AugMix + JSD on clean *and* the DeepAugment/Noise2Net images that build the pool (method.md §8)
         pool = load_pool(deps["pool"])["pool"]
-        x, y = torch.cat([x, pool["x"]]), torch.cat([y, pool["y"]])
+        psel = torch.randperm(len(pool["y"]), generator=g)[: tt.get("pool_images") or len(pool["y"])]
+        x, y = torch.cat([x, pool["x"][psel]]), torch.cat([y, pool["y"][psel]])
     net = build_teacher(inputs["model"], len(classes), d["image_size"])
     step_fn = _augmix_step(seed, tt["jsd_weight"]) if robust else _ce_step
     with Timer() as t:
