@@ -130,8 +130,8 @@ def _model_inputs(spec: SweepSpec, name: str) -> dict[str, Any]:
 
 
 class _Builder:
-    def __init__(self, spec: SweepSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: SweepSpec, feature_cache: bool = True) -> None:
+        self.spec, self.feature_cache = spec, feature_cache
         self.stages: dict[str, Stage] = {}
 
     def add(self, kind: str, inputs: dict[str, Any], deps: dict[str, str] | None = None, note: str = "") -> str:
@@ -206,11 +206,12 @@ class _Builder:
         if m in METHODS_WITHOUT_FEATURE_CACHE:
             note = f"{m.value} trains the frozen part too: it cannot use cached student features"
             deps["full_ft"] = self.full_finetune(c)
-        else:
+        elif self.feature_cache:
             deps["features"] = self.features(c.student, c.seed)
         if c.teacher is not None:
             deps["teacher"] = self.robust_teacher(c.teacher, c.seed)
-            deps["targets"] = self.targets(c.teacher, c.seed)
+            if self.feature_cache:
+                deps["targets"] = self.targets(c.teacher, c.seed)
             if self.spec.teacher_train.naive_baseline:
                 deps["naive_teacher"] = self.naive_teacher(c.teacher, c.seed)
         train = self.spec.train.model_dump(mode="json")
@@ -221,14 +222,17 @@ class _Builder:
         return self.add("cell", inputs, deps, note=note)
 
 
-def build_plan(spec: SweepSpec, is_cached=None) -> Plan:
+def build_plan(spec: SweepSpec, is_cached=None, feature_cache: bool = True) -> Plan:
     """Expand the spec into cells and their stage DAG.
 
     Args:
         spec: a validated sweep spec.
         is_cached: optional `(kind, key) -> bool`, e.g. `Cache.has`, to mark what the cache already holds.
+        feature_cache: False plans the naive baseline: no cached features or teacher logits; every cell runs
+            the full student (and teacher) forward each epoch. Its cell keys differ (other deps), so naive and
+            cached results never mix in the cache.
     """
-    b = _Builder(spec)
+    b = _Builder(spec, feature_cache)
     cs = cells(spec)
     cell_stage = {c: b.cell(c) for c in cs}
     if not spec.grid.student and not spec.grid.pairs:  # teacher-only sweep (supplement Table 6)

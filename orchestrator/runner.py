@@ -46,7 +46,7 @@ def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t
     from orchestrator.sweep import git_commit, sweep_id_of
 
     cache = Cache(storage)
-    plan = build_plan(spec, cache.has)
+    plan = build_plan(spec, cache.has, feature_cache=not args.no_feature_cache)
     sweep_id = sweep_id_of(spec)
     tracker = SweepTracker(uri, spec.name, patience_s=args.mlflow_patience)
     parent_id, resumed = tracker.open_parent(

@@ -71,8 +71,8 @@ class _TrainData:
             self.x_clean, self.x_aug = pool["train"]["x"][ci], pool["pool"]["x"][pi]
         self.encode = (lambda x: x) if use_cache else (lambda x: student.encode(to_float(x)))
         self.t_clean = self.t_aug = None
-        if "targets" in deps and cell["method"] == "ours":
-            if use_cache:
+        if cell["method"] == "ours" and "teacher" in deps:
+            if use_cache and "targets" in deps:
                 t = load(deps["targets"] / "targets.pt")
                 self.t_clean, self.t_aug = t["train"][ci], t["pool"][pi]
             else:
