@@ -41,12 +41,13 @@ def _log(tracker: SweepTracker, parent: str, spec, i: int, where: dict, metric: 
 @pytest.fixture(scope="module")
 def logged(mlflow_server):
     """One experiment holding synthetic runs for every table; expected values per (table, row, col)."""
-    tracker = SweepTracker(mlflow_server.uri, "synthetic-tables")
-    parent, _ = tracker.open_parent("synthetic", {}, "synthetic")
-    expected: dict[tuple[str, str, str], float] = {}
+    groups: dict[tuple, list[float]] = {}
+    cells: list[tuple[str, str, str, tuple, float]] = []
     i = 0
-    for tid in TABLE_IDS:
+    for tid in TABLE_IDS:  # one experiment per table, as one sweep is one experiment
         spec = TABLES[tid]
+        tracker = SweepTracker(mlflow_server.uri, f"synthetic-{tid}")
+        parent, _ = tracker.open_parent("synthetic", {}, "synthetic")
         for r in _rows_of(spec):
             for c in spec.cols:
                 i += 1
@@ -54,15 +55,19 @@ def logged(mlflow_server):
                 where = {**r.where, **c.where}
                 if spec.source == "cell" and "method" not in where:
                     where["method"] = "ours"
-                _log(tracker, parent, spec, i, where, c.metric.format(rule=r.rule), value)
-                expected[(tid, r.label, c.label)] = value * c.scale
+                metric = c.metric.format(rule=r.rule)
+                _log(tracker, parent, spec, i, where, metric, value)
+                group = (tid, tuple(sorted(where.items())), metric)  # rows sharing runs (e.g. Table 1's transfer
+                groups.setdefault(group, []).append(value * c.scale)  # columns) read the mean of those runs
+                cells.append((tid, r.label, c.label, group, value))
+    expected = {(tid, r, c): sum(groups[g]) / len(groups[g]) for tid, r, c, g, _ in cells}
     return mlflow_server.uri, expected
 
 
 @pytest.mark.parametrize("tid", TABLE_IDS)
 def test_table_spec_reads_the_runs_logged_for_it(logged, tmp_path: Path, tid: str) -> None:
     uri, expected = logged
-    files = aggregate(uri, "synthetic-tables", tmp_path, tables=[tid], sweep_id="synthetic")
+    files = aggregate(uri, f"synthetic-{tid}", tmp_path, tables=[tid], sweep_id="synthetic")
     names = {f.name for f in files}
     assert {f"{tid}.md", f"{tid}.csv", f"{tid}.tex", "index.md"} <= names
     if TABLES[tid].kind == "figure":
@@ -85,7 +90,7 @@ def test_table_spec_reads_the_runs_logged_for_it(logged, tmp_path: Path, tid: st
 
 def test_cli_exit_codes(logged, tmp_path: Path, capsys) -> None:
     uri, _ = logged
-    assert main(["--experiment", "synthetic-tables", "--tracking-uri", uri, "--out", str(tmp_path),
+    assert main(["--experiment", "synthetic-supp_table4", "--tracking-uri", uri, "--out", str(tmp_path),
                  "--table", "supp_table4"]) == 0
     assert (tmp_path / "supp_table4.md").is_file()
     assert main(["--experiment", "nope", "--tracking-uri", uri]) == 2
