@@ -19,6 +19,7 @@ CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                "jpeg_compression")
 SEVERITIES = (1, 2, 3, 4, 5)
+SEEDED = ("impulse_noise", "glass_blur")  # imagecorruptions functions that take an explicit seed
 TEST_PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness",
                       "translate", "rotate", "tilt", "scale")
 NOISE_PERTURBATIONS = ("gaussian_noise", "shot_noise")
@@ -70,7 +71,9 @@ def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None) -> CSe
         for si, sev in enumerate(SEVERITIES):
             np.random.seed((seed * 1009 + ci * 31 + si) % 2**32)
             for k, img in enumerate(hwc):
-                c = corrupt(img, corruption_name=name, severity=sev)
+                # two corruptions draw from their own RNGs unless given a seed: pass one per image
+                kw = {"seed": (seed * 1_000_003 + ci * 7919 + si * 104_729 + k) % 2**31} if name in SEEDED else {}
+                c = corrupt(img, corruption_name=name, severity=sev, **kw)
                 out[ci, si, k] = np.clip(np.asarray(c, dtype=np.float32), 0, 255).round().astype(np.uint8)[
                     : img.shape[0], : img.shape[1]]
     images = torch.from_numpy(out).permute(0, 1, 2, 5, 3, 4).contiguous()
@@ -84,7 +87,8 @@ def _affine(x: Tensor, angle: float = 0.0, translate: tuple[float, float] = (0, 
             shear: float = 0.0) -> Tensor:
     from torchvision.transforms.v2 import functional as TF
 
-    return TF.affine(x, angle=angle, translate=list(translate), scale=scale, shear=[shear, 0.0])
+    return TF.affine(x, angle=angle, translate=list(translate), scale=scale, shear=[shear, 0.0],
+                     interpolation=TF.InterpolationMode.BILINEAR)
 
 
 def _motion_blur(x: Tensor, length: int) -> Tensor:
