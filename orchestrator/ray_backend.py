@@ -182,6 +182,7 @@ def run_cells(cells: list[dict[str, Any]], experiment: str, tune_storage: str, c
     """One Tune experiment over the given cells (a grid over their configs). Returns each cell's outcome."""
     if not cells:
         return []
+    _quiet_tune_logs(Path(tune_storage).parent / "logs" / "ray_tune.log")
     driver = tune.with_resources(_cell_driver, {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0})
     tuner = tune.Tuner(
         driver,
@@ -198,6 +199,20 @@ def run_cells(cells: list[dict[str, Any]], experiment: str, tune_storage: str, c
         err = None if r.error is None else _short_error(r.error)
         out.append(TrialOutcome(key, err))
     return out
+
+
+def _quiet_tune_logs(path: Path) -> None:
+    """Tune logs each failed trial's traceback at ERROR level on stderr; users get one line per failed cell from
+    us instead, and the tracebacks go to <storage>/logs/ray_tune.log."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
 
 
 def _short_error(err: BaseException) -> str:

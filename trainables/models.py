@@ -554,6 +554,7 @@ class Student(nn.Module):
         self.frozen_trainable = False
         self._freeze()
         self.snapshot_original()
+        self.train()  # nn.Module starts in train mode: make the frozen part eval from the start
 
     def _freeze(self) -> None:
         for p in self.frozen.parameters():
