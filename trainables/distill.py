@@ -120,6 +120,7 @@ def train_tail(inputs: dict, student: nn.Module, td: _TrainData, ctx: StageConte
         tail.load_state_dict(ctx.resume["tail"])
         opt.load_state_dict(ctx.resume["opt"])
         g.set_state(ctx.resume["rng"])
+        torch.set_rng_state(ctx.resume["torch_rng"])  # dropout masks continue exactly as without the interruption
         start = int(ctx.resume["epoch"]) + 1
     bs = tr["batch_size"]
     last: dict[str, float] = {}
@@ -147,7 +148,7 @@ def train_tail(inputs: dict, student: nn.Module, td: _TrainData, ctx: StageConte
         ctx.log(last, step=epoch)
         if ctx.checkpoint is not None:
             ctx.checkpoint({"tail": tail.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
-                            "epoch": epoch}, epoch, last)
+                            "torch_rng": torch.get_rng_state(), "epoch": epoch}, epoch, last)
     if tr.get("precise_bn", True):
         feats = torch.cat([td.x_clean, td.x_aug])
         precise_bn(tail, feats, lambda f: tail(td.encode(f), ("clean", "unclean", "combined")))
