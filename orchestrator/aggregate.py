@@ -1,73 +1,116 @@
 """`python -m orchestrator.aggregate`: MLflow runs -> the paper's tables and figures beside the paper's numbers.
 
     python -m orchestrator.aggregate --experiment NAME [--tracking-uri URI] [--out DIR] [--table ID]
-                                     [--sweep-id ID]
+                                     [--sweep-id ID] [--storage DIR]
     python -m orchestrator.aggregate --table supp_table5 --profile paper --out DIR   # no MLflow: architectures
 
-Without --tracking-uri it opens the local store `./runs/mlflow` (starting an MLflow server on 127.0.0.1 for the
-duration). Outputs per table: <id>.md, .csv, .tex (and .png for figures), plus index.md.
+Without --tracking-uri it opens the local store `<storage>/mlflow` (default `./runs/mlflow`), starting an MLflow
+server on 127.0.0.1 for the duration. Per table it writes `<id>.md`, `.csv`, `.tex` (and `.png` for figures), plus
+`index.md`; default output folder `<storage>/results/<experiment>`, as the sweep does.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import Sequence
 
 from orchestrator import render
-from orchestrator.tables import TABLE_IDS, TABLES, build_table
+from orchestrator.tables import TABLE_IDS, TABLES, TableResult, build_table
+
+SWEEP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
-def write_table(res, out: Path) -> list[Path]:
-    files = {f"{res.spec.id}.md": render.to_markdown(res), f"{res.spec.id}.csv": render.to_csv(res),
-             f"{res.spec.id}.tex": render.to_latex(res)}
+class AggregateError(ValueError):
+    """Bad input (unknown table or experiment, unreadable store): the CLI answers it with exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------ library
+
+
+def check_table_ids(ids: Sequence[str] | None) -> list[str] | None:
+    """Raise `AggregateError` naming close matches for an unknown table id."""
+    for t in ids or []:
+        if t not in TABLE_IDS:
+            close = difflib.get_close_matches(t, TABLE_IDS, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise AggregateError(f"unknown table {t!r}{hint}; allowed: {', '.join(TABLE_IDS)}")
+    return list(ids) if ids else None
+
+
+def build_results(runs, tables: Sequence[str] | None = None) -> list[TableResult]:
+    """The chosen tables, built once each; by default every table whose runs are there (`TableResult.complete`:
+    e.g. Figure 1 needs APT and ours at two fractions), so a sweep's experiment does not sprout partial views of
+    every other table."""
+    if tables:
+        return [build_table(TABLES[t], runs) for t in check_table_ids(tables)]
+    return [res for res in (build_table(TABLES[t], runs) for t in TABLE_IDS) if res.complete]
+
+
+def write_files(out: Path, files: dict[str, str | bytes]) -> list[Path]:
     paths = []
-    for name, text in files.items():
-        (out / name).write_text(text)
-        paths.append(out / name)
-    if res.spec.kind == "figure":
-        (out / f"{res.spec.id}.png").write_bytes(render.to_png(res))
-        paths.append(out / f"{res.spec.id}.png")
+    for name, content in files.items():
+        path = out / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        paths.append(path)
     return paths
 
 
-def aggregate_frame(runs: pd.DataFrame, out_dir: str | Path, tables: list[str] | None = None) -> list[Path]:
-    """Render the chosen tables (default: every table with data) from a run DataFrame; always writes index.md."""
+def aggregate_frame(runs, out_dir: str | Path, tables: Sequence[str] | None = None) -> list[Path]:
+    """Render tables from a run DataFrame into `out_dir`; always writes `index.md` (listed last)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids = tables or [t for t in TABLE_IDS if _has_data(TABLES[t], runs)]
     written: list[Path] = []
-    entries = []
-    for tid in ids:
-        res = build_table(TABLES[tid], runs)
-        files = write_table(res, out)
+    items = []
+    for res in build_results(runs, tables):
+        files = write_files(out, render.render_files(res))
         written += files
-        entries.append((tid, res.spec.title, [f.name for f in files]))
-    (out / "index.md").write_text(render.index_markdown(entries))
-    return written + [out / "index.md"]
+        items.append((res, [f.name for f in files]))
+    index = out / "index.md"
+    index.write_text(render.index_markdown(items), encoding="utf-8")
+    return written + [index]
 
 
-def _has_data(spec, runs: pd.DataFrame) -> bool:
-    res = build_table(spec, runs)
-    return bool(res.n.to_numpy().sum() > 0)
-
-
-def aggregate(uri: str, experiment: str, out_dir: str | Path, tables: list[str] | None = None,
+def aggregate(uri: str, experiment: str, out_dir: str | Path, tables: Sequence[str] | None = None,
               sweep_id: str | None = None) -> list[Path]:
-    """Read the experiment's runs (optionally one sweep id) and render the tables."""
-    from orchestrator.tracking import runs_dataframe
+    """Read an experiment's finished runs (optionally of one sweep invocation) and render the tables.
 
-    runs = runs_dataframe(uri, experiment)
-    if sweep_id and not runs.empty and "tags.sweep_id" in runs:
-        runs = runs[runs["tags.sweep_id"] == sweep_id]
+    Args:
+        uri: tracking URI (the sweep's http:// server).
+        experiment: experiment name (= the sweep's name).
+        out_dir: where the files go.
+        tables: table ids; None = every table whose runs are there (see `build_results`).
+        sweep_id: read only runs tagged with this sweep id (several invocations may share an experiment).
+
+    Returns:
+        The written files, `index.md` last (the sweep logs them onto its parent run).
+
+    Raises:
+        AggregateError: unknown table id or sweep id syntax, or no such experiment.
+    """
+    from orchestrator.tracking import experiment_exists, runs_dataframe
+
+    check_table_ids(tables)
+    if sweep_id is not None and not SWEEP_ID.match(sweep_id):
+        raise AggregateError(f"sweep id {sweep_id!r} has characters outside [A-Za-z0-9_.:-]")
+    if not experiment_exists(uri, experiment):
+        raise AggregateError(f"no experiment {experiment!r} at {uri}")
+    runs = runs_dataframe(uri, experiment, f"tags.sweep_id = '{sweep_id}'" if sweep_id else "")
     return aggregate_frame(runs, out_dir, tables)
 
 
 def supp_table5_paper(out_dir: str | Path) -> Path:
-    """Table 5 from the real architectures at paper settings (random init, nothing downloaded)."""
-    from trainables.models import supp_table5_rows
+    """Table 5 from the real architectures at paper settings (meta device, nothing downloaded): no MLflow.
+
+    Writes `supp_table5.csv` with columns student, params_tuned, params_total, one row per registered student."""
+    import pandas as pd
+
+    from trainables.models import supp_table5_rows  # lazy: torch/timm/open_clip only on this path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,44 +120,52 @@ def supp_table5_paper(out_dir: str | Path) -> Path:
     return path
 
 
-class _BadInput(ValueError):
-    pass
+# ------------------------------------------------------------------------------------------------ CLI
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise _BadInput(f"{self.prog}: {message}")
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage block too)
+        raise AggregateError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m orchestrator.aggregate", description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", help="experiment name (= the sweep's name)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI; default: a server on <storage>/mlflow")
+    p.add_argument("--out", help="output folder; default <storage>/results/<experiment>")
+    p.add_argument("--table", action="append", dest="tables", metavar="ID",
+                   help=f"table id, repeatable; default: every table with data ({', '.join(TABLE_IDS)})")
+    p.add_argument("--sweep-id", help="read only this sweep invocation's runs")
+    p.add_argument("--profile", choices=["local", "paper"], default="local",
+                   help="with --table supp_table5 and paper: count the architectures at paper settings")
+    p.add_argument("--storage", default="runs", help="the sweep's storage folder (default ./runs)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m orchestrator.aggregate", description=__doc__.split("\n")[0])
-    p.add_argument("--experiment")
-    p.add_argument("--tracking-uri")
-    p.add_argument("--out", default=None)
-    p.add_argument("--table", action="append", dest="tables")
-    p.add_argument("--sweep-id")
-    p.add_argument("--profile", choices=["local", "paper"])
-    p.add_argument("--storage", default="./runs", help="where the local MLflow store lives (without --tracking-uri)")
+    """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
     try:
-        args = p.parse_args(argv)
-        for t in args.tables or []:
-            if t not in TABLE_IDS:
-                close = difflib.get_close_matches(t, TABLE_IDS, n=3)
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-                raise _BadInput(f"--table {t!r} is not a known table{hint}; allowed: {', '.join(TABLE_IDS)}")
-        if args.profile == "paper" and args.tables == ["supp_table5"]:
-            print(supp_table5_paper(args.out or "."))
-            return 0
+        args = _parser().parse_args(argv)
+        tables = check_table_ids(args.tables)
+        if args.profile == "paper" and tables and "supp_table5" in tables:
+            print(supp_table5_paper(args.out or Path(args.storage) / "results" / "paper"))
+            tables = [t for t in tables if t != "supp_table5"]
+            if not tables:
+                return 0
         if not args.experiment:
-            raise _BadInput("--experiment NAME is required (the sweep's name)")
-        return _from_mlflow(args)
-    except _BadInput as err:
+            raise AggregateError("--experiment NAME is required (the sweep's name)")
+        for f in _from_mlflow(args, tables):
+            print(f)
+        return 0
+    except AggregateError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
 
 
-def _from_mlflow(args) -> int:
-    from orchestrator.tracking import LocalMlflowServer, TrackingUnavailable, experiment_exists, wait_healthy
+def _from_mlflow(args: argparse.Namespace, tables: list[str] | None) -> list[Path]:
+    from orchestrator.tracking import LocalMlflowServer, TrackingUnavailable, unreachable_reason
 
     server = None
     try:
@@ -122,23 +173,16 @@ def _from_mlflow(args) -> int:
         if not uri:
             store = Path(args.storage) / "mlflow"
             if not (store / "mlflow.db").is_file():
-                raise _BadInput(f"no local MLflow store at {store}; pass --tracking-uri or --storage")
+                raise AggregateError(f"no local MLflow store at {store} (run a sweep first, or pass "
+                                     "--tracking-uri / --storage)")
             server = LocalMlflowServer(store).start()
             uri = server.uri
-        elif uri.startswith("http") and not wait_healthy(uri, timeout_s=10):
-            raise _BadInput(f"--tracking-uri {uri}: no MLflow server answers there")
-        if not experiment_exists(uri, args.experiment):
-            raise _BadInput(f"--experiment {args.experiment!r}: no such experiment at {uri}")
-        out = args.out or str(Path(args.storage) / "results" / args.experiment)
-        for f in aggregate(uri, args.experiment, out, args.tables, args.sweep_id):
-            print(f)
-        return 0
-    except _BadInput as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        elif (reason := unreachable_reason(uri)) is not None:
+            raise AggregateError(f"--tracking-uri {uri}: {reason}")
+        out = args.out or Path(args.storage) / "results" / args.experiment
+        return aggregate(uri, args.experiment, out, tables, args.sweep_id)
     except TrackingUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise AggregateError(str(err).splitlines()[0]) from None
     finally:
         if server is not None:
             server.stop()

@@ -1,123 +1,253 @@
 """Pure renderers: a `TableResult` in, Markdown / CSV / LaTeX text or PNG bytes out. No I/O here.
 
-Every cell shows ours beside the paper's value: `54.3 (55.7)`, with `±std` when several seeds ran; a value with no
-data is "—", never a guess. A "Claims" section says which of the paper's claims hold at this scale, with numbers.
+Every cell shows ours beside the paper's value, `54.3 (55.7)`, with `± std` when several seeds ran; a value with
+no data is "—", never a guess; columns the paper does not have (local-only data, diagnostics) are marked †. A
+"Claims" section says which of the paper's claims hold on these runs, with the numbers, and whether the same check
+holds on the paper's own numbers.
 """
 from __future__ import annotations
 
 import io
 import math
+from typing import Sequence
 
-import pandas as pd
+from orchestrator.tables import MISSING, TIME_COL, Claim, Col, TableResult
 
-from orchestrator.tables import MISSING, TableResult
-
-
-def _digits(res: TableResult, col: str) -> int:
-    for c in res.spec.cols:
-        if c.label == col:
-            return c.digits
-    return 1
+MARK = {True: "✓", False: "✗", None: "?"}
+WORD = {True: "holds", False: "does not hold", None: "not enough data"}
+EXTRA = "†"
 
 
-def _fmt(v: float, d: int) -> str:
-    return MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+# ------------------------------------------------------------------------------------------------ cells
+
+
+def fmt(v: float | None, col: Col, paper: bool = False) -> str:
+    """A number as the paper prints it: fixed digits, `.89` for F_correct; "—" for no data."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return MISSING
+    d = col.paper_digits if paper and col.paper_digits is not None else col.digits
+    s = f"{float(v):.{d}f}"
+    if not col.lead_zero and s.startswith(("0.", "-0.")):
+        s = s.replace("0.", ".", 1)
+    return s
+
+
+def _has_paper(res: TableResult, col: str) -> bool:
+    return bool(res.paper[col].notna().any())
 
 
 def cell_text(res: TableResult, row: str, col: str) -> str:
-    d = _digits(res, col)
-    ours = _fmt(res.mean.loc[row, col], d)
+    """`ours ± std (paper)`; the paper's part only in columns where the paper printed numbers."""
+    c = res.col(col)
+    ours = fmt(res.mean.loc[row, col], c)
     sd = res.std.loc[row, col]
-    if ours != MISSING and not (isinstance(sd, float) and math.isnan(sd)):
-        ours += f" ± {sd:.{d}f}"
-    return f"{ours} ({_fmt(res.paper.loc[row, col], d)})"
+    if ours != MISSING and not math.isnan(float(sd)):
+        ours += f" ± {fmt(sd, c)}"
+    if not _has_paper(res, col):
+        return ours
+    return f"{ours} ({fmt(res.paper.loc[row, col], c, paper=True)})"
+
+
+def header(res: TableResult, col: str) -> str:
+    return f"{col} {EXTRA}" if res.col(col).extra else col
+
+
+def _legend(res: TableResult) -> str:
+    parts = ["Each cell: ours (paper)" if res.paper.notna().any().any() else "Each cell: ours (the paper gives no "
+                                                                            "numbers)",
+             "± = std over seeds", f"{MISSING} = no data in these runs"]
+    if any(res.col(c).extra for c in res.mean.columns):
+        parts.append(f"{EXTRA} = not in the paper")
+    return "; ".join(parts) + "."
+
+
+# ------------------------------------------------------------------------------------------------ Markdown
 
 
 def claims_markdown(res: TableResult) -> str:
-    if not res.claims:
+    """The "Claims" section: each claim ✓/✗/? with our numbers, and the same check on the paper's numbers."""
+    if not res.spec.claims:
         return ""
-    mark = {True: "✓ holds", False: "✗ does not hold", None: "? not enough data"}
-    lines = ["", "**Claims of the paper, checked on this run**", ""]
-    lines += [f"- {mark[c.holds]}: {c.text} — {c.detail}" for c in res.claims]
+    lines = ["", "**Claims of the paper, checked on these runs**", ""]
+    for ours, paper in zip(res.claims, res.paper_claims or [None] * len(res.claims)):
+        line = f"- {MARK[ours.holds]} {WORD[ours.holds]}: {ours.text} — {ours.detail}"
+        if paper is not None and paper.holds is not None:
+            line += f" (on the paper's numbers: {MARK[paper.holds]} {paper.detail})"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(res: TableResult) -> str:
+def _notes(res: TableResult) -> list[str]:
+    out = [f"_{res.spec.note}_"] if res.spec.note else []
+    if res.warnings:
+        out += ["", "**Warnings**", ""] + [f"- {w}" for w in res.warnings]
+    return out
+
+
+def markdown_table(res: TableResult) -> list[str]:
     cols = list(res.mean.columns)
-    lines = [f"### {res.spec.title}", "", "Each cell: ours (paper). " + MISSING + " = no data in this run.", "",
-             "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = ["| | " + " | ".join(header(res, c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for row in res.mean.index:
         lines.append(f"| {row} | " + " | ".join(cell_text(res, row, c) for c in cols) + " |")
-    if res.spec.note:
-        lines += ["", f"_{res.spec.note}_"]
-    return "\n".join(lines) + "\n" + claims_markdown(res)
+    if res.mean.empty:
+        lines.append("| (no runs) |" + f" {MISSING} |" * len(cols))
+    return lines
+
+
+def to_markdown(res: TableResult, image: str | None = None) -> str:
+    """The table (or, for a figure, the image and its data as a table), notes, warnings and claims."""
+    lines = [f"### {res.spec.title}", ""]
+    if image:
+        lines += [f"![{res.spec.title}]({image})", "", "Data of the figure:", ""]
+    lines += [_legend(res), "", *markdown_table(res)]
+    notes = _notes(res)
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n" + claims_markdown(res)
+
+
+# ------------------------------------------------------------------------------------------------ CSV
 
 
 def to_csv(res: TableResult) -> str:
-    out = pd.DataFrame(index=res.mean.index)
-    out.index.name = "row"
+    """One line per row: per column the mean, std, number of runs and the paper's value (blank = none)."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=pd.Index(res.mean.index, name="row"))
     for c in res.mean.columns:
-        out[c] = res.mean[c].round(4)
-        out[f"{c} std"] = res.std[c].round(4)
+        out[c] = res.mean[c].astype(float).round(6)
+        out[f"{c} std"] = res.std[c].astype(float).round(6)
         out[f"{c} n"] = res.n[c].astype(int)
         out[f"{c} paper"] = res.paper[c]
     return out.to_csv(lineterminator="\n")
 
 
-def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("←", r"$\leftarrow$"), ("±", r"$\pm$"), ("—", "---"), ("✓", r"\checkmark")):
-        s = s.replace(a, b)
-    return s
+# ------------------------------------------------------------------------------------------------ LaTeX
+
+_TEX = (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
+        ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}"),
+        ("←", r"$\leftarrow$"), ("±", r"$\pm$"), ("—", "---"), ("≥", r"$\geq$"), ("×", r"$\times$"),
+        ("−", "$-$"), ("→", r"$\rightarrow$"), (EXTRA, r"\dag{}"), ("✓", "yes"), ("✗", "no"))
+
+
+def tex(s: str) -> str:
+    """Escape text for LaTeX (underscores, %, &, …) and spell our few non-ASCII symbols in LaTeX."""
+    out = []
+    for ch in s:
+        out.append(next((b for a, b in _TEX if a == ch), ch))
+    return "".join(out)
 
 
 def to_latex(res: TableResult) -> str:
+    """A booktabs `tabular` ready to `\\input` (needs `\\usepackage{booktabs}`); cells are `ours (paper)`."""
     cols = list(res.mean.columns)
-    lines = [r"% " + _tex(res.spec.title) + " -- generated; \\input{} it (needs \\usepackage{booktabs})",
-             r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
-             " & " + " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+    lines = [f"% {tex(res.spec.title)}", "% generated by orchestrator.aggregate; needs \\usepackage{booktabs}",
+             f"% {tex(_legend(res))}",
+             r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
+             " & " + " & ".join(tex(header(res, c)) for c in cols) + r" \\", r"\midrule"]
     for row in res.mean.index:
-        lines.append(_tex(str(row)) + " & " + " & ".join(_tex(cell_text(res, row, c)) for c in cols) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"% cells: ours (paper)"]
+        lines.append(tex(str(row)) + " & " + " & ".join(tex(cell_text(res, row, c)) for c in cols) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [f"% claim {tex(MARK[c.holds])}: {tex(c.text)} -- {tex(c.detail)}" for c in res.claims]
     return "\n".join(lines) + "\n"
 
 
-def to_png(res: TableResult) -> bytes:
-    """Deterministic PNG of a figure spec (Agg backend, fixed size/dpi, no timestamp metadata)."""
-    import matplotlib
+# ------------------------------------------------------------------------------------------------ PNG
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+FIGSIZE, DPI = (6.4, 4.0), 100
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    m = res.mean
-    if res.spec.plot == "line":
-        x = [float(i) for i in m.index]
-        for c in m.columns:
-            ax.plot(x, m[c].values, marker="o", label=c)
-        ax.set_xlabel("data fraction a")
-        ax.set_ylabel("C accuracy (%)")
-    elif res.spec.plot == "scatter" and m.shape[1] >= 2:
-        for row in m.index:
-            ax.scatter(m.loc[row].iloc[1], m.loc[row].iloc[0], label=row)
-        ax.set_xlabel(m.columns[1])
-        ax.set_ylabel(m.columns[0])
+
+def _plotted(res: TableResult) -> list[str]:
+    return [c for c in res.mean.columns if not res.col(c).extra and res.mean[c].notna().any()]
+
+
+def _line(ax, res: TableResult) -> None:
+    x = [float(i) for i in res.mean.index]
+    for c in _plotted(res):
+        ax.plot(x, res.mean[c].to_numpy(dtype=float), marker="o", label=c)
+
+
+def _bar(ax, res: TableResult) -> None:
+    """Grouped bars, one group per row that has data (rows without any, e.g. paper-only datasets, are left out)."""
+    cols = _plotted(res)
+    m = res.mean.loc[res.mean[cols].notna().any(axis=1), cols]
+    width = 0.8 / max(len(cols), 1)
+    for i, c in enumerate(cols):
+        xs = [j + (i - (len(cols) - 1) / 2) * width for j in range(len(m.index))]
+        ax.bar(xs, m[c].fillna(0.0).to_numpy(dtype=float), width, label=c)
+    ax.set_xticks(range(len(m.index)), [str(r) for r in m.index], rotation=20, ha="right", fontsize=7)
+
+
+def _scatter(ax, res: TableResult) -> None:
+    """Main Figure 1: one point per (student, method), coloured by method, labelled with the student."""
+    from orchestrator.tables import METHODS, pretty
+
+    pts = res.mean[["C acc", TIME_COL]].dropna() if {"C acc", TIME_COL} <= set(res.mean) else res.mean.iloc[0:0]
+    methods = sorted({res.row_where[r].get("method", "") for r in pts.index}, key=list(METHODS).index)
+    for k, m in enumerate(methods):
+        sub = pts[[res.row_where[r].get("method") == m for r in pts.index]]
+        ax.scatter(sub[TIME_COL], sub["C acc"], color=f"C{k}", label=METHODS.get(m, m))
+        for r, (c, t) in sub.iterrows():
+            ax.annotate(pretty(res.row_where[r].get("student", "")), (t, c), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    if len(pts) and (pts[TIME_COL] > 0).all():
         ax.set_xscale("log")
+
+
+def to_png(res: TableResult) -> bytes:
+    """A figure spec as PNG bytes: deterministic (Agg canvas, fixed size and dpi, no Software/date metadata)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    plotted = _plotted(res)
+    if not plotted:
+        ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes)
     else:
-        m.plot.bar(ax=ax, rot=20)
-        ax.set_ylabel("value")
+        {"line": _line, "scatter": _scatter}.get(res.spec.plot, _bar)(ax, res)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    ax.set_xlabel(res.spec.xlabel)
+    ax.set_ylabel(res.spec.ylabel)
     ax.set_title(res.spec.title, fontsize=8)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
     return buf.getvalue()
 
 
-def index_markdown(entries: list[tuple[str, str, list[str]]]) -> str:
-    """entries: (table id, title, file names)."""
-    lines = ["# Tables and figures of this sweep", "", "Each cell: ours (paper); — = no data.", ""]
-    for tid, title, files in entries:
-        lines.append(f"- **{tid}** — {title}: " + ", ".join(f"[{f}]({f})" for f in files))
+# ------------------------------------------------------------------------------------------------ files, index
+
+
+def render_files(res: TableResult) -> dict[str, str | bytes]:
+    """Every file of one table, by name: `<id>.md`, `.csv`, `.tex`, and `.png` for figures."""
+    tid = res.spec.id
+    png = f"{tid}.png" if res.spec.kind == "figure" else None
+    files: dict[str, str | bytes] = {f"{tid}.md": to_markdown(res, image=png), f"{tid}.csv": to_csv(res),
+                                     f"{tid}.tex": to_latex(res)}
+    if png:
+        files[png] = to_png(res)
+    return files
+
+
+def _claims_summary(claims: Sequence[Claim]) -> str:
+    if not claims:
+        return MISSING
+    return ", ".join(f"{sum(c.holds is h for c in claims)} {MARK[h]}" for h in (True, False, None)
+                     if any(c.holds is h for c in claims))
+
+
+def index_markdown(items: Sequence[tuple[TableResult, Sequence[str]]], extra: Sequence[str] = ()) -> str:
+    """`index.md`: every produced file, per table, with how many of its claims hold (✓), fail (✗), lack data (?)."""
+    lines = ["# Tables and figures", "", "Each table shows ours beside the paper's values; "
+             f"{MISSING} = no data in these runs.", ""]
+    if not items:
+        lines.append("No table has data in these runs.")
+    else:
+        lines += ["| id | title | claims | files |", "|---|---|---|---|"]
+        for res, files in items:
+            links = ", ".join(f"[{f}]({f})" for f in files)
+            lines.append(f"| {res.spec.id} | {res.spec.title} | {_claims_summary(res.claims)} | {links} |")
+    if extra:
+        lines += ["", "Other files: " + ", ".join(f"[{f}]({f})" for f in extra)]
     return "\n".join(lines) + "\n"

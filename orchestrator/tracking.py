@@ -338,6 +338,23 @@ def experiment_exists(uri: str, experiment: str) -> bool:
     return exp is not None
 
 
+def unreachable_reason(uri: str, timeout_s: float = 3.0) -> str | None:
+    """Why `uri` cannot be read as a tracking store, or None when it can (a CLI's bad-input check).
+
+    Checked without creating anything: an http(s) server must answer /health; a sqlite file must exist (MLflow
+    would otherwise create an empty database there); anything else must answer a one-item search."""
+    if uri.startswith(("http://", "https://")):
+        return None if wait_healthy(uri, timeout_s) else "no MLflow server answers there"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return None if path.is_file() else f"no SQLite store at {path}"
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except (MlflowException, OSError, ValueError) as err:
+        return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return None
+
+
 def latest_parent_run(uri: str, experiment: str) -> str | None:
     """The newest sweep parent run of an experiment (where tables are attached)."""
     df = runs_dataframe(uri, experiment, "tags.kind = 'sweep'", finished_only=False)
