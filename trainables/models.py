@@ -1,78 +1,174 @@
-"""Model registry (timm-style): the paper's teachers and students under the paper's names.
+"""Model registry (timm-style) for the paper's teachers and students, and the student's frozen | trunk | heads split.
 
-Every entry is a frozen `ModelCfg` (builder family, architecture, normalisation, native input size, the paper's
-weight tag and its Table 5 budget) registered by a 2-line entry point. Models take [0, 1] images and normalise
-themselves.
+Why a registry: sweeps name models by the paper's names ('clip_vit_b16'). One frozen `ModelCfg` per name says how
+to build the network (timm or open_clip), how it normalises its input, its native size, the weights the paper used
+and what supplement Table 5 says about it. Every model takes [0, 1] images and normalises itself.
 
-A student is cut into a *unit chain* — modules applied one after another, each taking one tensor — and split:
-    frozen  = normalise + units[:-k]        run once per image, cacheable (eval mode, no dropout)
-    trunk   = units[-k:-1]                  shared tuned trunk (~4/5 of the tuning portion)
-    heads   = 3 deep copies of units[-1]    clean / unclean / combined, Dropout(p) as their first op
-Split rule (method.md §2.3, [default]): at the paper's settings (native resolution, 1000 classes, random init on
-the `meta` device, nothing downloaded), k is the number of trailing units whose trainable parameters come closest
-to the student's Table 5 budget. Units are whole blocks, except that the last block is split where the paper's
-small budgets need it: timm ResNet bottleneck -> (conv1..conv2 | conv3 + residual), ViT block -> (attention |
-norm2 + fc1 | fc2 + residual), so the frozen output may carry two tensors (residual stream and hidden activation)
-concatenated on the channel/last dim. The head is the classifier (timm) or the projection + class-prompt text
-classifier (CLIP), i.e. roughly the last fifth of the tuning portion.
+Why a split: the method tunes only "a portion from the end" of a large student (method.md §2.3-2.4). A student is
+turned into a *unit chain* (modules applied one after another, each mapping ONE tensor to ONE tensor) and cut:
+
+    frozen = normalise + units[:-(k+1)]    eval mode, no grad, no dropout: run once per image and cached
+    trunk  = units[-(k+1):-1]              shared tuned trunk (most of the tuning portion)
+    heads  = 3 deep copies of units[-1]    clean / unclean / combined, Dropout(p) as their first op
+
+Units are whole blocks except in the last residual block, which is cut at sub-block granularity because the
+paper's budgets are smaller than a block. A cut inside a residual block carries the shortcut alongside the hidden
+activation, concatenated on the channel (CNN) or last (ViT) dim, so the frozen output stays ONE tensor.
+
+Split rule ([default]; the same for every family, which only decides its units: see each `*_chain` docstring):
+the head is the classifier (timm) or the image projection followed by the frozen class-prompt text classifier
+(CLIP). k, the number of trunk units, is the one whose tuned count (trunk + ONE head) at the paper's settings
+(native input size, 1000 classes, built on the meta device: nothing allocated or downloaded) is closest in ratio
+to the budget: Table 5's, else the family's. The trunk must hold at least one tunable parameter. k is a count of
+trailing units, so the same cut applies at any input size, patch size or class count. The budget is a knob:
+`create_student(..., budget_m=4.0)` (or `model_overrides: {name: {budget_m: 4.0}}` in a sweep).
 """
 from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, field
+import logging
+import math
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+Family = Literal["timm", "open_clip"]
+Role = Literal["teacher", "student"]
+Unit = tuple[str, nn.Module]
+EntryPoint = Callable[..., nn.Module]
+
 HEADS = ("clean", "unclean", "combined")
+PAPER_NUM_CLASSES = 1000
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's augreg ViT weights
+OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+STUDENT_KNOBS = ("budget_m", "prompt")  # split/prompt knobs: never reach the library builders
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+_S0 = "original_tail"
+_DIGITS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
 
 
 class UnknownModelError(ValueError):
-    """An unknown model name; the message lists close matches."""
+    """A model name that is not registered; the message lists the closest registered names."""
+
+
+# ============================================================================================ config and registry
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """A family's split rule: its unit chain, and the budget for models that have no Table 5 entry.
+
+    The rule's text is the chain function's docstring (`describe()`), so code and documentation cannot drift.
+    """
+
+    name: str
+    chain: Callable[[nn.Module], list[Unit]]
+    default_budget_m: float
+
+    def describe(self) -> str:
+        """The rule in words (the chain function's docstring, whitespace collapsed)."""
+        return " ".join((self.chain.__doc__ or "").split())
 
 
 @dataclass(frozen=True)
 class ModelCfg:
-    """Per-model metadata that pipelines read (timm's PretrainedCfg idea)."""
+    """What pipelines need to know about one registered model (the idea of timm's `PretrainedCfg`).
+
+    Attributes:
+        name: registry name (the paper's name for the model).
+        family: the library that builds it.
+        arch: the library's architecture name (timm model name / open_clip model name).
+        roles: the paper's roles for it, i.e. the sweep vocabulary ('teacher' and/or 'student').
+        mean, std: input normalisation of the paper's weights; the model applies it itself.
+        input_size: native (paper) input resolution.
+        paper_tag: the paper's weights: timm `arch.tag` or open_clip `pretrained=` name.
+        split: the family's split rule.
+        paper_tuned_m, paper_total_m: supplement Table 5 in millions of parameters; None where it has no entry.
+        size_kwarg: the builder keyword that sets the input size (None: the architecture is size-agnostic).
+        arch_kwargs: fixed builder options that make the architecture match the paper's weights.
+    """
 
     name: str
-    family: str                       # 'timm' | 'open_clip'
-    arch: str                         # timm model name / open_clip model name
-    roles: tuple[str, ...]            # 'teacher', 'student'
+    family: Family
+    arch: str
+    roles: tuple[Role, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    input_size: int                   # native (paper) resolution
-    paper_tag: str                    # timm `arch.tag` or open_clip `pretrained=`
-    paper_tuned_m: float | None = None  # supplement Table 5
+    input_size: int
+    paper_tag: str
+    split: SplitRule
+    paper_tuned_m: float | None = None
     paper_total_m: float | None = None
-    budget_m: float | None = None     # tuning budget used by the split rule (Table 5, or the family's nearest)
-    kwargs: dict = field(default_factory=dict)
+    size_kwarg: str | None = None
+    arch_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def budget_m(self) -> float:
+        """Tuned budget the split aims at: Table 5's, else the family rule's."""
+        return self.paper_tuned_m if self.paper_tuned_m is not None else self.split.default_budget_m
 
 
-_REGISTRY: dict[str, ModelCfg] = {}
+@dataclass(frozen=True)
+class _Entry:
+    cfg: ModelCfg
+    fn: EntryPoint
 
 
-def register_model(fn: Callable[[], ModelCfg]) -> Callable[[], ModelCfg]:
-    cfg = fn()
-    _REGISTRY[cfg.name] = cfg
-    return fn
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(cfg: ModelCfg) -> Callable[[EntryPoint], EntryPoint]:
+    """Decorator: register an entry point under `cfg.name`.
+
+    Args:
+        cfg: the model's metadata; the decorated function must carry the same name (as in timm).
+
+    Returns:
+        The decorator, which returns the function unchanged.
+    """
+    def deco(fn: EntryPoint) -> EntryPoint:
+        if fn.__name__ != cfg.name or cfg.name in _REGISTRY:
+            raise ValueError(f"entry point {fn.__name__!r} vs cfg {cfg.name!r}: names must match and be unique")
+        _REGISTRY[cfg.name] = _Entry(cfg, fn)
+        return fn
+    return deco
 
 
 def list_models(role: str | None = None) -> list[str]:
-    """Registered names, optionally only teachers or students ('model' = any)."""
+    """Registered names in registration order.
+
+    Args:
+        role: 'teacher' or 'student' to keep the paper's models for that role; None or 'model' for all.
+
+    Raises:
+        ValueError: an unknown role.
+    """
     if role in (None, "model"):
         return list(_REGISTRY)
-    return [n for n, c in _REGISTRY.items() if role in c.roles]
+    if role not in ("teacher", "student"):
+        raise ValueError(f"unknown role {role!r}; allowed: teacher, student, model")
+    return [n for n, e in _REGISTRY.items() if role in e.cfg.roles]
 
 
 def get_model_cfg(name: str) -> ModelCfg:
+    """The `ModelCfg` of a registered model.
+
+    Raises:
+        UnknownModelError: `name` is not registered; the message lists close matches and every name.
+    """
+    return _entry(name).cfg
+
+
+def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
@@ -80,637 +176,857 @@ def get_model_cfg(name: str) -> ModelCfg:
     return _REGISTRY[name]
 
 
-def _timm(name, arch, roles, tag, tuned=None, total=None, budget=None, size=224):
-    return ModelCfg(name, "timm", arch, roles, IMAGENET_MEAN, IMAGENET_STD, size, tag, tuned, total, budget or tuned)
-
-
-def _clip(name, arch, tag, tuned=None, total=None, budget=None, size=224):
-    return ModelCfg(name, "open_clip", arch, ("student",), CLIP_MEAN, CLIP_STD, size, tag, tuned, total,
-                    budget or tuned)
-
-
-TS = ("teacher", "student")
-
-
-@register_model
-def resnet34() -> ModelCfg:
-    return _timm("resnet34", "resnet34", ("teacher",), "resnet34.tv_in1k", budget=2.1)
-
-
-@register_model
-def resnet50() -> ModelCfg:
-    return _timm("resnet50", "resnet50", ("teacher",), "resnet50.tv_in1k", budget=2.1)
-
-
-@register_model
-def resnet101() -> ModelCfg:
-    return _timm("resnet101", "resnet101", TS, "resnet101.tv_in1k", 2.1, 45)
-
-
-@register_model
-def resnet152() -> ModelCfg:
-    return _timm("resnet152", "resnet152", TS, "resnet152.tv_in1k", 2.6, 60)
-
-
-@register_model
-def vit_small() -> ModelCfg:
-    return _timm("vit_small", "vit_small_patch16_224", TS, "vit_small_patch16_224.augreg_in21k_ft_in1k", 2.3, 48)
-
-
-@register_model
-def vit_base() -> ModelCfg:
-    return _timm("vit_base", "vit_base_patch16_224", TS, "vit_base_patch16_224.augreg_in21k_ft_in1k", 3.1, 88)
-
-
-@register_model
-def clip_rn50() -> ModelCfg:
-    return _clip("clip_rn50", "RN50", "openai", 3.9, 102)
-
-
-@register_model
-def clip_rn101() -> ModelCfg:
-    return _clip("clip_rn101", "RN101", "openai", 4.1, 119)
-
-
-@register_model
-def clip_vit_b16() -> ModelCfg:
-    return _clip("clip_vit_b16", "ViT-B-16", "openai", 4.3, 149)
-
-
-@register_model
-def clip_vit_b32() -> ModelCfg:
-    return _clip("clip_vit_b32", "ViT-B-32", "openai", budget=4.3)  # not in Table 5: ViT-B/16's budget (same width)
-
-
-@register_model
-def clip_vit_l14_336() -> ModelCfg:
-    return _clip("clip_vit_l14_336", "ViT-L-14-336", "openai", 5.6, 450, size=336)
-
-
-# ------------------------------------------------------------------------------------------------ building blocks
+# ============================================================================================ small modules
 
 
 class Normalize(nn.Module):
-    """[0,1] -> normalised; buffers are non-persistent so state dicts stay the architecture's own."""
+    """[0, 1] images -> normalised. Buffers are non-persistent: state dicts stay the architecture's own."""
 
-    def __init__(self, mean, std) -> None:
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return (x - self.mean) / self.std
 
 
-class Classifier(nn.Module):
-    """A timm classifier that takes [0,1] images (teachers)."""
+def _seq(*mods: nn.Module | None) -> nn.Sequential:
+    """Sequential of the given modules, skipping None (timm leaves optional layers as None)."""
+    return nn.Sequential(*[m for m in mods if m is not None])
 
-    def __init__(self, net: nn.Module, cfg: ModelCfg) -> None:
+
+class _Residual(nn.Module):
+    """x + body(x): a whole residual branch as one unit."""
+
+    def __init__(self, body: nn.Module) -> None:
         super().__init__()
-        self.normalize, self.net = Normalize(cfg.mean, cfg.std), net
+        self.body = body
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
+        return x + self.body(x)
 
 
-class Lambda(nn.Module):
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+class _OpenResidual(nn.Module):
+    """First piece of a cut residual block: x -> cat(shortcut(x), body(x)), so the shortcut travels along."""
+
+    def __init__(self, shortcut: nn.Module | None, body: nn.Module, dim: int) -> None:
         super().__init__()
-        self.fn = fn
+        self.shortcut, self.body, self.dim = shortcut if shortcut is not None else nn.Identity(), body, dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
+        return torch.cat([self.shortcut(x), self.body(x)], self.dim)
 
 
-class _TimmStem(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
+class _CarryResidual(nn.Module):
+    """Middle piece: cat(s, h) -> cat(s, body(h)); `width` is the shortcut's size along `dim`."""
+
+    def __init__(self, body: nn.Module, width: int, dim: int) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.act1, self.maxpool = m.conv1, m.bn1, m.act1, m.maxpool
+        self.body, self.width, self.dim = body, width, dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        s, h = x.split([self.width, x.shape[self.dim] - self.width], self.dim)
+        return torch.cat([s, self.body(h)], self.dim)
 
 
-class _BottleneckPre(nn.Module):
-    """Last timm bottleneck up to conv3: outputs cat(shortcut, hidden) on channels."""
+class _CloseResidual(nn.Module):
+    """Last piece: cat(s, h) -> act(s + body(h))."""
 
-    def __init__(self, b: nn.Module) -> None:
+    def __init__(self, body: nn.Module, act: nn.Module, width: int, dim: int) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.act1 = b.conv1, b.bn1, b.act1
-        self.conv2, self.bn2, self.drop_block, self.act2, self.aa = b.conv2, b.bn2, b.drop_block, b.act2, b.aa
-        self.downsample = b.downsample
+        self.body, self.act, self.width, self.dim = body, act, width, dim
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = self.downsample(x) if self.downsample is not None else x
-        h = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))))
-        return torch.cat([shortcut, h], 1)
+        s, h = x.split([self.width, x.shape[self.dim] - self.width], self.dim)
+        return self.act(self.body(h) + s)
 
 
-class _BottleneckPost(nn.Module):
-    def __init__(self, b: nn.Module, width: int) -> None:
+def _cut_residual(prefix: str, pieces: list[Unit], shortcut: nn.Module | None, act: nn.Module, width: int,
+                  dim: int) -> list[Unit]:
+    """Units for one residual block act(shortcut(x) + pieces(x)), cut between its pieces."""
+    (n0, first), *middle, (nl, last) = pieces
+    units = [(f"{prefix}.{n0}", _OpenResidual(shortcut, first, dim))]
+    units += [(f"{prefix}.{n}", _CarryResidual(m, width, dim)) for n, m in middle]
+    return units + [(f"{prefix}.{nl}", _CloseResidual(last, act, width, dim))]
+
+
+class _SelfAttention(nn.Module):
+    """open_clip's batch-first nn.MultiheadAttention called as self-attention on one tensor."""
+
+    def __init__(self, attn: nn.MultiheadAttention) -> None:
         super().__init__()
-        self.conv3, self.bn3, self.se, self.drop_path, self.act3 = b.conv3, b.bn3, b.se, b.drop_path, b.act3
-        self.width = width
+        if not attn.batch_first:
+            raise NotImplementedError("open_clip attention must be batch-first")
+        self.attn = attn
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut, h = x[:, : self.width], x[:, self.width:]
-        out = self.bn3(self.conv3(h))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        return self.act3(out + shortcut)
-
-
-class _VitAttn(nn.Module):
-    """x + attention(norm1(x)) of a ViT block (timm or open_clip naming)."""
-
-    def __init__(self, norm: nn.Module, attn: Callable, ls: nn.Module, extra: nn.Module | None = None) -> None:
-        super().__init__()
-        self.norm, self.ls, self.attn_mod = norm, ls, extra
-        self._attn = attn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.ls(self._attn(self.norm(x)))
-
-
-class _VitMlpPre(nn.Module):
-    """norm2 -> fc1 -> act: outputs cat(residual, hidden) on the last dim."""
-
-    def __init__(self, norm: nn.Module, fc1: nn.Module, act: nn.Module) -> None:
-        super().__init__()
-        self.norm, self.fc1, self.act = norm, fc1, act
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x, self.act(self.fc1(self.norm(x)))], -1)
-
-
-class _VitMlpPost(nn.Module):
-    def __init__(self, fc2: nn.Module, ls: nn.Module, width: int, mid_norm: nn.Module | None = None) -> None:
-        super().__init__()
-        self.fc2, self.ls, self.width = fc2, ls, width
-        self.mid_norm = mid_norm if mid_norm is not None else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x[..., : self.width] + self.ls(self.fc2(self.mid_norm(x[..., self.width:])))
-
-
-class _TextClassifier(nn.Module):
-    """CLIP zero-shot classifier: scaled cosine similarity with class-prompt text embeddings (frozen buffers)."""
-
-    def __init__(self, text_emb: Tensor, logit_scale: float) -> None:
-        super().__init__()
-        self.register_buffer("text_emb", F.normalize(text_emb, dim=-1))
-        self.logit_scale = logit_scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logit_scale * F.normalize(x, dim=-1) @ self.text_emb.t()
-
-
-class _AttnPoolValuePath(nn.Module):
-    """CLIP ModifiedResNet's attention pool without its output projection (c_proj goes to the head).
-
-    Its own parameters stay frozen even when it sits in the tuned trunk: tuning q/k/v (12.6M for RN-50) would
-    blow the paper's ~4M budget, so the tuned portion is the last bottleneck's tail + c_proj."""
-
-    def __init__(self, ap: nn.Module) -> None:
-        super().__init__()
-        self.positional_embedding, self.num_heads = ap.positional_embedding, ap.num_heads
-        self.q_proj, self.k_proj, self.v_proj = ap.q_proj, ap.k_proj, ap.v_proj
-        dim = ap.v_proj.weight.shape[0]
-        self.register_buffer("eye", torch.eye(dim), persistent=False)
-        self.register_buffer("zero", torch.zeros(dim), persistent=False)
-        self.frozen_names = ("positional_embedding", "q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
-                             "v_proj.weight", "v_proj.bias")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(2, 0, 1)
-        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + self.positional_embedding[:, None, :].to(x.dtype)
-        out, _ = F.multi_head_attention_forward(
-            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.num_heads,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight,
-            in_proj_weight=None, in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=self.eye,
-            out_proj_bias=self.zero, use_separate_proj_weight=True, training=self.training, need_weights=False)
-        return out[0]
-
-
-# ------------------------------------------------------------------------------------------------ unit chains
-
-
-def _timm_resnet_units(m: nn.Module) -> list[tuple[str, nn.Module]]:
-    units: list[tuple[str, nn.Module]] = [("stem", _TimmStem(m))]
-    units += [(f"layer{i}", getattr(m, f"layer{i}")) for i in (1, 2, 3)]
-    blocks = list(m.layer4)
-    units += [(f"layer4.{i}", b) for i, b in enumerate(blocks[:-1])]
-    last = blocks[-1]
-    width = last.conv3.out_channels
-    units += [("layer4.last.pre", _BottleneckPre(last)), ("layer4.last.post", _BottleneckPost(last, width)),
-              ("pool", m.global_pool), ("head", m.fc)]
-    return units
+        return self.attn(x, x, x, need_weights=False)[0]
 
 
 class _TimmVitEmbed(nn.Module):
+    """Patch embedding + class token + position embedding (timm's standard ViT), then patch drop and norm_pre."""
+
     def __init__(self, m: nn.Module) -> None:
         super().__init__()
-        self.m = nn.ModuleDict({"patch_embed": m.patch_embed, "norm_pre": m.norm_pre})
-        self.pos_embed, self.cls_token = m.pos_embed, m.cls_token
-        self._pos = m._pos_embed
-        self.patch_drop = m.patch_drop
+        if m.cls_token is None or m.reg_token is not None or m.no_embed_class or m.dynamic_img_size:
+            raise NotImplementedError("only class-token ViTs with a plain position embedding are split")
+        self.patch_embed, self.pos_drop, self.patch_drop, self.norm_pre = (
+            m.patch_embed, m.pos_drop, m.patch_drop, m.norm_pre)
+        self.cls_token, self.pos_embed = m.cls_token, m.pos_embed
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.m["patch_embed"](x)
-        x = self._pos(x)
-        return self.m["norm_pre"](self.patch_drop(x))
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.norm_pre(self.patch_drop(self.pos_drop(x)))
 
 
-def _timm_vit_units(m: nn.Module) -> list[tuple[str, nn.Module]]:
-    units: list[tuple[str, nn.Module]] = [("embed", _TimmVitEmbed(m))]
-    blocks = list(m.blocks)
-    units += [(f"blocks.{i}", b) for i, b in enumerate(blocks[:-1])]
-    b = blocks[-1]
-    width = b.norm1.normalized_shape[0]
-    attn = _VitAttn(b.norm1, lambda x, a=b.attn: a(x), nn.Sequential(b.ls1, b.drop_path1), b.attn)
-    units += [("blocks.last.attn", attn), ("blocks.last.mlp_pre", _VitMlpPre(b.norm2, b.mlp.fc1, b.mlp.act)),
-              ("blocks.last.mlp_post", _VitMlpPost(b.mlp.fc2, nn.Sequential(b.ls2, b.drop_path2), width,
-                                                   b.mlp.norm)),
-              ("final", _TimmVitFinal(m)), ("head", m.head)]
-    return units
+class _TokenPool(nn.Module):
+    """norm -> class token ('tok'/'token') or mean of the other tokens ('avg') -> post-pool norm."""
 
-
-class _TimmVitFinal(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, pool: str, prefix_tokens: int, post: nn.Module | None = None) -> None:
         super().__init__()
-        self.norm, self.fc_norm = m.norm, m.fc_norm
-        self._pool = m._pool if hasattr(m, "_pool") else None
-        self.global_pool, self.num_prefix_tokens = m.global_pool, m.num_prefix_tokens
+        if pool not in ("tok", "token", "avg"):
+            raise NotImplementedError(f"pooling {pool!r} is not split (class token or average only)")
+        self.norm, self.post, self.avg, self.prefix = norm, post or nn.Identity(), pool == "avg", prefix_tokens
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
-        return self.fc_norm(x)
+        return self.post(x[:, self.prefix:].mean(1) if self.avg else x[:, 0])
 
 
 class _ClipVitEmbed(nn.Module):
+    """open_clip VisionTransformer's conv patch embedding + class and position embeddings, patch dropout, ln_pre."""
+
     def __init__(self, v: nn.Module) -> None:
         super().__init__()
+        if v.attn_pool is not None or v.final_ln_after_pool:
+            raise NotImplementedError("open_clip ViTs with attentional pooling are not split")
         self.conv1, self.patch_dropout, self.ln_pre = v.conv1, v.patch_dropout, v.ln_pre
         self.class_embedding, self.positional_embedding = v.class_embedding, v.positional_embedding
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        x = self.conv1(x).flatten(2).transpose(1, 2)
         cls = self.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         return self.ln_pre(self.patch_dropout(x))
 
 
-class _ClipVitFinal(nn.Module):
-    def __init__(self, v: nn.Module) -> None:
+class _Projection(nn.Module):
+    """x @ proj with CLIP's own (width, embed) matrix, kept under its own name."""
+
+    def __init__(self, proj: nn.Parameter) -> None:
         super().__init__()
-        self.ln_post = v.ln_post
+        self.proj = proj
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.ln_post(x[:, 0])
+        return x @ self.proj
 
 
-def _clip_vit_units(v: nn.Module) -> list[tuple[str, nn.Module]]:
-    units: list[tuple[str, nn.Module]] = [("embed", _ClipVitEmbed(v))]
-    if not getattr(v.transformer, "batch_first", True):
-        raise ValueError("open_clip transformer must be batch_first")
-    blocks = list(v.transformer.resblocks)
-    units += [(f"resblocks.{i}", b) for i, b in enumerate(blocks[:-1])]
-    b = blocks[-1]
-    width = b.ln_1.normalized_shape[0]
-    attn = _VitAttn(b.ln_1, lambda x, blk=b: blk.attention(x), b.ls_1, b.attn)
-    units += [("resblocks.last.attn", attn), ("resblocks.last.mlp_pre", _VitMlpPre(b.ln_2, b.mlp.c_fc, b.mlp.gelu)),
-              ("resblocks.last.mlp_post", _VitMlpPost(b.mlp.c_proj, b.ls_2, width)), ("final", _ClipVitFinal(v))]
-    proj = nn.Linear(v.proj.shape[0], v.proj.shape[1], bias=False, device=v.proj.device)
-    with torch.no_grad():
-        if v.proj.device.type != "meta":
-            proj.weight.copy_(v.proj.t())
-    units.append(("head", proj))
-    return units
+class _AttnPoolTokens(nn.Module):
+    """CLIP ModifiedResNet's attention pooling up to (not including) its output projection c_proj.
 
+    Fixed (`tunable = False`): its q/k/v projections hold 12.6M (RN-50) parameters, three times the paper's whole
+    budget, so the tuned trunk passes through it with the pretrained attention; c_proj starts the head.
+    """
 
-class _ClipRnStem(nn.Module):
-    def __init__(self, v: nn.Module) -> None:
+    tunable = False
+
+    def __init__(self, ap: nn.Module) -> None:
         super().__init__()
-        self.v = nn.ModuleDict({k: getattr(v, k) for k in ("conv1", "bn1", "act1", "conv2", "bn2", "act2",
-                                                           "conv3", "bn3", "act3", "avgpool")})
+        self.positional_embedding, self.num_heads = ap.positional_embedding, ap.num_heads
+        self.q_proj, self.k_proj, self.v_proj = ap.q_proj, ap.k_proj, ap.v_proj
 
     def forward(self, x: Tensor) -> Tensor:
-        v = self.v
-        x = v["act1"](v["bn1"](v["conv1"](x)))
-        x = v["act2"](v["bn2"](v["conv2"](x)))
-        x = v["act3"](v["bn3"](v["conv3"](x)))
-        return v["avgpool"](x)
+        x = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        x = torch.cat([x.mean(1, keepdim=True), x], 1) + self.positional_embedding.to(x.dtype)
+        q, k, v = self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x)  # only the mean token's output is used
+        out = F.scaled_dot_product_attention(*(_split_heads(t, self.num_heads) for t in (q, k, v)))
+        return out.transpose(1, 2).flatten(1)
 
 
-class _ClipBottleneckPre(nn.Module):
-    """conv1 of the last CLIP bottleneck: outputs cat(identity, hidden) on channels."""
+def _split_heads(t: Tensor, num_heads: int) -> Tensor:
+    """(N, L, C) -> (N, heads, L, C / heads), the layout of nn.MultiheadAttention."""
+    return t.view(t.shape[0], t.shape[1], num_heads, -1).transpose(1, 2)
 
-    def __init__(self, b: nn.Module) -> None:
+
+class _TextClassifier(nn.Module):
+    """CLIP's zero-shot classifier: logit_scale * cosine(image embedding, class-prompt text embedding).
+
+    Both are frozen buffers (persistent, so a saved student keeps its classes), computed once by the text tower.
+    """
+
+    def __init__(self, text_emb: Tensor, logit_scale: float) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.act1, self.downsample = b.conv1, b.bn1, b.act1, b.downsample
+        self.register_buffer("text_emb", F.normalize(text_emb.detach().float(), dim=-1))
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+
+    def set_text(self, text_emb: Tensor) -> None:
+        self.text_emb = F.normalize(text_emb.detach().float(), dim=-1).to(self.text_emb.device)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = self.downsample(x) if self.downsample is not None else x
-        return torch.cat([identity, self.act1(self.bn1(self.conv1(x)))], 1)
+        return self.logit_scale * F.normalize(x, dim=-1) @ self.text_emb.t()
 
 
-class _ClipBottleneckMid(nn.Module):
-    def __init__(self, b: nn.Module, width: int) -> None:
-        super().__init__()
-        self.conv2, self.bn2, self.act2, self.avgpool, self.width = b.conv2, b.bn2, b.act2, b.avgpool, width
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity, h = x[:, : self.width], x[:, self.width:]
-        return torch.cat([identity, self.avgpool(self.act2(self.bn2(self.conv2(h))))], 1)
+# ============================================================================================ family split rules
 
 
-class _ClipBottleneckPost(nn.Module):
-    def __init__(self, b: nn.Module, width: int) -> None:
-        super().__init__()
-        self.conv3, self.bn3, self.act3, self.width = b.conv3, b.bn3, b.act3, width
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity, h = x[:, : self.width], x[:, self.width:]
-        return self.act3(self.bn3(self.conv3(h)) + identity)
-
-
-def _clip_rn_units(v: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The attention pool stays frozen (pretrained attention pattern and values); c_proj is the head; the last
-    bottleneck is split (conv1 | conv2 | conv3 + residual) so the budget can reach into it."""
-    units: list[tuple[str, nn.Module]] = [("stem", _ClipRnStem(v))]
-    units += [(f"layer{i}", getattr(v, f"layer{i}")) for i in (1, 2, 3)]
-    blocks = list(v.layer4)
-    units += [(f"layer4.{i}", b) for i, b in enumerate(blocks[:-1])]
-    last = blocks[-1]
-    width = last.conv3.out_channels
-    units += [("layer4.last.conv1", _ClipBottleneckPre(last)), ("layer4.last.conv2", _ClipBottleneckMid(last, width)),
-              ("layer4.last.conv3", _ClipBottleneckPost(last, width)),
-              ("attnpool", _AttnPoolValuePath(v.attnpool)), ("head", v.attnpool.c_proj)]
-    return units
+def timm_resnet_chain(net: nn.Module) -> list[Unit]:
+    """timm ResNet. Units: stem, layer1, layer2, layer3, every layer4 block but the last, then the last block cut
+    at each conv: conv1 (+bn1, act) | conv2 (+bn2, act) | conv3 | bn3 + shortcut + act (basic blocks: conv1 |
+    conv2 | bn2 + shortcut + act), then global pool; head: fc. At 1000 classes fc alone (2.05M) nearly fills
+    ResNet-101's 2.1M, so ResNet-101 tunes only bn3 + fc (the one cut within 20 % of Table 5) and ResNet-152
+    (2.6M) tunes conv3 + bn3 + fc (3.1M); the head is then most of the tuning portion, not one fifth."""
+    units: list[Unit] = [("stem", _seq(net.conv1, net.bn1, net.act1, net.maxpool))]
+    units += [(f"layer{i}", getattr(net, f"layer{i}")) for i in (1, 2, 3)]
+    *blocks, last = net.layer4
+    units += [(f"layer4.{i}", b) for i, b in enumerate(blocks)]
+    units += _timm_resnet_block(f"layer4.{len(blocks)}", last)
+    return units + [("pool", net.global_pool), ("fc", net.fc)]
 
 
-def _trainable(module: nn.Module) -> list[nn.Parameter]:
-    frozen: set[int] = set()
-    for m in module.modules():
-        for n in getattr(m, "frozen_names", ()):
-            obj = m
-            for part in n.split("."):
-                obj = getattr(obj, part)
-            frozen.add(id(obj))
-    seen: set[int] = set()
-    out = []
-    for p in module.parameters():
-        if id(p) not in frozen and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
+def _timm_resnet_block(prefix: str, b: nn.Module) -> list[Unit]:
+    if hasattr(b, "conv3"):  # Bottleneck
+        pieces = [("conv1", _seq(b.conv1, b.bn1, b.act1)), ("conv2", _seq(b.conv2, b.bn2, b.drop_block, b.act2, b.aa)),
+                  ("conv3", b.conv3), ("out", _seq(b.bn3, b.se, b.drop_path))]
+        return _cut_residual(prefix, pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
+    pieces = [("conv1", _seq(b.conv1, b.bn1, b.drop_block, b.act1, b.aa)), ("conv2", b.conv2),
+              ("out", _seq(b.bn2, b.se, b.drop_path))]
+    return _cut_residual(prefix, pieces, b.downsample, b.act2, b.conv2.out_channels, dim=1)
 
 
-def _n(params: list[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
+def timm_vit_chain(net: nn.Module) -> list[Unit]:
+    """timm ViT. Units: patch + position embedding, every block but the last, then the last block cut as
+    attention (norm1 + attn + residual) | mlp.fc1 (norm2 + fc1 + act) | mlp.fc2 + residual, then final norm +
+    class-token pool; head: the classifier. ViT-S (2.3M) tunes the whole last block (2.2M), ViT-B (3.1M) the last
+    fc2 (3.1M); the classifier is 18 % / 25 % of the tuning portion."""
+    if type(net.blocks[-1].mlp).__name__ != "Mlp" or net.attn_pool is not None:
+        raise NotImplementedError(f"{type(net).__name__}: only plain-MLP, token/avg-pool ViTs are split")
+    *blocks, b = net.blocks
+    units: list[Unit] = [("embed", _TimmVitEmbed(net))]
+    units += [(f"blocks.{i}", blk) for i, blk in enumerate(blocks)]
+    p = f"blocks.{len(blocks)}"
+    units.append((f"{p}.attn", _Residual(_seq(b.norm1, b.attn, b.ls1, b.drop_path1))))
+    mlp = b.mlp
+    pieces = [("fc1", _seq(b.norm2, mlp.fc1, mlp.act)), ("fc2", _seq(mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2, b.ls2,
+                                                                      b.drop_path2))]
+    units += _cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.norm1.normalized_shape[0], dim=-1)
+    pool = _TokenPool(net.norm, net.global_pool, net.num_prefix_tokens, net.fc_norm)
+    return units + [("pool", pool), ("head", net.head)]
 
 
-# ------------------------------------------------------------------------------------------------ raw builders
+def clip_resnet_chain(net: nn.Module) -> list[Unit]:
+    """open_clip ModifiedResNet (image tower). Units: 3-conv stem, layer1, layer2, layer3, every layer4 block but
+    the last, then the last block cut at each conv: conv1 | conv2 (+avgpool) | conv3 | bn3 + shortcut + act, then
+    the attention pool WITHOUT c_proj and with its q/k/v FIXED (12.6M for RN-50: three times the budget); head:
+    c_proj (the projection into the joint space) + the frozen text classifier. RN-101 (4.1M) tunes conv2, conv3,
+    bn3 + c_proj (4.5M, head 24 %); RN-50 (3.9M), whose c_proj alone is 2.1M, tunes conv3, bn3 + c_proj (3.15M,
+    head 67 %)."""
+    v = net.visual
+    stem = _seq(v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3, v.avgpool)
+    units: list[Unit] = [("stem", stem)] + [(f"layer{i}", getattr(v, f"layer{i}")) for i in (1, 2, 3)]
+    *blocks, b = v.layer4
+    units += [(f"layer4.{i}", blk) for i, blk in enumerate(blocks)]
+    pieces = [("conv1", _seq(b.conv1, b.bn1, b.act1)), ("conv2", _seq(b.conv2, b.bn2, b.act2, b.avgpool)),
+              ("conv3", b.conv3), ("out", b.bn3)]
+    units += _cut_residual(f"layer4.{len(blocks)}", pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
+    return units + [("attnpool", _AttnPoolTokens(v.attnpool)), ("c_proj", v.attnpool.c_proj)]
 
 
-def _raw_timm(cfg: ModelCfg, num_classes: int, img_size: int, pretrained: str | None, device=None,
-              **overrides) -> nn.Module:
-    import timm
-
-    kw = dict(num_classes=num_classes, **overrides)
-    if "vit" in cfg.arch:
-        kw["img_size"] = img_size
-    name = pretrained if pretrained and "." in pretrained else cfg.arch
-    if device is not None:
-        with torch.device(device):
-            return timm.create_model(name, pretrained=False, **kw)
-    return timm.create_model(name, pretrained=bool(pretrained), **kw)
-
-
-def _raw_clip(cfg: ModelCfg, img_size: int, pretrained: str | None, device=None, **overrides) -> nn.Module:
-    import logging
-
-    import open_clip
-
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" at every random init
-    kw = {"force_image_size": img_size} if img_size != cfg.input_size else {}
-    if device == "meta":
-        with torch.device("meta"):
-            return open_clip.create_model(cfg.arch, pretrained=None, device="meta", **kw)
-    return open_clip.create_model(cfg.arch, pretrained=pretrained or None, **kw)
+def clip_vit_chain(net: nn.Module) -> list[Unit]:
+    """open_clip VisionTransformer (image tower). Units: conv patch embedding + class/position embeddings + ln_pre,
+    every residual block but the last, then the last block cut as attention (ln_1 + attn + residual) | mlp.c_fc
+    (ln_2 + c_fc + gelu) | mlp.c_proj + residual, then ln_post + class-token pool; head: proj (into the joint
+    space) + the frozen text classifier. ViT-B/16 (4.3M) tunes the last MLP + proj (5.1M, head 8 %), ViT-L/14
+    (5.6M) the last c_proj + proj (5.0M, head 16 %)."""
+    v = net.visual
+    *blocks, b = v.transformer.resblocks
+    units: list[Unit] = [("embed", _ClipVitEmbed(v))] + [(f"resblocks.{i}", blk) for i, blk in enumerate(blocks)]
+    p = f"resblocks.{len(blocks)}"
+    units.append((f"{p}.attn", _Residual(_seq(b.ln_1, _SelfAttention(b.attn), b.ls_1))))
+    mid = getattr(b.mlp, "ln", None)
+    pieces = [("c_fc", _seq(b.ln_2, b.mlp.c_fc, b.mlp.gelu)), ("c_proj", _seq(mid, b.mlp.c_proj, b.ls_2))]
+    units += _cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.ln_1.normalized_shape[0], dim=-1)
+    return units + [("pool", _TokenPool(v.ln_post, v.pool_type, 1)), ("proj", _Projection(v.proj))]
 
 
-def _units(cfg: ModelCfg, raw: nn.Module) -> list[tuple[str, nn.Module]]:
+# Family budgets for models without a Table 5 entry: the paper's budget for the family's closest student.
+TIMM_RESNET = SplitRule("timm_resnet", timm_resnet_chain, default_budget_m=2.1)  # ResNet-101's
+TIMM_VIT = SplitRule("timm_vit", timm_vit_chain, default_budget_m=2.3)  # ViT-S's
+CLIP_RESNET = SplitRule("clip_resnet", clip_resnet_chain, default_budget_m=3.9)  # CLIP RN-50's
+CLIP_VIT = SplitRule("clip_vit", clip_vit_chain, default_budget_m=4.3)  # CLIP ViT-B/16's (ViT-B/32: same width)
+
+
+# ============================================================================================ the registry's entries
+
+
+TS: tuple[Role, ...] = ("teacher", "student")
+_Table5 = tuple[float | None, float | None]
+
+
+def _timm_cfg(name: str, arch: str, roles: tuple[Role, ...], tag: str, norm: tuple, rule: SplitRule,
+              table5: _Table5 = (None, None)) -> ModelCfg:
+    return ModelCfg(name, "timm", arch, roles, norm[0], norm[1], 224, tag, rule, *table5,
+                    size_kwarg="img_size" if rule is TIMM_VIT else None)
+
+
+def _clip_cfg(name: str, arch: str, table5: _Table5 = (None, None), size: int = 224) -> ModelCfg:
+    rule = CLIP_RESNET if arch.startswith("RN") else CLIP_VIT
+    # OpenAI's weights were trained with QuickGELU: the architecture must match them to load them.
+    return ModelCfg(name, "open_clip", arch, ("student",), *OPENAI_CLIP, size, "openai", rule, *table5,
+                    size_kwarg="force_image_size", arch_kwargs=(("force_quick_gelu", True),))
+
+
+@register_model(_timm_cfg("resnet34", "resnet34", ("teacher",), "resnet34.tv_in1k", IMAGENET, TIMM_RESNET))
+def resnet34(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """ResNet-34: teacher (Tables 3, 4, 6; Figure 1)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_timm_cfg("resnet50", "resnet50", ("teacher",), "resnet50.tv_in1k", IMAGENET, TIMM_RESNET))
+def resnet50(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """ResNet-50: teacher (Tables 4, 6)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_timm_cfg("resnet101", "resnet101", TS, "resnet101.tv_in1k", IMAGENET, TIMM_RESNET, (2.1, 45)))
+def resnet101(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """ResNet-101: teacher (Tables 3, 4, 6; Figure 3) and student (Tables 3, 5; Figure 1)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_timm_cfg("resnet152", "resnet152", TS, "resnet152.tv_in1k", IMAGENET, TIMM_RESNET, (2.6, 60)))
+def resnet152(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """ResNet-152 (the supplement's "RN-151"): teacher (Table 4) and student (Table 5)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_timm_cfg("vit_small", "vit_small_patch16_224", TS, "vit_small_patch16_224.augreg_in21k_ft_in1k",
+                          INCEPTION, TIMM_VIT, (2.3, 48)))
+def vit_small(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """ViT-S/16: teacher (Tables 3, 4, 6; Figure 3) and student (Table 5, whose "48M" total is wrong: 22M)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_timm_cfg("vit_base", "vit_base_patch16_224", TS, "vit_base_patch16_224.augreg_in21k_ft_in1k",
+                          INCEPTION, TIMM_VIT, (3.1, 88)))
+def vit_base(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """ViT-B/16: teacher (Tables 1, 2, 4; Figure 2) and student (Table 5)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_clip_cfg("clip_rn50", "RN50", (3.9, 102)))
+def clip_rn50(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """CLIP RN-50 (OpenAI): student (Table 5, Figure 4)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_clip_cfg("clip_rn101", "RN101", (4.1, 119)))
+def clip_rn101(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """CLIP RN-101 (OpenAI): student (Tables 3, 5; Figure 4)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_clip_cfg("clip_vit_b16", "ViT-B-16", (4.3, 149)))
+def clip_vit_b16(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """CLIP ViT-B/16 (OpenAI): student (Tables 3, 4, 5; Figure 4)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_clip_cfg("clip_vit_b32", "ViT-B-32"))
+def clip_vit_b32(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """CLIP ViT-B/32 (OpenAI): student (Table 3). Not in Table 5: the CLIP-ViT family budget (ViT-B/16's)."""
+    return build_network(cfg, **kwargs)
+
+
+@register_model(_clip_cfg("clip_vit_l14_336", "ViT-L-14-336", (5.6, 450), size=336))
+def clip_vit_l14_336(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
+    """CLIP ViT-L/14@336px (OpenAI): student (Tables 1, 2, 5; Figure 2)."""
+    return build_network(cfg, **kwargs)
+
+
+# ============================================================================================ the one builder
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs "No pretrained weights loaded" on the root logger at every random init: hush it, briefly."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def build_network(cfg: ModelCfg, *, num_classes: int, img_size: int, tag: str | None = None,
+                  device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
+    """The library's own, unsplit network: a timm classifier or an open_clip CLIP model.
+
+    Every entry point delegates here, so the offline rules live in one place: nothing is downloaded unless a
+    hub tag is given; `None` overrides are dropped (as timm's factory does); the input size is passed the way each
+    library wants it (timm ViT `img_size`, open_clip `force_image_size`; ResNets are size-agnostic).
+
+    Args:
+        cfg: the model's metadata.
+        num_classes: classifier width (timm; open_clip models classify through text embeddings instead).
+        img_size: input resolution.
+        tag: a resolved hub tag (timm `arch.tag`, open_clip pretrained name): loads the library's weights.
+        device: e.g. 'meta' to count parameters without allocating memory.
+        **overrides: library keywords, e.g. `patch_size=8` for timm ViTs.
+
+    Returns:
+        The network, in train mode as the library returns it.
+    """
+    kwargs = dict(cfg.arch_kwargs)
+    if cfg.size_kwarg:
+        kwargs[cfg.size_kwarg] = img_size
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    with (torch.device(device) if device is not None else nullcontext()), _quiet_root_logger():
+        if cfg.family == "timm":
+            import timm
+
+            return timm.create_model(tag or cfg.arch, pretrained=tag is not None, num_classes=num_classes, **kwargs)
+        import open_clip
+
+        if device is not None:
+            kwargs["device"] = device
+        return open_clip.create_model(cfg.arch, pretrained=tag, **kwargs)
+
+
+def _resolve_weights(cfg: ModelCfg, pretrained: str | None) -> tuple[str | None, Path | None]:
+    """(hub tag, weights file) for a `pretrained` argument: None, a tag (bare or `arch.tag`), or a file path."""
+    if not pretrained:
+        return None, None
+    if "/" in pretrained or "\\" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES) or Path(pretrained).exists():
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"{cfg.name}: weights file {pretrained!r} does not exist")
+        return None, path
+    return _check_tag(cfg, pretrained), None
+
+
+def _check_tag(cfg: ModelCfg, tag: str) -> str:
+    """Validate a hub tag offline against the library's list, so a typo fails before any download is tried."""
     if cfg.family == "timm":
-        return _timm_resnet_units(raw) if cfg.arch.startswith("resnet") else _timm_vit_units(raw)
-    v = raw.visual
-    return _clip_rn_units(v) if cfg.arch.startswith("RN") else _clip_vit_units(v)
+        import timm
+
+        full = tag if tag.startswith(cfg.arch + ".") else f"{cfg.arch}.{tag}"
+        known = timm.list_pretrained(cfg.arch + ".*")
+    else:
+        import open_clip
+
+        full, known = tag, [str(t) for t in open_clip.list_pretrained_tags_by_model(cfg.arch)]
+    if full not in known:
+        raise ValueError(f"{cfg.name}: unknown weights tag {tag!r} for {cfg.arch}; known: {', '.join(known)} "
+                         f"(or give a state-dict file path)")
+    return full
 
 
-def _paper_raw(cfg: ModelCfg) -> nn.Module:
-    if cfg.family == "timm":
-        return _raw_timm(cfg, 1000, cfg.input_size, None, device="meta")
-    return _raw_clip(cfg, cfg.input_size, None, device="meta")
+def _split_knobs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    knobs = {k: overrides[k] for k in STUDENT_KNOBS if overrides.get(k) is not None}
+    return knobs, {k: v for k, v in overrides.items() if k not in STUDENT_KNOBS}
 
 
-@lru_cache(maxsize=None)
-def split_k(name: str) -> int:
-    """Number of trailing units tuned (head included): the k whose trainable count at paper settings is
-    closest to the budget (ties -> fewer parameters)."""
+# ============================================================================================ teachers
+
+
+class Teacher(nn.Module):
+    """A timm classifier taking [0, 1] images; its state dict is the library's own under `net.`."""
+
+    def __init__(self, net: nn.Module, cfg: ModelCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.normalize, self.net = Normalize(cfg.mean, cfg.std), net
+
+    def forward(self, x01: Tensor) -> Tensor:
+        return self.net(self.normalize(x01))
+
+
+def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: str | None = None,
+                   **overrides: Any) -> nn.Module:
+    """A teacher: a timm classifier that takes [0, 1] images and returns logits (B, num_classes).
+
+    Args:
+        name: a registered model with the 'teacher' role.
+        num_classes: classifier width.
+        img_size: input resolution (ViTs size their position embedding to it).
+        pretrained: None (random init), a hub tag (the library's loading: needs a hub or cache), or a path to a
+            state-dict file, either the library's own keys or this module's (`net.`-prefixed).
+        **overrides: library keywords (e.g. `patch_size=8`); student-only knobs are ignored.
+
+    Raises:
+        UnknownModelError: unknown name.  ValueError: not a teacher, bad tag, or weights that do not fit.
+    """
     cfg = get_model_cfg(name)
-    units = _units(cfg, _paper_raw(cfg))
-    budget = (cfg.budget_m or 2.0) * 1e6
-    best, best_k, total = None, 1, 0
-    for k in range(1, len(units)):
-        total += _n(_trainable(units[-k][1]))
-        diff = abs(total - budget)
-        if best is None or diff < best:
-            best, best_k = diff, k
-    return best_k
+    if "teacher" not in cfg.roles:
+        raise ValueError(f"{name!r} is not a teacher (open_clip models have no classifier); "
+                         f"teachers: {', '.join(list_models('teacher'))}")
+    tag, path = _resolve_weights(cfg, pretrained)
+    net = _entry(name).fn(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **_split_knobs(overrides)[1])
+    teacher = Teacher(net, cfg)
+    if path is not None:
+        _load_either(net, teacher, _read_state_dict(path), path)
+    return teacher
 
 
-# ------------------------------------------------------------------------------------------------ the student
+# ============================================================================================ students
+
+
+def _tunable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Parameters the split may tune: all but those inside modules marked `tunable = False` (deduplicated)."""
+    fixed = {id(p) for p in _fixed_parameters(module)}
+    return _unique(p for p in module.parameters() if id(p) not in fixed)
+
+
+def _fixed_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return _unique(p for m in module.modules() if getattr(m, "tunable", True) is False for p in m.parameters())
+
+
+def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for p in params:
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _numel(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in _unique(params))
+
+
+def _named(units: list[Unit]) -> list[Unit]:
+    return [(n.replace(".", "_"), m) for n, m in units]  # module names cannot contain dots
 
 
 class Student(nn.Module):
-    """frozen -> trunk -> three heads. See the module docstring for the split rule."""
+    """A student cut into frozen part, shared tuned trunk and three heads, plus S0 (its original tail).
 
-    def __init__(self, cfg: ModelCfg, units: list[tuple[str, nn.Module]], k: int, dropout: float,
-                 classifier: nn.Module | None, extra_total: int, text_tower: nn.Module | None = None) -> None:
+    Attributes:
+        frozen: [0, 1] images -> features, ONE tensor; eval mode (BN fixed, no dropout) and never tuned, so
+            features cached once stay exact while the tail trains.
+        trunk: features -> z, the shared tuned trunk.
+        heads: 'clean' / 'unclean' / 'combined': z -> logits, each Dropout(p) first, deep copies of one head.
+        original_tail: S0, a frozen copy of trunk + one head (the untuned student's tail, for distillation).
+            It shares the trunk's fixed (never tuned) parameters instead of copying them.
+        text_tower: CLIP only: the frozen text tower (re-prompting, parameter counts).
+        is_clip: True for open_clip students (heads classify through text embeddings).
+        split_names: unit names of the trunk and the head, for logs.
+    """
+
+    def __init__(self, cfg: ModelCfg, units: list[Unit], k: int, dropout: float,
+                 classifier: nn.Module | None = None, text_tower: nn.Module | None = None) -> None:
         super().__init__()
-        self.cfg, self.is_clip, self.split_names = cfg, cfg.family == "open_clip", [n for n, _ in units[-k:]]
-        self.frozen = nn.Sequential(Normalize(cfg.mean, cfg.std), *[m for _, m in units[:-k]])
-        self.trunk = nn.Sequential(*[m for _, m in units[-k:-1]])
-        head_core = units[-1][1]
-        head = nn.Sequential(nn.Dropout(dropout), head_core, *([classifier] if classifier is not None else []))
+        self.cfg, self.is_clip, self.frozen_trainable = cfg, cfg.family == "open_clip", False
+        cut = len(units) - k - 1
+        self.split_names = {"trunk": [n for n, _ in units[cut:-1]], "head": [units[-1][0]]}
+        self.frozen = nn.Sequential(OrderedDict([("normalize", Normalize(cfg.mean, cfg.std)), *_named(units[:cut])]))
+        self.trunk = nn.Sequential(OrderedDict(_named(units[cut:-1])))
+        parts = [("drop", nn.Dropout(dropout)), ("core", units[-1][1])]
+        head = nn.Sequential(OrderedDict(parts + ([("classify", classifier)] if classifier is not None else [])))
         self.heads = nn.ModuleDict({h: copy.deepcopy(head) for h in HEADS})
-        self.text_tower = text_tower  # kept for counting / re-prompting; frozen
-        self._extra_total = extra_total
-        self.frozen_trainable = False
-        self._freeze()
+        self.text_tower = text_tower
+        if text_tower is not None:
+            text_tower.requires_grad_(False)
+        self._apply_freezing()
         self.snapshot_original()
-        self.train()  # nn.Module starts in train mode: make the frozen part eval from the start
+        self.train()
 
-    def _freeze(self) -> None:
-        for p in self.frozen.parameters():
-            p.requires_grad_(self.frozen_trainable)
+    def _apply_freezing(self) -> None:
         tuned = {id(p) for p in self.tuned_parameters()}
+        self.frozen.requires_grad_(self.frozen_trainable)
         for p in list(self.trunk.parameters()) + list(self.heads.parameters()):
-            p.requires_grad_(id(p) in tuned)
-        if self.text_tower is not None:
-            for p in self.text_tower.parameters():
-                p.requires_grad_(False)
+            p.requires_grad_(self.frozen_trainable or id(p) in tuned)
 
     def set_frozen_trainable(self, flag: bool) -> None:
-        """Pretraining / complete fine-tuning train everything; distillation never touches the frozen part."""
+        """Train everything (True: pretraining / complete fine-tuning) or only trunk + heads (False, default).
+
+        The text tower stays frozen either way: CLIP students learn through their class-prompt embeddings.
+        """
         self.frozen_trainable = flag
-        self._freeze()
+        self._apply_freezing()
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Student":
+    def train(self, mode: bool = True) -> Student:
         super().train(mode)
         if not self.frozen_trainable:
-            self.frozen.eval()  # frozen part: BN statistics fixed, so cached features stay exact
-        if getattr(self, "original_tail", None) is not None:
-            self.original_tail.eval()
+            self.frozen.eval()  # BN statistics fixed: features cached in eval mode equal the live ones
+        self.original_tail.eval()
+        if self.text_tower is not None:
+            self.text_tower.eval()
         return self
 
     def tuned_parameters(self) -> list[nn.Parameter]:
-        return _trainable(self.trunk) + [p for h in HEADS for p in _trainable(self.heads[h])]
+        """Trunk + all three heads (what distillation optimises)."""
+        return _unique(_tunable_parameters(self.trunk) + [p for h in HEADS for p in _tunable_parameters(self.heads[h])])
 
     @torch.no_grad()
     def encode(self, x01: Tensor) -> Tensor:
+        """The frozen part: [0, 1] images -> features (no grad)."""
         return self.frozen(x01)
 
     def forward_features(self, feats: Tensor, head: str | None = None) -> Tensor | dict[str, Tensor]:
+        """Trunk + one head (logits) or all three (a dict by head name)."""
         z = self.trunk(feats)
-        if head is not None:
-            return self.heads[head](z)
-        return {h: self.heads[h](z) for h in HEADS}
+        return self.heads[head](z) if head is not None else {h: self.heads[h](z) for h in HEADS}
 
     def forward(self, x01: Tensor, head: str = "combined") -> Tensor:
         return self.heads[head](self.trunk(self.frozen(x01)))
 
-    def snapshot_original(self) -> None:
-        """Freeze a copy of trunk + one head as S0, the original student's tail."""
-        tail = nn.Sequential(copy.deepcopy(self.trunk), copy.deepcopy(self.heads["clean"])).eval()
-        for p in tail.parameters():
-            p.requires_grad_(False)
-        self.__dict__.pop("original_tail", None)
-        self.original_tail = tail
-
     @torch.no_grad()
     def original(self, feats: Tensor) -> Tensor:
+        """S0's logits on cached features: the student before any tuning of its tail."""
         return self.original_tail(feats)
 
+    def snapshot_original(self) -> None:
+        """Take S0 = a frozen copy of the current trunk + clean head (call after loading or pretraining)."""
+        fixed = {id(p): p for p in _fixed_parameters(self.trunk)}  # never tuned: share, don't copy
+        tail = nn.Sequential(OrderedDict(trunk=copy.deepcopy(self.trunk, dict(fixed)),
+                                         head=copy.deepcopy(self.heads["clean"])))
+        for p in tail.parameters():
+            if id(p) not in fixed:
+                p.requires_grad_(False)
+        self.original_tail = tail.eval()
+
     def param_counts(self) -> dict[str, int]:
-        trunk, head = _n(_trainable(self.trunk)), _n(_trainable(self.heads["clean"]))
-        body = sum(p.numel() for p in self.frozen.parameters()) + sum(p.numel() for p in self.trunk.parameters())
-        body += sum(p.numel() for p in self.heads["clean"].parameters())
-        return {"tuned": trunk + head, "trained": trunk + 3 * head, "total": body + self._extra_total}
+        """{'tuned': trunk + ONE head (the paper's tuning portion), 'trained': trunk + 3 heads, 'head': one head,
+        'total': the whole model as the paper counts it (CLIP: image + text tower), each parameter once}."""
+        trunk, head = _numel(_tunable_parameters(self.trunk)), _numel(_tunable_parameters(self.heads["clean"]))
+        parts = [self.frozen, self.trunk, self.heads["clean"]] + ([self.text_tower] if self.is_clip else [])
+        total = _numel(p for m in parts for p in m.parameters())
+        return {"tuned": trunk + head, "trained": trunk + 3 * head, "head": head, "total": total}
+
+    def set_class_names(self, class_names: list[str], prompt: str | None = None) -> None:
+        """CLIP only: re-prompt every head (and S0) for new classes, e.g. zero-shot on a transfer set."""
+        if not self.is_clip:
+            raise ValueError(f"{self.cfg.name}: only CLIP students classify through class prompts")
+        emb = _text_embeddings(self.text_tower, self.cfg.arch, class_names, prompt)
+        for head in [*self.heads.values(), self.original_tail.head]:
+            head.classify.set_text(emb)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As nn.Module's; a state dict without S0 (`original_tail.*`) loads the rest and re-takes S0 from it."""
+        if any(k.startswith(_S0 + ".") for k in state_dict):
+            return super().load_state_dict(state_dict, strict, assign)
+        s0 = self._modules.pop(_S0)
+        try:
+            result = super().load_state_dict(state_dict, strict, assign)
+        finally:
+            self._modules[_S0] = s0
+        self.snapshot_original()
+        return result
 
 
-# ------------------------------------------------------------------------------------------------ factories
-
-
-def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: str | None = None,
-                   **overrides) -> nn.Module:
-    """A timm classifier taking [0,1] images. `pretrained`: None, a timm tag, or a state-dict path."""
-    cfg = get_model_cfg(name)
-    if "teacher" not in cfg.roles:
-        raise UnknownModelError(f"{name!r} is not a teacher; teachers: {', '.join(list_models('teacher'))}")
-    path = pretrained if pretrained and Path(pretrained).exists() else None
-    net = _raw_timm(cfg, num_classes, img_size, None if path else pretrained, **overrides)
-    model = Classifier(net, cfg)
-    if path:
-        load_state_dict_file(model, path)
-    return model
+def _prompt_template(class_names: list[str], prompt: str | None) -> str:
+    if prompt:
+        return prompt.replace("{name}", "{}")
+    digits = all(c.lower() in _DIGITS or c.isdigit() for c in class_names)
+    return "a photo of the digit {}." if digits else "a photo of a {}."
 
 
 @torch.no_grad()
-def _text_embeddings(raw: nn.Module, arch: str, class_names: list[str]) -> Tensor:
+def _text_embeddings(text_tower: nn.Module, arch: str, class_names: list[str], prompt: str | None = None) -> Tensor:
+    """Class-prompt embeddings from open_clip's bundled tokenizer (offline) and the frozen text tower."""
     import open_clip
 
-    tok = open_clip.get_tokenizer(arch)
-    prompts = [f"a photo of the digit {c}." if c in _DIGITS else f"a photo of a {c}." for c in class_names]
-    raw.eval()
-    return raw.encode_text(tok(prompts)).float()
-
-
-_DIGITS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    template = _prompt_template(class_names, prompt)
+    tokens = open_clip.get_tokenizer(arch)([template.format(c) for c in class_names])
+    was_training = text_tower.training
+    emb = text_tower.eval().encode_text(tokens.to(text_tower.token_embedding.weight.device))
+    text_tower.train(was_training)
+    return emb.float()
 
 
 def create_student(name: str, *, num_classes: int, img_size: int, class_names: list[str], dropout: float = 0.25,
-                   pretrained: str | None = None, **overrides) -> Student:
-    """The student split into frozen part, shared tuned trunk and three heads (see module docstring)."""
+                   pretrained: str | None = None, **overrides: Any) -> Student:
+    """A student split into frozen part, shared tuned trunk and three heads (see the module docstring).
+
+    Args:
+        name: a registered model (the 'student' role lists the paper's students; any family can be split).
+        num_classes: number of classes; must equal len(class_names).
+        img_size: input resolution.
+        class_names: class names; CLIP students embed their prompts as the classifier.
+        dropout: dropout probability inside each head (MC dropout at inference).
+        pretrained: None (random init), a hub tag, or a state-dict file: the library's own keys (loaded before
+            the split) or a saved Student's (S0 re-taken if the file has none).
+        **overrides: library keywords (timm ViT `patch_size`, open_clip `force_patch_dropout`, ...) and the knobs
+            `budget_m` (tuned budget of the split, millions at paper settings) and `prompt` (CLIP template, '{}').
+
+    Raises:
+        UnknownModelError: unknown name.  ValueError: bad arguments, bad tag, or weights that do not fit.
+    """
     cfg = get_model_cfg(name)
-    if "student" not in cfg.roles:
-        raise UnknownModelError(f"{name!r} is not a student; students: {', '.join(list_models('student'))}")
     if len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-    path = pretrained if pretrained and Path(pretrained).exists() else None
-    tag = None if path else pretrained
-    k = split_k(name)
-    if cfg.family == "timm":
-        raw = _raw_timm(cfg, num_classes, img_size, tag, **overrides)
-        student = Student(cfg, _units(cfg, raw), k, dropout, None, 0)
-    else:
-        raw = _raw_clip(cfg, img_size, tag, **overrides)
-        text = _text_embeddings(raw, cfg.arch, class_names)
-        scale = float(raw.logit_scale.exp().clamp(max=100))
-        text_tower = nn.ModuleDict({"transformer": raw.transformer, "token_embedding": raw.token_embedding,
-                                    "ln_final": raw.ln_final})
-        extra = sum(p.numel() for n, p in raw.named_parameters() if not n.startswith("visual."))
-        student = Student(cfg, _units(cfg, raw), k, dropout, _TextClassifier(text, scale), extra, text_tower)
-    if path:
-        load_state_dict_file(student, path)
-        student.snapshot_original()
+        raise ValueError(f"{name}: {len(class_names)} class names for num_classes={num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+    knobs, lib = _split_knobs(overrides)
+    tag, path = _resolve_weights(cfg, pretrained)
+    net = _entry(name).fn(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **lib)
+    state = _read_state_dict(path) if path is not None else None
+    if state is not None and set(state) == set(net.state_dict()):
+        _load_checked(net, state, path)  # the library's own checkpoint: load before cutting
+        state = None
+    student = _assemble(cfg, net, split_point(name, knobs.get("budget_m")), dropout, class_names, knobs.get("prompt"))
+    if state is not None:
+        _load_checked(student, state, path)
     return student
 
 
-def load_state_dict_file(module: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load weights from a file with `torch.load(weights_only=True)` (no code runs); accepts a plain state dict
-    or one wrapped as {'state_dict': ...} / {'model': ...}.
-
-    Raises:
-        ValueError: the file does not hold a state dict that fits the module.
-    """
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and ("state_dict" in obj or "model" in obj):
-        obj = obj.get("state_dict", obj.get("model"))
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    try:
-        module.load_state_dict(obj, strict=strict)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ValueError(f"{path}: state dict does not fit {type(module).__name__}: "
-                         f"{' '.join(first[:2])[:300]}") from None
-    return module
+def _assemble(cfg: ModelCfg, net: nn.Module, k: int, dropout: float, class_names: list[str],
+              prompt: str | None) -> Student:
+    units = cfg.split.chain(net)
+    if cfg.family == "timm":
+        return Student(cfg, units, k, dropout)
+    emb = _text_embeddings(net, cfg.arch, class_names, prompt)
+    classifier = _TextClassifier(emb, float(net.logit_scale.detach().exp().clamp(max=100)))
+    net.visual = None  # the units hold the image tower; what is left is the text tower
+    return Student(cfg, units, k, dropout, classifier, net)
 
 
-def paper_counts(name: str) -> dict[str, int]:
-    """Tuned / total parameters at the paper's settings (native size, 1000 classes, meta device: no memory)."""
+# ============================================================================================ paper-setting counts
+
+
+@lru_cache(maxsize=None)
+def _paper_profile(name: str) -> tuple[tuple[tuple[str, int], ...], int]:
+    """((unit name, tunable parameters) per unit, total parameters) at paper settings, built on the meta device."""
     cfg = get_model_cfg(name)
-    raw = _paper_raw(cfg)
-    units = _units(cfg, raw)
-    k = split_k(name)
-    tuned = sum(_n(_trainable(m)) for _, m in units[-k:])
-    total = sum(p.numel() for p in raw.parameters())
-    if cfg.family == "open_clip" and not cfg.arch.startswith("RN"):
-        total = total - raw.visual.proj.numel() + units[-1][1].weight.numel()  # proj re-expressed as a Linear
-    return {"tuned": tuned, "total": total}
+    net = _entry(name).fn(cfg, num_classes=PAPER_NUM_CLASSES, img_size=cfg.input_size, device="meta")
+    total = _numel(net.parameters())
+    return tuple((n, _numel(_tunable_parameters(m))) for n, m in cfg.split.chain(net)), total
 
 
-def supp_table5_rows() -> list[dict]:
-    """Supplement Table 5 from the real architectures: one row per registered student."""
+@lru_cache(maxsize=None)
+def split_point(name: str, budget_m: float | None = None) -> int:
+    """k, the number of trunk units: the split rule of the module docstring.
+
+    Args:
+        name: a registered model.
+        budget_m: tuned budget in millions at paper settings; default: the model's (Table 5 or its family's).
+
+    Returns:
+        The k whose trunk + one head is closest in ratio to the budget, with at least one tunable parameter in
+        the trunk and at least one unit left frozen (ties: the smaller k).
+    """
+    cfg = get_model_cfg(name)
+    counts = [c for _, c in _paper_profile(name)[0]]
+    budget = (budget_m if budget_m is not None else cfg.budget_m) * 1e6
+    if budget <= 0:
+        raise ValueError(f"{name}: budget_m must be positive, got {budget_m}")
+    head, tuned, best, best_k = counts[-1], counts[-1], math.inf, None
+    for k in range(1, len(counts) - 1):
+        tuned += counts[-1 - k]
+        err = abs(math.log(tuned / budget))
+        if tuned > head and err < best:
+            best, best_k = err, k
+    if best_k is None:
+        raise ValueError(f"{name}: no trunk with tunable parameters")
+    return best_k
+
+
+def paper_counts(name: str, budget_m: float | None = None) -> dict[str, Any]:
+    """Tuned / head / total parameters of the split at paper settings (native size, 1000 classes, random init).
+
+    Returns:
+        {'tuned', 'head', 'total'} in parameters, and 'units': the tuned unit names (trunk then head).
+    """
+    units, total = _paper_profile(name)
+    k = split_point(name, budget_m)
+    tail = units[-(k + 1):]
+    return {"tuned": sum(c for _, c in tail), "head": units[-1][1], "total": total, "units": [n for n, _ in tail]}
+
+
+def supp_table5_rows() -> list[dict[str, Any]]:
+    """Supplement Table 5 regenerated from the real architectures, one row per registered student.
+
+    Returns:
+        Rows with 'student', 'params_tuned', 'params_total' (what the table renders), plus 'params_head',
+        'paper_tuned_m', 'paper_total_m' and 'tuned_units' for people checking the split.
+    """
     rows = []
     for name in list_models("student"):
-        c = paper_counts(name)
-        rows.append({"student": name, "params_tuned": c["tuned"], "params_total": c["total"]})
+        cfg, c = get_model_cfg(name), paper_counts(name)
+        rows.append({"student": name, "params_tuned": c["tuned"], "params_total": c["total"],
+                     "params_head": c["head"], "paper_tuned_m": cfg.paper_tuned_m, "paper_total_m": cfg.paper_total_m,
+                     "tuned_units": " + ".join(c["units"])})
     return rows
+
+
+# ============================================================================================ weights from files
+
+
+def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a file, without running code: torch.load(weights_only=True) or safetensors.
+
+    Accepts a plain state dict or one wrapped as {'state_dict': ...} / {'model': ...}; strips a DDP `module.`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such weights file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(p))
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is the same problem for the user: say which and why
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"{p}: not a readable state-dict file ({first})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        raise ValueError(f"{p}: expected a state dict (names -> tensors), got {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _mismatch(module: nn.Module, state: Mapping[str, Tensor], strict: bool) -> str:
+    own = module.state_dict()
+    if isinstance(module, Student) and not any(k.startswith(_S0 + ".") for k in state):
+        own = {k: v for k, v in own.items() if not k.startswith(_S0 + ".")}  # S0 is re-taken after loading
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    problems = [f"{len(shapes)} shape mismatches (file vs model), e.g. {'; '.join(shapes[:2])}"] if shapes else []
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:3])}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
+    return "; ".join(problems)
+
+
+def _load_checked(module: nn.Module, state: Mapping[str, Tensor], path: str | Path, strict: bool = True) -> None:
+    problem = _mismatch(module, state, strict)
+    if problem:
+        raise ValueError(f"{path}: state dict does not fit {type(module).__name__}: {problem}")
+    module.load_state_dict(state, strict=strict)
+
+
+def _load_either(net: nn.Module, wrapper: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+    """Load the library's own keys into `net`, anything else into `wrapper` (e.g. a file this code saved)."""
+    _load_checked(net if set(state) == set(net.state_dict()) else wrapper, state, path)
+
+
+def load_state_dict_file(module: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load weights into `module` from a file, without running code from it.
+
+    Args:
+        module: the model (a Teacher, a Student, or any nn.Module).
+        path: a `torch.save`d state dict (plain, or under 'state_dict' / 'model') or a .safetensors file.
+        strict: as in `nn.Module.load_state_dict`; shapes must match either way.
+
+    Returns:
+        The module, loaded.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a state dict, or one that does not fit the module (names the missing, unexpected and
+            mis-shaped keys).
+    """
+    _load_checked(module, _read_state_dict(path), path, strict)
+    return module
