@@ -232,8 +232,7 @@ def _mixing(spec: TableSpec, df: "pd.DataFrame", row: Row, col: Col, vals: "pd.S
     seeds = df.set_index("run_id").loc[vals.index].get(_column(spec.seed))
     if seeds is None or not seeds.astype(str).duplicated().any():
         return None
-    return (f"{row.label} / {col.label}: {len(vals)} runs but only {seeds.astype(str).nunique()} seed(s): "
-            "different configurations are averaged (filter by sweep id, or narrow the sweep)")
+    return f"{row.label} / {col.label}: {len(vals)} runs but only {seeds.astype(str).nunique()} seed(s)"
 
 
 def _put(frames: tuple, row: str, col: str, vals: "pd.Series") -> None:
@@ -286,13 +285,15 @@ def build_table(spec: TableSpec, runs: "pd.DataFrame") -> TableResult:
     cols = [c.label for c in main + extra]
     frames = (pd.DataFrame(np.nan, index=labels, columns=cols), pd.DataFrame(np.nan, index=labels, columns=cols),
               pd.DataFrame(0, index=labels, columns=cols))
-    per_cell, warnings = {}, []
+    per_cell, mixed = {}, []
     for r in rows:
         for c in spec.cols:
             per_cell[(r.label, c.label)] = vals = _values(df, r, c)
             _put(frames, r.label, c.label, vals)
             if (w := _mixing(spec, df, r, c, vals)) is not None:
-                warnings.append(w)
+                mixed.append(w)
+    warnings = [f"{len(mixed)} cell(s) average runs that share a seed, i.e. different configurations (e.g. "
+                f"{mixed[0]}): read one sweep id, or narrow the sweep"] if mixed else []
     columns = {c.label: c for c in spec.cols}
     if spec.avg_shifts:
         avgs = _averages(spec, per_cell, labels, frames[0])

@@ -274,7 +274,7 @@ def test_mixed_configurations_and_sweeps_are_reported() -> None:
     res = build_table(TABLES["supp_table4"], pd.concat([runs, pd.DataFrame([other])]))
     assert res.mean.loc["RN-34", "Student C acc"] == pytest.approx(60.0)
     assert any("2 sweep invocations" in w for w in res.warnings)
-    assert any(w.startswith("RN-34 / Student C acc: 2 runs but only 1 seed") for w in res.warnings)
+    assert any("(e.g. RN-34 / Student C acc: 2 runs but only 1 seed(s))" in w for w in res.warnings)
 
 
 # ------------------------------------------------------------------------------------------------ claims
