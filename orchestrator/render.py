@@ -55,7 +55,7 @@ def header(res: TableResult, col: str) -> str:
 def _legend(res: TableResult) -> str:
     parts = ["Each cell: ours (paper)" if res.paper.notna().any().any() else "Each cell: ours (the paper gives no "
                                                                             "numbers)",
-             "± = std over seeds", f"{MISSING} = no data in these runs"]
+             *(["± = std over seeds"] if res.spec.seed else []), f"{MISSING} = no data in these runs"]
     if any(res.col(c).extra for c in res.mean.columns):
         parts.append(f"{EXTRA} = not in the paper")
     return "; ".join(parts) + "."
