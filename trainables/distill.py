@@ -317,6 +317,6 @@ def _run_full(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext)
                                   embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1))
     ft = read_metrics(deps["full_ft"])
     counts = tuned.param_counts()
-    metrics.update({"time/train_s": ft.get("time/train_s", 0.0), "params/tuned": float(counts["total"]),
+    metrics.update({"time/train_s": 0.0, "time/full_ft_s": ft.get("time/train_s", 0.0), "params/tuned": float(counts["total"]),
                     "params/total": float(counts["total"])})
     return metrics
