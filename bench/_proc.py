@@ -5,6 +5,7 @@ environment (the CLI, Ray's daemons and workers, the MLflow server), sampled eve
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,11 @@ def run_measured(args: list[str], env: dict[str, str] | None = None, timeout: fl
             except ProcessLookupError:
                 pass
     return Measured(wall, peak / 2**30, proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_report(out_dir: str, name: str, report: dict) -> None:
+    """Write a benchmark's figures to <out_dir>/<name>.json (relative to the repo) and print them."""
+    out = ROOT / out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))

@@ -14,14 +14,13 @@ Usage: python -m bench.cache_speedup [--spec sweeps/teacher_vs_student.yaml] [--
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from bench._proc import ROOT, run_measured
+from bench._proc import ROOT, run_measured, write_report
 
 
 def _teachers(spec: Path) -> list[str]:
@@ -69,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                   "cold_vs_warm": results["cold"]["wall_s"] / results["warm"]["wall_s"]}
         if "naive" in results:
             report["naive_vs_cold"] = results["naive"]["wall_s"] / results["cold"]["wall_s"]
-        out = ROOT / args.out
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cache_speedup.json").write_text(json.dumps(report, indent=1))
-        print(json.dumps(report, indent=1))
+        write_report(args.out, "cache_speedup", report)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench._proc import ROOT, run_measured
+from bench._proc import ROOT, run_measured, write_report
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"cells": args.cells, "wall_s": m.wall_s, "work_union_s": busy,
                   "overhead_s": m.wall_s - busy, "overhead_share": (m.wall_s - busy) / m.wall_s,
                   "n_timed_units": len(intervals), "peak_rss_gb": m.peak_rss_gb}
-        out = ROOT / args.out
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "overhead.json").write_text(json.dumps(report, indent=1))
-        print(json.dumps(report, indent=1))
+        write_report(args.out, "overhead", report)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

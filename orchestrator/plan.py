@@ -29,8 +29,8 @@ from orchestrator.spec import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FR
 
 # Bump when a stage's code changes meaning: old cache entries then stop matching instead of being silently reused.
 STAGE_VERSION = {
-    "build_eval_sets": 2, "build_pool": 1, "pretrain_student": 2, "naive_teacher": 2,
-    "robustify_teacher": 2, "extract_features": 1, "teacher_targets": 1, "full_finetune": 1, "cell": 1,
+    "build_eval_sets": 2, "build_pool": 1, "pretrain_student": 3, "naive_teacher": 3,
+    "robustify_teacher": 3, "extract_features": 2, "teacher_targets": 2, "full_finetune": 2, "cell": 2,
 }
 STAGE_ORDER = tuple(STAGE_VERSION)
 
