@@ -52,6 +52,17 @@ class SweepContext:
 # ------------------------------------------------------------------------------------------ in Ray workers
 
 
+def seed_from_key(key: str) -> None:
+    """Seed every RNG from the stage's content key before its body runs.
+
+    Why: Ray reuses worker processes, so the global RNGs hold whatever earlier tasks left there; a body that builds
+    a model before seeding (random init) would then differ between an interrupted and an uninterrupted sweep. With
+    this, a stage's output depends only on its key, wherever and after whatever it runs."""
+    from trainables.common import seed_everything
+
+    seed_everything(int(key[:8], 16))
+
+
 def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     """Body of a stage's Ray task: compute its cache entry (under the lock) and stream metrics to its run."""
     import torch
@@ -60,6 +71,7 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     from trainables.stages import run_stage
 
     torch.set_num_threads(max(1, int(task["threads"])))
+    seed_from_key(task["key"])
     cache = Cache(task["storage"])
     deps = {role: cache.get(kind, key) for role, (kind, key) in task["deps"].items()}
     logger = RunLogger(task["uri"], task["run_id"]) if task.get("run_id") else None
@@ -91,6 +103,7 @@ def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resum
     from trainables.common import StageContext, read_metrics, write_metrics
     from trainables.distill import run_cell
 
+    seed_from_key(cfg["key"])
     cache = Cache(cfg["storage"])
     if cache.has("cell", cfg["key"]):
         return read_metrics(cache.get("cell", cfg["key"]))

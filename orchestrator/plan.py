@@ -29,8 +29,8 @@ from orchestrator.spec import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FR
 
 # Bump when a stage's code changes meaning: old cache entries then stop matching instead of being silently reused.
 STAGE_VERSION = {
-    "build_eval_sets": 2, "build_pool": 1, "pretrain_student": 3, "naive_teacher": 3,
-    "robustify_teacher": 3, "extract_features": 2, "teacher_targets": 2, "full_finetune": 2, "cell": 2,
+    "build_eval_sets": 2, "build_pool": 1, "pretrain_student": 4, "naive_teacher": 4,
+    "robustify_teacher": 4, "extract_features": 2, "teacher_targets": 2, "full_finetune": 3, "cell": 3,
 }
 STAGE_ORDER = tuple(STAGE_VERSION)
 

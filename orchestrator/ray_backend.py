@@ -106,6 +106,28 @@ def run_dag(tasks: dict[str, dict[str, Any]], deps: dict[str, set[str]], fn: Cal
 # ------------------------------------------------------------------------------------------------ cell trials
 
 
+def orphan_checkpoint(run_dir: str | Path) -> dict | None:
+    """The newest readable checkpoint in a Train run folder that Ray's own bookkeeping does not list.
+
+    Why: Ray Train records a checkpoint in `checkpoint_manager_snapshot.json` only after it has been copied to
+    storage; a kill -9 between the copy and the snapshot (or before the first snapshot) leaves complete checkpoints
+    that `ray.train.get_checkpoint()` does not return, and the cell would restart from epoch 0. We read them
+    ourselves, newest epoch first, skipping any that a kill truncated mid-copy. Local or shared-filesystem storage
+    only (a URI storage path is left to Ray)."""
+    if "://" in str(run_dir) or not Path(run_dir).is_dir():
+        return None
+    run_dir = Path(run_dir)
+    best: dict | None = None
+    for f in run_dir.glob("checkpoint_*/state.pt"):
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a truncated copy from a killed run: not a checkpoint
+            continue
+        if isinstance(state, dict) and "epoch" in state and (best is None or state["epoch"] > best["epoch"]):
+            best = state
+    return best
+
+
 def _worker_context(cfg: dict[str, Any]):
     """Inside a Train worker: rank, device, DDP wrapper, checkpoint/report hooks, resume state."""
     import ray.train
@@ -121,6 +143,8 @@ def _worker_context(cfg: dict[str, Any]):
             f = Path(d) / "state.pt"
             if f.is_file():
                 resume = torch.load(f, map_location="cpu", weights_only=True)
+    else:
+        resume = orphan_checkpoint(f"{cfg['train_storage']}/train-{cfg['key']}")
 
     def checkpoint(state: dict, epoch: int, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as d:

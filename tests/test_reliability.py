@@ -66,6 +66,8 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
                  "a cell checkpoint", proc)
         stages_before = {p.parent.name: p.stat().st_mtime for p in (storage / "cache").glob("*/*/MANIFEST.json")}
         assert kill_marked(mark), "nothing to kill"
+        checkpointed = {p.parent.name.removeprefix("train-")
+                        for p in (storage / "ray_train").glob("train-*/checkpoint_*/state.pt")}
     finally:
         kill_marked(mark)
     assert not pids_with_mark(mark)
@@ -89,6 +91,11 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
         for run_id in cells["run_id"]:
             steps = [s for s, _ in metric_history(server.uri, run_id, "train/loss")]
             assert sorted(set(steps)) == list(range(6)), steps
+        for key, run_id in zip(cells["tags.cell"], cells["run_id"]):
+            if key in checkpointed:  # resumed, not restarted: its first epoch was trained (and logged) once
+                steps = [s for s, _ in metric_history(server.uri, run_id, "train/loss")]
+                assert steps.count(0) == 1, (key, steps)
+    assert checkpointed, "no cell had a checkpoint when it was killed"
     # the tables equal those of an uninterrupted run of the same command
     clean = tmp_path / "clean"
     proc = run_cli(sweep_args(clean, *slow), timeout=1200)
@@ -184,3 +191,29 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path: Path) -> None:
     import torch
 
     assert torch.load(target, weights_only=True)["pool"].shape[0] == 60
+
+
+def test_orphan_checkpoint_newest_readable_epoch(tmp_path: Path) -> None:
+    """Checkpoints Ray copied but never recorded (kill -9 before its snapshot) are found; a truncated one is skipped."""
+    import torch
+
+    from orchestrator.ray_backend import orphan_checkpoint
+    from orchestrator.execution import seed_from_key
+
+    run = tmp_path / "train-abc"
+    assert orphan_checkpoint(run) is None
+    for i, epoch in enumerate((0, 2, 1)):
+        (run / f"checkpoint_{i}").mkdir(parents=True)
+        torch.save({"epoch": epoch, "w": torch.full((3,), float(epoch))}, run / f"checkpoint_{i}" / "state.pt")
+    (run / "checkpoint_9").mkdir()
+    good = (run / "checkpoint_1" / "state.pt").read_bytes()
+    (run / "checkpoint_9" / "state.pt").write_bytes(good[: len(good) // 2])  # a copy cut by the kill
+    state = orphan_checkpoint(run)
+    assert state["epoch"] == 2 and torch.equal(state["w"], torch.full((3,), 2.0))
+    assert orphan_checkpoint("s3://bucket/train-abc") is None
+    # stage bodies start from RNG state that depends only on the key, not on what the worker ran before
+    seed_from_key("7db4c2a8e45c828dd515")
+    a = torch.rand(4)
+    torch.rand(100)
+    seed_from_key("7db4c2a8e45c828dd515")
+    assert torch.equal(a, torch.rand(4))
