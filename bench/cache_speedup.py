@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         if "naive" in results:
             report["naive_vs_cold"] = results["naive"]["wall_s"] / results["cold"]["wall_s"]
         write_report(args.out, "cache_speedup", report)
+        # keep the cold run's tables beside the report: they are the sweep's result, not just a timing artefact
+        shutil.copytree(work / "shared" / "results" / name, Path(args.out) / f"cache_speedup-{name}-tables",
+                        dirs_exist_ok=True)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ validation
 
 
+MIN_FREE_ENV = "ROBUSTIFY_MIN_FREE_MIB"  # free space a sweep needs on --storage before it starts (MiB)
+
+
 def check_storage(storage: str) -> None:
     """An unwritable or full storage is bad input: say so before anything starts."""
     if "://" in storage and not storage.startswith("file://"):
@@ -61,9 +64,12 @@ def check_storage(storage: str) -> None:
     except OSError as err:
         raise SpecError(f"--storage {storage!r}: not writable ({err.strerror or err}); "
                         "give a writable folder or a s3:// URI") from None
+    need_mib = int(os.environ.get(MIN_FREE_ENV, "256"))
     st = os.statvfs(path)
-    if st.f_bavail * st.f_frsize < 256 * 2**20:
-        raise SpecError(f"--storage {storage!r}: less than 256 MiB free; free space or choose another folder")
+    free_mib = st.f_bavail * st.f_frsize // 2**20
+    if free_mib < need_mib:
+        raise SpecError(f"--storage {storage!r}: {free_mib} MiB free, a sweep needs at least {need_mib} MiB "
+                        f"({MIN_FREE_ENV}); free space or choose another folder")
 
 
 def check_data_roots(spec: SweepSpec, spec_path: str) -> None:

@@ -44,6 +44,22 @@ def test_unwritable_storage(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--storage" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_full_storage(tmp_path: Path) -> None:
+    """A storage with less free space than a sweep needs (the real statvfs of tmp_path, with the requirement set
+    just above what is free) is refused before anything starts."""
+    import os
+
+    st = os.statvfs(tmp_path)
+    need = st.f_bavail * st.f_frsize // 2**20 + 1024
+    storage = tmp_path / "r"
+    proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage)], timeout=120,
+                   env={"ROBUSTIFY_MIN_FREE_MIB": str(need)})
+    assert proc.returncode == 2, proc.stderr
+    assert "MiB free" in proc.stderr and str(storage) in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not any(p.name != ".write-probe" and p.is_dir() for p in storage.iterdir())  # no mlflow/, no ray dirs
+
+
 def test_dry_run_json_teacher_vs_student(tmp_path: Path) -> None:
     proc = run_cli(["orchestrator.sweep", "sweeps/teacher_vs_student.yaml", "--dry-run", "--json",
                     "--storage", str(tmp_path / "r")], timeout=120)
