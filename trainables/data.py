@@ -106,7 +106,7 @@ DATASETS: dict[str, RootSpec] = {s.name: s for s in [
              ("images/*/*", "*/*")),
     RootSpec("imagenet_c", "<corruption>/<severity 1-5>/<wnid>/*.JPEG", ("*/*/*/*",)),
     RootSpec("imagenet_p", "<perturbation>/<wnid>/<sequence>.mp4, or frames <perturbation>/<wnid>/<seq>/<n>.png",
-             ("*/*/*",)),
+             ("*/*/*", "*/*/*/*")),
     RootSpec("tiny_imagenet", "train/<wnid>/images/*.JPEG, val/<wnid>/*", ("train/*/images/*", "train/*/*")),
     RootSpec("flowers102", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
     RootSpec("stanford_cars", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
