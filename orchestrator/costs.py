@@ -24,6 +24,9 @@ TAIL_SHARE = 0.05        # the tuned tail + heads, relative to a full forward
 CORRUPT_MS_PER_IMAGE = 0.9
 
 
+IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES = 1_281_167, 50_000  # sizes when data.n_train / n_test are None
+
+
 def _ms_per_image(model: str, profile: str) -> float:
     if profile == "local":
         return LOCAL_MS_PER_IMAGE.get(model, 5.0)
@@ -33,8 +36,10 @@ def _ms_per_image(model: str, profile: str) -> float:
 def _stage_images(stage, spec) -> tuple[str | None, float, float]:
     """(model, forward-equivalent image passes, extra milliseconds) for one stage."""
     d, t, inp = spec.data, spec.train, stage.inputs
-    n_pool, n_train = spec.pool.n_images, d.n_train
-    n_eval = d.n_test + 75 * (d.c_per_cell or d.n_test) + 10 * d.p_sequences * d.p_frames
+    n_pool = spec.pool.n_images
+    n_train = d.n_train if d.n_train is not None else IMAGENET_TRAIN_IMAGES  # None: the whole split
+    n_test = d.n_test if d.n_test is not None else IMAGENET_VAL_IMAGES
+    n_eval = n_test + 75 * (d.c_per_cell or n_test) + 10 * d.p_sequences * d.p_frames
     model = (inp.get("model") or {}).get("name") if isinstance(inp.get("model"), dict) else None
     tt = spec.teacher_train
     if stage.kind == "pretrain_student":
@@ -47,7 +52,7 @@ def _stage_images(stage, spec) -> tuple[str | None, float, float]:
     if stage.kind == "build_pool":
         return None, 0.0, (n_pool + n_train * spec.pool.ae_epochs) * 2.0
     if stage.kind == "build_eval_sets":
-        return None, 0.0, 75 * (d.c_per_cell or d.n_test) * CORRUPT_MS_PER_IMAGE * 1.5
+        return None, 0.0, 75 * (d.c_per_cell or n_test) * CORRUPT_MS_PER_IMAGE * 1.5
     if stage.kind == "extract_features":
         return model, n_train + n_pool + n_eval, 0.0
     if stage.kind == "teacher_targets":

@@ -199,17 +199,28 @@ class PoolConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where images come from. `embedded`: MNIST-5k + sklearn digits, shipped in packages; `imagenet`: roots."""
+    """Where images come from. `embedded`: MNIST-5k + sklearn digits, shipped in packages; `imagenet`: roots.
+
+    On `imagenet`, n_train / n_test bound the images held in memory (uint8, 150 kB each at 224 px) for the train
+    split and for the val split, every shift set and every transfer set; None reads all of them (not for the
+    1.28M-image train split). `roots.objectnet_mapping` names ObjectNet's {folder: [wnid, ...]} JSON file."""
 
     source: Literal["embedded", "imagenet"] = "embedded"
     image_size: int = Field(32, ge=32)
-    n_train: int = Field(2000, ge=10)
-    n_test: int = Field(500, ge=10)
+    n_train: int | None = Field(2000, ge=10)
+    n_test: int | None = Field(500, ge=10)
     c_per_cell: int | None = Field(100, ge=1)   # test images per (corruption, severity); None: all
     p_sequences: int = Field(20, ge=1)
     p_frames: int = Field(10, ge=2)
     roots: dict[str, str] = Field(default_factory=dict)
     reference_model: str | None = None          # model whose flip probabilities define FR (AlexNet in the paper)
+
+    @model_validator(mode="after")
+    def _embedded_sizes(self) -> "DataConfig":
+        if self.source == "embedded" and (self.n_train is None or self.n_test is None):
+            raise ValueError("data.n_train and data.n_test must be numbers on source 'embedded' (5,000 images in "
+                             "all); None (all images) is for source 'imagenet'")
+        return self
 
 
 class Resources(_Strict):

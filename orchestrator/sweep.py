@@ -79,6 +79,10 @@ def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
 
     needed = _needed_roots(spec)
     problems = check_roots(spec.data.roots, needed)
+    mapping = spec.data.roots.get("objectnet_mapping")
+    if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (mapping and Path(mapping).is_file()):
+        problems.append(f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for its "
+                        f"113 ImageNet classes; got {mapping or 'nothing'}")
     if problems:
         raise SpecError(f"{spec_path}: profile {spec.profile!r}: key 'data.roots': {problems[0]}"
                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -106,7 +106,7 @@ DATASETS: dict[str, RootSpec] = {s.name: s for s in [
              ("images/*/*", "*/*")),
     RootSpec("imagenet_c", "<corruption>/<severity 1-5>/<wnid>/*.JPEG", ("*/*/*/*",)),
     RootSpec("imagenet_p", "<perturbation>/<wnid>/<sequence>.mp4, or frames <perturbation>/<wnid>/<seq>/<n>.png",
-             ("*/*/*",)),
+             ("*/*/*", "*/*/*/*")),
     RootSpec("tiny_imagenet", "train/<wnid>/images/*.JPEG, val/<wnid>/*", ("train/*/images/*", "train/*/*")),
     RootSpec("flowers102", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
     RootSpec("stanford_cars", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
@@ -116,12 +116,27 @@ DATASETS: dict[str, RootSpec] = {s.name: s for s in [
 ]}
 
 
-def _has_image(root: Path, patterns: tuple[str, ...]) -> bool:
+def _has_image(root: Path, patterns: tuple[str, ...], video: bool = True) -> bool:
     for pat in patterns:
         for p in root.glob(pat):
-            if p.is_file() and (p.suffix in IMAGE_EXTENSIONS or p.suffix == ".mp4"):
+            if p.is_file() and (p.suffix in IMAGE_EXTENSIONS or (video and p.suffix == ".mp4")):
                 return True
     return False
+
+
+def video_decoder() -> str | None:
+    """Name of a working .mp4 decoder here, or None. Why two: torchvision >= 0.22 dropped `io.read_video`
+    (and it needs PyAV); OpenCV (a dependency of imagecorruptions) decodes mp4 on its own."""
+    import importlib.util
+
+    try:
+        import torchvision.io as tio
+
+        if hasattr(tio, "read_video") and importlib.util.find_spec("av") is not None:
+            return "torchvision"
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    return "cv2" if importlib.util.find_spec("cv2") is not None else None
 
 
 def check_roots(roots: dict[str, str], needed: list[str]) -> list[str]:
@@ -139,30 +154,64 @@ def check_roots(roots: dict[str, str], needed: list[str]) -> list[str]:
             problems.append(f"root of {name!r} does not exist: {root}")
         elif not _has_image(Path(root), spec.probe):
             problems.append(f"root of {name!r} has no images in the expected layout ({spec.layout}): {root}")
+        elif name == "imagenet_p" and not _has_image(Path(root), ("*/*/*/*",), video=False) \
+                and video_decoder() is None:
+            problems.append(f"root of 'imagenet_p' holds only .mp4 sequences and no video decoder is installed "
+                            f"(PyAV for torchvision, or OpenCV): extract frames to "
+                            f"<perturbation>/<wnid>/<seq>/<n>.png: {root}")
     return problems
 
 
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under `folder` (any depth: Tiny-ImageNet nests train/<wnid>/images/), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix in IMAGE_EXTENSIONS and p.is_file())
+
+
+def read_image(path: str | Path, size: int) -> Tensor:
+    """One image file -> uint8 (3, size, size), RGB, bilinear resize (the whole image, no crop)."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    except OSError as err:
+        raise OSError(f"cannot read image {path}: {err}") from None
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def read_images(paths: list[Path], size: int) -> Tensor:
+    """Files -> uint8 (N, 3, size, size), written into one preallocated tensor: no float copy of the set, so
+    the memory needed is exactly N * 3 * size^2 bytes (150 kB per image at 224 px)."""
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        out[i] = read_image(path, size)
+    return out
+
+
+def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """`limit` of range(n) drawn with `seed`, in ascending order (None or limit >= n: all of them)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
 class FolderDataset(torch.utils.data.Dataset):
-    """ImageFolder-style dataset: <root>/<class>/<image>, images resized to `size`, as [0,1] CHW tensors."""
+    """ImageFolder-style dataset: <root>/<class>/<image>, images resized to `size`, as [0,1] CHW tensors.
+    Folders not in `classes` (when given) are skipped, so a subset of ImageNet keeps ImageNet's label indices."""
 
     def __init__(self, root: str | Path, size: int, classes: list[str] | None = None) -> None:
         self.root, self.size = Path(root), size
         found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.found = found
         self.classes = classes or found
         index = {c: i for i, c in enumerate(self.classes)}
-        self.samples = [(p, index[d]) for d in found if d in index
-                        for p in sorted((self.root / d).rglob("*")) if p.suffix in IMAGE_EXTENSIONS]
+        self.samples = [(p, index[d]) for d in found if d in index for p in list_images(self.root / d)]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
         path, label = self.samples[i]
-        img = Image.open(path).convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return x.float() / 255.0, label
+        return read_image(path, self.size).float() / 255.0, label
 
 
 def class_subset(dataset_classes: list[str], imagenet_wnids: list[str]) -> list[int]:
@@ -176,12 +225,8 @@ def class_subset(dataset_classes: list[str], imagenet_wnids: list[str]) -> list[
 
 def load_folder(root: str | Path, size: int, classes: list[str] | None = None, limit: int | None = None,
                 seed: int = 0) -> ImageSet:
-    """Read a (sub)folder dataset into memory as uint8 (for eval-set stages on modest subsets)."""
+    """Read a (sub)folder dataset into memory as uint8; `limit` images drawn with `seed` (kept in file order)."""
     ds = FolderDataset(root, size, classes)
-    idx = list(range(len(ds)))
-    if limit is not None and limit < len(idx):
-        idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
-    xs, ys = zip(*(ds[i] for i in idx)) if idx else ((), ())
-    images = torch.stack([(x * 255).round().to(torch.uint8) for x in xs]) if xs else torch.empty(0, 3, size, size,
-                                                                                                dtype=torch.uint8)
-    return ImageSet(images, torch.tensor(ys, dtype=torch.int64), ds.classes)
+    idx = seeded_subset(len(ds), limit, seed)
+    images = read_images([ds.samples[i][0] for i in idx], size)
+    return ImageSet(images, torch.tensor([ds.samples[i][1] for i in idx], dtype=torch.int64), ds.classes)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from trainables.common import (StageContext, Timer, iterate_minibatches, load, precise_bn, read_metrics, save,
                                seed_everything, to_float)
-from trainables.evaluate import classifier_predictor, evaluate_suites
+from trainables.evaluate import classifier_predictor, evaluate_suites, restricted_argmax
 from trainables.inference import predict_all
 from trainables.losses import ThreeHeadLoss
 from trainables.stages import encode_bundles, load_bundles, load_model_folder, load_pool, student_from_deps
@@ -159,28 +159,43 @@ def train_tail(inputs: dict, student: nn.Module, td: _TrainData, ctx: StageConte
 # --------------------------------------------------------------------------------------------- evaluation
 
 
+class _Restricted(nn.Module):
+    """A head whose logits are cut to `subset` (ImageNet-R/-A, ObjectNet): MC-dropout uncertainty, the KL between
+    heads and every selection rule then see only the classes the set can contain, as its published protocol does."""
+
+    def __init__(self, head: nn.Module, subset: Tensor) -> None:
+        super().__init__()
+        self.head, self.subset = head, subset
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.head(z).index_select(-1, self.subset.to(z.device))
+
+
 def _rules_predictor(student: nn.Module, n: int, lam: float, encode=None):
-    def predict(f: Tensor) -> dict[str, Tensor]:
+    def predict(f: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         f = encode(f) if encode is not None else f
-        r = predict_all(student.heads, student.trunk(f), n_samples=n, lam=lam)
-        out = {"main": r["pred"]["ours"], **r["pred"]}
-        out.update({f"head_{h}": v for h, v in r["head_pred"].items()})
+        heads = student.heads if subset is None else nn.ModuleDict(
+            {h: _Restricted(m, subset) for h, m in student.heads.items()})
+        r = predict_all(heads, student.trunk(f), n_samples=n, lam=lam)
+        back = (lambda v: v) if subset is None else (lambda v: subset.to(v.device)[v])  # noqa: E731
+        out = {"main": back(r["pred"]["ours"]), **{k: back(v) for k, v in r["pred"].items()}}
+        out.update({f"head_{h}": back(v) for h, v in r["head_pred"].items()})
         out.update({f"chosen/{k}": v for k, v in r["chosen"].items()})
         return out
     return predict
 
 
 def _single_head_predictor(student: nn.Module, head: str, encode=None):
-    def predict(f: Tensor) -> dict[str, Tensor]:
+    def predict(f: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         f = encode(f) if encode is not None else f
-        return {"main": student.heads[head](student.trunk(f)).argmax(-1)}
+        return {"main": restricted_argmax(student.heads[head](student.trunk(f)), subset)}
     return predict
 
 
 def _original_predictor(student: nn.Module, encode=None):
-    def predict(f: Tensor) -> dict[str, Tensor]:
+    def predict(f: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         f = encode(f) if encode is not None else f
-        return {"main": student.original(f).argmax(-1)}
+        return {"main": restricted_argmax(student.original(f), subset)}
     return predict
 
 

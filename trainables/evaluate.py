@@ -4,11 +4,17 @@ An *eval bundle* is a dict of tensors whose leading dims index the suite:
     clean: x (N, ...), y (N,)
     c:     x (15, 5, N, ...), y (N,), corruptions [15 names]
     p:     x (10, m, n, ...), y (m,), perturbations [10 names]
-    transfer: train_x, train_y, test_x, test_y
+    transfer: train_x, train_y, test_x, test_y, name (also `transfer/<name>`: one per transfer set, imagenet)
+    v2, r, a, sketch, objectnet: x (N, ...), y (N,) [, class_subset (K,), class_target (K,)]
+    objectnet_c: as c [, class_subset, class_target]
+Labels index the model's classes. A bundle with `class_subset` covers only those classes (ImageNet-R/-A: 200,
+ObjectNet: 113 mapped ones): its predictions are the argmax over those logits only (predictors take `subset=`),
+and with `class_target` a predicted class counts as its target class (ObjectNet maps several wnids to one class).
 `x` holds uint8 images in the `build_eval_sets` output and feature tensors in the `extract_features` output, so
 one evaluator serves teachers (image -> logits) and students (features -> predictions of every rule and head).
 
-A *predictor* maps a batch of `x` to named predictions {name: (B,) int64}; names like `main`, `ours`, `wo_kld`,
+A *predictor* maps a batch of `x` (and optionally `subset=`, the allowed class indices) to named predictions
+{name: (B,) int64}, class indices of the full label space; names like `main`, `ours`, `wo_kld`,
 `head_clean`, and `chosen/<rule>` (the head a rule picked, for F_correct) are turned into metric names here.
 """
 from __future__ import annotations
@@ -22,20 +28,40 @@ from torch import Tensor
 from trainables.common import to_float
 from trainables.metrics import flip_probability, flip_rates, is_noise_perturbation, mean_flip_rate
 
-Predictor = Callable[[Tensor], dict[str, Tensor]]
+Predictor = Callable[..., dict[str, Tensor]]
 CLEAN_HEAD, UNCLEAN_HEAD = 0, 1
+SHIFT_SETS = ("v2", "r", "sketch", "a", "objectnet")  # ImageNet shift sets read from folders (imagenet source)
+
+
+def restricted_argmax(logits: Tensor, subset: Tensor | None) -> Tensor:
+    """argmax over the classes in `subset` only (None: all), as an index of the full label space."""
+    if subset is None:
+        return logits.argmax(-1)
+    subset = subset.to(logits.device)
+    return subset[logits.index_select(-1, subset).argmax(-1)]
 
 
 @torch.no_grad()
-def _predict(predict: Predictor, x: Tensor, batch_size: int) -> dict[str, Tensor]:
+def _predict(predict: Predictor, x: Tensor, batch_size: int, subset: Tensor | None = None) -> dict[str, Tensor]:
     out: dict[str, list[Tensor]] = {}
     for i in range(0, len(x), batch_size):
         chunk = x[i: i + batch_size]
         if chunk.dtype == torch.uint8:
             chunk = to_float(chunk)
-        for k, v in predict(chunk).items():
+        preds = predict(chunk) if subset is None else predict(chunk, subset=subset)
+        for k, v in preds.items():
             out.setdefault(k, []).append(v.cpu())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _targets(bundle: dict) -> Tensor | None:
+    """Lookup predicted class -> the class it counts as (ObjectNet), or None (identity)."""
+    if "class_target" not in bundle:
+        return None
+    subset, target = bundle["class_subset"], bundle["class_target"]
+    lookup = torch.full((int(subset.max()) + 1,), -1, dtype=torch.int64)
+    lookup[subset] = target
+    return lookup
 
 
 def _name(pred_name: str, set_name: str, main: str) -> str | None:
@@ -46,36 +72,46 @@ def _name(pred_name: str, set_name: str, main: str) -> str | None:
     return f"acc/{pred_name}/{set_name}"
 
 
-def _score(preds: dict[str, Tensor], y: Tensor, set_name: str, main: str, expected_head: int) -> dict[str, float]:
+def _score(preds: dict[str, Tensor], y: Tensor, set_name: str, main: str, expected_head: int,
+           targets: Tensor | None = None) -> dict[str, float]:
     m: dict[str, float] = {}
     for k, v in preds.items():
         name = _name(k, set_name, main)
         if k.startswith("chosen/"):
             m[name] = float((v == expected_head).float().mean())
         else:
-            m[name] = float((v == y).float().mean())
+            m[name] = float(((v if targets is None else targets[v]) == y).float().mean())
     return m
 
 
+def eval_set(predict: Predictor, bundle: dict, set_name: str, main: str = "main", batch_size: int = 256,
+             expected_head: int = UNCLEAN_HEAD) -> dict[str, float]:
+    """Accuracy (and F_correct) on one flat set; logits masked to `class_subset` when the bundle has one."""
+    preds = _predict(predict, bundle["x"], batch_size, bundle.get("class_subset"))
+    return _score(preds, bundle["y"], set_name, main, expected_head, _targets(bundle))
+
+
 def eval_clean(predict: Predictor, bundle: dict, main: str = "main", batch_size: int = 256) -> dict[str, float]:
-    preds = _predict(predict, bundle["x"], batch_size)
-    return _score(preds, bundle["y"], "clean", main, CLEAN_HEAD)
+    return eval_set(predict, bundle, "clean", main, batch_size, CLEAN_HEAD)
 
 
-def eval_c(predict: Predictor, bundle: dict, main: str = "main", batch_size: int = 256) -> dict[str, float]:
+def eval_c(predict: Predictor, bundle: dict, main: str = "main", batch_size: int = 256,
+           set_name: str = "c") -> dict[str, float]:
     """Accuracy per corruption and severity, per corruption, and the mean over all 75 (the paper's IN-C number)."""
     x, y, names = bundle["x"], bundle["y"], bundle["corruptions"]
+    subset, targets = bundle.get("class_subset"), _targets(bundle)
     per_cell: dict[str, list[float]] = {}
     out: dict[str, float] = {}
+    acc = f"acc/{set_name}"
     for ci, corruption in enumerate(names):
         for si in range(x.shape[1]):
             flat = x[ci, si]
-            scores = _score(_predict(predict, flat, batch_size), y, "c", main, UNCLEAN_HEAD)
+            scores = _score(_predict(predict, flat, batch_size, subset), y, set_name, main, UNCLEAN_HEAD, targets)
             for k, v in scores.items():
                 per_cell.setdefault(k, []).append(v)
-            out[f"acc/c/{corruption}/{si + 1}"] = scores["acc/c"]
+            out[f"{acc}/{corruption}/{si + 1}"] = scores[acc]
         n = x.shape[1]
-        out[f"acc/c/{corruption}"] = float(np.mean(per_cell["acc/c"][-n:]))
+        out[f"{acc}/{corruption}"] = float(np.mean(per_cell[acc][-n:]))
     out.update({k: float(np.mean(v)) for k, v in per_cell.items()})
     return out
 
@@ -128,15 +164,21 @@ def evaluate_suites(predict: Predictor, bundles: dict, suites: list[str], main: 
         out.update(eval_clean(predict, bundles["clean"], main, batch_size))
     if "c" in suites and "c" in bundles:
         out.update(eval_c(predict, bundles["c"], main, batch_size))
+    for name in SHIFT_SETS:
+        if name in suites and name in bundles:
+            out.update(eval_set(predict, bundles[name], name, main, batch_size))
+    if "objectnet_c" in suites and "objectnet_c" in bundles:
+        out.update(eval_c(predict, bundles["objectnet_c"], main, batch_size, set_name="objectnet_c"))
     if "p" in suites and "p" in bundles:
         fp = p_flip_probabilities(predict, bundles["p"], main, batch_size)
         out.update(fp)
         out.update(with_flip_rates(fp, reference_fp))
-    if "transfer" in suites and "transfer" in bundles and embed is not None:
-        t = bundles["transfer"]
-        ztr = _embed(embed, t["train_x"], batch_size)
-        zte = _embed(embed, t["test_x"], batch_size)
-        out[f"acc/transfer/{transfer_name}"] = linear_probe(ztr, t["train_y"], zte, t["test_y"])
+    if "transfer" in suites and embed is not None:
+        for key in [k for k in bundles if k == "transfer" or k.startswith("transfer/")]:
+            t = bundles[key]
+            ztr = _embed(embed, t["train_x"], batch_size)
+            zte = _embed(embed, t["test_x"], batch_size)
+            out[f"acc/transfer/{t.get('name', transfer_name)}"] = linear_probe(ztr, t["train_y"], zte, t["test_y"])
     return out
 
 
@@ -150,7 +192,7 @@ def _embed(embed: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Ten
 
 
 def classifier_predictor(model: torch.nn.Module, device: torch.device | None = None) -> Predictor:
-    """Image classifier -> predictor with one prediction, `main`."""
-    def predict(x: Tensor) -> dict[str, Tensor]:
-        return {"main": model(x.to(device) if device is not None else x).argmax(-1)}
+    """Image classifier -> predictor with one prediction, `main` (argmax over `subset` when given)."""
+    def predict(x: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
+        return {"main": restricted_argmax(model(x.to(device) if device is not None else x), subset)}
     return predict

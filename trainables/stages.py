@@ -28,12 +28,19 @@ SPLIT_SEED = 0  # one fixed train/test split for every seed: a pretrained studen
 # --------------------------------------------------------------------------------------------- data helpers
 
 
-def embedded_split(d: dict[str, Any]) -> tuple["data.ImageSet", "data.ImageSet"]:
+def source_split(d: dict[str, Any]) -> tuple["data.ImageSet", "data.ImageSet"]:
+    """The clean (train, test) split of `data.source`: MNIST-5k (embedded) or ImageNet train/val folders
+    (imagenet, bounded by n_train / n_test: see trainables/imagenet.py). Always the fixed SPLIT_SEED."""
+    if d["source"] == "imagenet":
+        from trainables import imagenet
+
+        return imagenet.imagenet_split(d, seed=SPLIT_SEED)
     if d["source"] != "embedded":
-        raise NotImplementedError(
-            "data.source 'imagenet' feeds the stages from the roots in the profile; this build runs the "
-            "embedded source end to end and validates ImageNet-family roots at plan time only")
+        raise ValueError(f"data.source {d['source']!r} is not known; allowed: embedded, imagenet")
     return data.load_mnist5k(seed=SPLIT_SEED, n_train=d["n_train"], n_test=d["n_test"], size=d["image_size"])
+
+
+embedded_split = source_split  # the former name (embedded only), kept for callers outside this module
 
 
 def load_bundles(folder: Path) -> dict[str, Any]:
@@ -96,30 +103,55 @@ def student_from_deps(inputs: dict, deps: dict[str, Path], classes: list[str], d
 
 
 def build_eval_sets(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
-    """Clean test split, C (15 x 5, generated once per seed), P sequences, and the transfer split."""
+    """Clean test split, C (15 x 5), P sequences, the transfer split(s) and, on imagenet, the shift sets.
+    Embedded: C and P are generated once per seed from the test split. ImageNet: all are read from their roots."""
     d, seed, suites = inputs["data"], inputs["seed"], inputs["suites"]
     with Timer() as t:
-        _, test = embedded_split(d)
+        _, test = source_split(d)
         bundles: dict[str, Any] = {"clean": {"x": test.images, "y": test.labels}, "classes": list(test.classes)}
-        if "c" in suites:
-            cs = shifts.build_c_set(test, seed=seed, n_per_cell=d["c_per_cell"])
-            bundles["c"] = {"x": cs.images, "y": cs.labels, "corruptions": list(cs.corruptions)}
-        if "p" in suites:
-            ps = shifts.build_p_set(test, seed=seed, n_sequences=d["p_sequences"], n_frames=d["p_frames"])
-            bundles["p"] = {"x": ps.images, "y": ps.labels, "perturbations": list(ps.perturbations)}
-        if "transfer" in suites:
-            tr, te = data.load_digits_transfer(seed=SPLIT_SEED, size=d["image_size"])
-            bundles["transfer"] = {"train_x": tr.images, "train_y": tr.labels, "test_x": te.images,
-                                   "test_y": te.labels, "name": "digits"}
+        if d["source"] == "imagenet":
+            bundles.update(_imagenet_eval_bundles(d, suites, list(test.classes), seed))
+        else:
+            bundles.update(_embedded_eval_bundles(d, suites, test, seed))
         save(bundles, out / "eval.pt")
     return {"time/stage_s": t.s}
+
+
+def _embedded_eval_bundles(d: dict, suites: list[str], test: "data.ImageSet", seed: int) -> dict[str, Any]:
+    bundles: dict[str, Any] = {}
+    if "c" in suites:
+        cs = shifts.build_c_set(test, seed=seed, n_per_cell=d["c_per_cell"])
+        bundles["c"] = {"x": cs.images, "y": cs.labels, "corruptions": list(cs.corruptions)}
+    if "p" in suites:
+        ps = shifts.build_p_set(test, seed=seed, n_sequences=d["p_sequences"], n_frames=d["p_frames"])
+        bundles["p"] = {"x": ps.images, "y": ps.labels, "perturbations": list(ps.perturbations)}
+    if "transfer" in suites:
+        tr, te = data.load_digits_transfer(seed=SPLIT_SEED, size=d["image_size"])
+        bundles["transfer"] = {"train_x": tr.images, "train_y": tr.labels, "test_x": te.images,
+                               "test_y": te.labels, "name": "digits"}
+    return bundles
+
+
+def _imagenet_eval_bundles(d: dict, suites: list[str], wnids: list[str], seed: int) -> dict[str, Any]:
+    """ImageNet-C / -P read from disk (not generated), the shift sets, and `transfer/<name>` per transfer root."""
+    from trainables import imagenet
+
+    bundles: dict[str, Any] = {}
+    if "c" in suites:
+        bundles["c"] = imagenet.imagenet_c_bundle(d, wnids, seed)
+    if "p" in suites:
+        bundles["p"] = imagenet.imagenet_p_bundle(d, wnids, seed)
+    bundles.update(imagenet.shift_bundles(d, suites, wnids, seed))
+    if "transfer" in suites:
+        bundles.update(imagenet.transfer_bundles(d, SPLIT_SEED))
+    return bundles
 
 
 def build_pool(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
     """DeepAugment autoencoder (reconstruction checked) + Noise2Net + AugMix: the offline pool of N' images."""
     d, p, seed = inputs["data"], inputs["pool"], inputs["seed"]
     with Timer() as t:
-        train, _ = embedded_split(d)
+        train, _ = source_split(d)
         ae, report = augment.train_autoencoder(train.images, epochs=p["ae_epochs"], seed=seed)
         cfg = augment.PoolConfig(n_images=p["n_images"], augmix_prob=p["augmix_prob"],
                                  noise2net_share=p["noise2net_share"])
@@ -192,7 +224,7 @@ def _teacher_stage(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCon
     d, tt, seed = inputs["data"], inputs["teacher_train"], inputs["seed"]
     bundles = load_bundles(deps["eval"])
     classes = bundles["classes"]
-    train, _ = embedded_split(d)
+    train, _ = source_split(d)
     n = tt["n_images"] or len(train)
     g = torch.Generator().manual_seed(seed)
     sel = torch.randperm(len(train), generator=g)[:n]
@@ -240,7 +272,7 @@ def pretrain_student(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageC
     clean images and brittle under corruptions, like the paper's pretrained students. CLIP students learn through
     their class-prompt text embeddings, so their zero-shot classifier means something afterwards."""
     d, p = inputs["data"], inputs["pretrain"]
-    train, test = embedded_split(d)
+    train, test = source_split(d)
     classes = list(train.classes)
     s = build_student(inputs["model"], len(classes), d["image_size"], classes, inputs["dropout"])
     n = p["n_images"] or len(train)
