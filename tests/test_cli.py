@@ -57,7 +57,7 @@ def test_full_storage(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "MiB free" in proc.stderr and str(storage) in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert not any(p.name != ".write-probe" and p.is_dir() for p in storage.iterdir())  # no mlflow/, no ray dirs
+    assert not any(p.is_dir() for p in storage.iterdir())  # no mlflow/, no ray dirs
 
 
 def test_dry_run_json_teacher_vs_student(tmp_path: Path) -> None:

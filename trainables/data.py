@@ -167,15 +167,22 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in IMAGE_EXTENSIONS and p.is_file())
 
 
+def image_to_uint8(img: "Image.Image", size: int) -> Tensor:  # noqa: F821
+    """A PIL image (file or video frame) -> uint8 (3, size, size), RGB, bilinear resize (whole image, no crop)."""
+    from PIL import Image
+
+    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def read_image(path: str | Path, size: int) -> Tensor:
-    """One image file -> uint8 (3, size, size), RGB, bilinear resize (the whole image, no crop)."""
+    """One image file -> uint8 (3, size, size), as `image_to_uint8`."""
     from PIL import Image
 
     try:
-        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+        return image_to_uint8(Image.open(path), size)
     except OSError as err:
         raise OSError(f"cannot read image {path}: {err}") from None
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def read_images(paths: list[Path], size: int) -> Tensor:
@@ -201,7 +208,6 @@ class FolderDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, size: int, classes: list[str] | None = None) -> None:
         self.root, self.size = Path(root), size
         found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-        self.found = found
         self.classes = classes or found
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(p, index[d]) for d in found if d in index for p in list_images(self.root / d)]

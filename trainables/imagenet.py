@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from trainables import shifts
-from trainables.data import (IMAGE_EXTENSIONS, FolderDataset, ImageSet, class_subset, list_images, read_image,
-                             read_images, seeded_subset, video_decoder)
+from trainables.data import (IMAGE_EXTENSIONS, ImageSet, class_subset, image_to_uint8, list_images, load_folder,
+                             read_image, read_images, seeded_subset, video_decoder)
 
 TRANSFER_SETS = ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100", "fgvc_aircraft", "sun397")
 SHIFT_ROOTS = {"v2": "imagenet_v2", "r": "imagenet_r", "a": "imagenet_a", "sketch": "imagenet_sketch",
@@ -59,12 +59,10 @@ def imagenet_wnids(d: dict[str, Any]) -> list[str]:
 def _read_split(folder: Path, classes: list[str], size: int, limit: int | None, seed: int) -> ImageSet:
     if not folder.is_dir():
         raise PaperDataError(f"{folder} does not exist (expected <wnid>/ folders of images)")
-    ds = FolderDataset(folder, size, classes)
-    if not ds.samples:
+    s = load_folder(folder, size, classes, limit, seed)
+    if not len(s.labels):
         raise PaperDataError(f"{folder} holds no images of the {len(classes)} ImageNet classes")
-    idx = seeded_subset(len(ds), limit, seed)
-    images = read_images([ds.samples[i][0] for i in idx], size)
-    return ImageSet(images, torch.tensor([ds.samples[i][1] for i in idx], dtype=torch.int64), list(classes))
+    return s
 
 
 def imagenet_split(d: dict[str, Any], seed: int) -> tuple[ImageSet, ImageSet]:
@@ -155,8 +153,7 @@ def read_video_frames(path: Path, n_frames: int, size: int) -> Tensor:
         raise PaperDataError(f"{path} has {len(frames)} frames; data.p_frames = {n_frames} needs at least that many")
     out = torch.empty(n_frames, 3, size, size, dtype=torch.uint8)
     for j, f in enumerate(frames):
-        img = Image.fromarray(np.ascontiguousarray(f)).convert("RGB").resize((size, size), Image.BILINEAR)
-        out[j] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        out[j] = image_to_uint8(Image.fromarray(np.ascontiguousarray(f)), size)
     return out
 
 
@@ -268,12 +265,10 @@ def objectnet_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str
         raise PaperDataError(f"data.roots.{OBJECTNET_MAPPING_KEY}: {unknown[0]!r} is not a wnid of "
                              f"data.roots.imagenet/train")
     folders = sorted(mapping)
-    ds = FolderDataset(root, d["image_size"], folders)
-    idx = seeded_subset(len(ds), d.get("n_test"), seed)
-    first = [index[mapping[f][0]] for f in folders]
-    y = torch.tensor([first[ds.samples[i][1]] for i in idx], dtype=torch.int64)
+    on = load_folder(root, d["image_size"], folders, d.get("n_test"), seed)  # labels index `folders`
+    first = torch.tensor([index[mapping[f][0]] for f in folders], dtype=torch.int64)
     pairs = sorted({(index[w], index[mapping[f][0]]) for f in folders for w in mapping[f]})
-    s = ImageSet(read_images([ds.samples[i][0] for i in idx], d["image_size"]), y, list(wnids))
+    s = ImageSet(on.images, first[on.labels], list(wnids))
     return _bundle(s, [p[0] for p in pairs], [p[1] for p in pairs])
 
 

@@ -40,9 +40,6 @@ def source_split(d: dict[str, Any]) -> tuple["data.ImageSet", "data.ImageSet"]:
     return data.load_mnist5k(seed=SPLIT_SEED, n_train=d["n_train"], n_test=d["n_test"], size=d["image_size"])
 
 
-embedded_split = source_split  # the former name (embedded only), kept for callers outside this module
-
-
 def load_bundles(folder: Path) -> dict[str, Any]:
     return load(folder / "eval.pt")
 
