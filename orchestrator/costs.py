@@ -70,15 +70,19 @@ def _stage_images(stage, spec) -> tuple[str | None, float, float]:
     return model, 0.0, 0.0
 
 
+def stage_seconds(stage, spec) -> float:
+    """Estimated device seconds of one stage on the spec's profile (what packing and `--dry-run` size work by)."""
+    model, passes, extra_ms = _stage_images(stage, spec)
+    return (passes * (_ms_per_image(model, spec.profile) if model else 0.0) + extra_ms) / 1000.0
+
+
 def estimate(plan) -> dict[str, Any]:
     """Per stage kind: count, device-hours, and how much of it the cache already holds."""
     spec = plan.spec
     per_kind: dict[str, dict[str, float]] = {}
     total = remaining = 0.0
     for stage in plan.stages.values():
-        model, passes, extra_ms = _stage_images(stage, spec)
-        ms = passes * (_ms_per_image(model, spec.profile) if model else 0.0) + extra_ms
-        hours = ms / 3.6e6
+        hours = stage_seconds(stage, spec) / 3600.0
         k = per_kind.setdefault(stage.kind, {"count": 0, "device_hours": 0.0, "cached": 0})
         k["count"] += 1
         k["device_hours"] += hours

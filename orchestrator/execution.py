@@ -9,6 +9,7 @@ Source of truth for "done": the cache (a published entry) and MLflow (a FINISHED
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -63,6 +64,14 @@ def seed_from_key(key: str) -> None:
     seed_everything(int(key[:8], 16))
 
 
+@functools.lru_cache(maxsize=8)
+def worker_cache(storage: str) -> Cache:
+    """One `Cache` per storage per worker process: entries are immutable once published, so each is verified
+    against its manifest once per process, not once per stage or packed cell that reads it (a pretrained
+    student is read by every cell of a pack)."""
+    return Cache(storage)
+
+
 def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     """Body of a stage's Ray task: compute its cache entry (under the lock) and stream metrics to its run."""
     import torch
@@ -72,7 +81,7 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(max(1, int(task["threads"])))
     seed_from_key(task["key"])
-    cache = Cache(task["storage"])
+    cache = worker_cache(task["storage"])
     deps = {role: cache.get(kind, key) for role, (kind, key) in task["deps"].items()}
     logger = RunLogger(task["uri"], task["run_id"]) if task.get("run_id") else None
     ctx = StageContext(reporter=logger or _Null(), threads=task["threads"])
@@ -96,6 +105,45 @@ class _Null:
         pass
 
 
+ERRORS_DIR = "cell_errors"  # under the Train storage: `<cell key>.txt`, a packed cell's error for the driver
+
+
+def error_file(train_storage: str | Path, key: str) -> Path:
+    return Path(train_storage) / ERRORS_DIR / f"{key}.txt"
+
+
+def run_pack_in_worker(pack: dict[str, Any], rank: int, world: int, device, wrap, node: str, resume_for,
+                       checkpoint_for, cell_done) -> None:
+    """Body of every Train worker of one trial: the pack's cells one after another (orchestrator/packing.py).
+
+    Each cell is still a cell: seeded from its own key, its own MLflow run, cache entry and checkpoints (marked
+    with its key), and a published cell is skipped when the trial restarts. Failures:
+    - a lone cell, or any cell of a multi-worker trial, raises: Ray Train restarts the worker group from the last
+      checkpoint (`max_retries`), as for an unpacked trial; with several ranks a rank cannot carry on alone;
+    - a cell packed with others on one worker is retried in place (`max_retries`, from its last checkpoint);
+      if it still fails, rank 0 writes its error file and the pack goes on with the next cell.
+    """
+    import traceback
+
+    retries = int(pack["resources"]["max_retries"])
+    for cell in pack["cells"]:
+        cfg = {**cell, "threads": pack["threads"], "driver_node": pack.get("driver_node"), "worker_node": node}
+        key = cfg["key"]
+        for attempt in range(retries + 1):
+            try:
+                metrics = run_cell_in_worker(cfg, rank, world, device, resume_for(key), checkpoint_for(key), wrap)
+                break
+            except Exception as err:  # noqa: BLE001 - recorded for the driver, which marks the cell FAILED
+                if world > 1 or len(pack["cells"]) == 1:
+                    raise
+                metrics = None
+                if attempt == retries and rank == 0:
+                    f = error_file(pack["train_storage"], key)
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        cell_done(key, metrics)
+
+
 def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resume, checkpoint, wrap) -> dict:
     """Body of every Train worker of a cell. Rank 0 publishes the cache entry; all ranks report equally."""
     import tempfile
@@ -104,7 +152,7 @@ def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resum
     from trainables.distill import run_cell
 
     seed_from_key(cfg["key"])
-    cache = Cache(cfg["storage"])
+    cache = worker_cache(cfg["storage"])
     if cache.has("cell", cfg["key"]):
         return read_metrics(cache.get("cell", cfg["key"]))
     deps = {role: cache.get(kind, key) for role, (kind, key) in cfg["deps"].items()}
@@ -196,7 +244,7 @@ def run_stages(sc: SweepContext, outcome: Outcome, only: set[str] | None = None)
         sc.log(f"  computing {len(tasks)} shared stage(s): "
                + ", ".join(_stage_name(plan.stages[k]) for k in tasks))
         deps = {k: {d for d in plan.stages[k].deps.values() if d in tasks} for k in tasks}
-        gpus = res.gpus_per_worker if sc.cluster.gpus else 0
+        gpus = res.gpus_per_worker if ray_backend.uses_gpus(sc.cluster, res.gpus_per_worker) else 0
         ray_backend.run_dag(tasks, deps, stage_task, res.cpus_per_worker, gpus,
                             lambda t, r, e: _stage_done(sc, t, r, e, failed, outcome))
     _log_teacher_flip_rates(sc)
@@ -347,26 +395,48 @@ def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_sta
             "key": key, "label": cell.label(), "inputs": stage.inputs, "run_id": run_id, "uri": tracker.uri,
             "storage": str(sc.storage), "deps": {r: (plan.stages[k].kind, k) for r, k in stage.deps.items()},
             "fail_cells": fail_cells, "use_feature_cache": sc.use_feature_cache,
-            "resources": res.model_dump(), "has_gpus": sc.cluster.gpus > 0,
-            "train_storage": str((sc.storage / "ray_train").resolve()),
         })
     if not pending:
         return
-    conc = ray_backend.max_concurrent(sc.cluster, res.workers_per_trial, res.cpus_per_worker,
-                                      res.gpus_per_worker if sc.cluster.gpus else 0, len(pending),
-                                      res.max_concurrent_trials)
-    sc.log(f"  running {len(pending)} cell(s) as Ray Tune trials, {conc} at a time")
+    slots = ray_backend.max_concurrent(sc.cluster, res.workers_per_trial, res.cpus_per_worker,
+                                       res.gpus_per_worker if ray_backend.uses_gpus(sc.cluster, res.gpus_per_worker)
+                                       else 0, len(pending),
+                                       res.max_concurrent_trials)
+    train_storage = str((sc.storage / "ray_train").resolve())
+    packs = _packs(sc, pending, slots, train_storage)
+    conc = min(slots, len(packs))
+    sc.log(f"  running {len(pending)} cell(s) as {len(packs)} Ray Tune trial(s), {conc} at a time"
+           + (f" (cheap cells packed, up to {max(len(p['cells']) for p in packs)} per trial)"
+              if len(packs) < len(pending) else ""))
     name = f"{plan.spec.name}-{sc.sweep_id[:8]}-{int(time.time())}"
-    outcomes = ray_backend.run_cells(pending, name, str((sc.storage / "ray_tune").resolve()), conc,
+    outcomes = ray_backend.run_cells(packs, name, str((sc.storage / "ray_tune").resolve()), conc,
                                      sc.cluster.has_driver_resource)
-    errors = {o.key: o.error for o in outcomes}
+    errors = {c: o.error for o in outcomes for c in o.cells}
     for cfg in pending:
         key = cfg["key"]
-        if errors.get(key) is None and sc.cache.has("cell", key):
+        own = error_file(train_storage, key)
+        if sc.cache.has("cell", key):
             finish_cell(sc, run_ids[key], key, cached=False)
             outcome.finished.append(key)
         else:
-            _fail_cell(sc, run_ids[key], key, errors.get(key) or "trial ended without a result", outcome)
+            err = own.read_text().splitlines()[0] if own.is_file() else errors.get(key)
+            _fail_cell(sc, run_ids[key], key, err or "trial ended without a result", outcome)
+
+
+def _packs(sc: SweepContext, pending: list[dict[str, Any]], slots: int, train_storage: str) -> list[dict]:
+    """Trials to run: cheap cells packed together (orchestrator/packing.py), each pack with what its workers need."""
+    from orchestrator.costs import stage_seconds
+    from orchestrator.packing import pack_cells, pack_key
+
+    res = sc.plan.spec.resources
+    by_key = {c["key"]: c for c in pending}
+    for key in by_key:  # a stale error from an earlier attempt must not fail a cell that now succeeds
+        error_file(train_storage, key).unlink(missing_ok=True)
+    groups = pack_cells([(k, stage_seconds(sc.plan.stages[k], sc.plan.spec)) for k in by_key], slots,
+                        res.cells_per_trial)
+    return [{"key": pack_key(g), "cells": [by_key[k] for k in g], "resources": res.model_dump(),
+             "use_gpus": ray_backend.uses_gpus(sc.cluster, res.gpus_per_worker), "train_storage": train_storage}
+            for g in groups]
 
 
 def _fail_cell(sc: SweepContext, run_id: str, key: str, error: str, outcome: Outcome) -> None:

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -22,6 +23,12 @@ import torch
 from ray import tune
 
 TRIAL_DRIVER = "trial_driver"
+# Ray Train V2 settings for every job (Train propagates them from the trial driver to its controller and workers).
+# The health-check interval is also how often the controller drains each worker's one-slot result queue, so a
+# `ray.train.report` issued sooner than that after the previous one blocks until the next poll; at Ray's default
+# of 2 s, a packed cell or an epoch of a few seconds spent up to half its time waiting there (bench/overhead.py).
+TRAIN_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 @dataclass
@@ -34,13 +41,13 @@ class ClusterInfo:
 
 def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
     """Join a cluster (`address`) or start a local one that declares the driver resource."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    for k, v in TRAIN_ENV.items():
+        os.environ.setdefault(k, v)
     quiet = {"log_to_driver": bool(os.environ.get("ROBUSTIFY_RAY_LOGS")), "configure_logging": True,
              "logging_level": "ERROR"}
-    if address:
-        ray.init(address=address, **quiet)
+    if address:  # the cluster's daemons were started without our environment: hand it to this job's workers
+        ray.init(address=address, runtime_env={"env_vars": {k: os.environ[k] for k in TRAIN_ENV}}, **quiet)
         started = False
     else:
         ray.init(num_cpus=num_cpus, resources={TRIAL_DRIVER: 1000}, include_dashboard=True,
@@ -55,13 +62,21 @@ def stop() -> None:
         ray.shutdown()
 
 
+def uses_gpus(info: ClusterInfo, gpus_per_worker: float) -> bool:
+    """Request GPUs? On a cluster we joined, yes whenever the spec asks for them, even if no GPU node is up yet:
+    an autoscaling cluster (cluster.yaml: GPU workers from 0) only adds GPU nodes for work that requests GPUs.
+    On a Ray we started here, only if this machine has one (the CPU fallback: gloo, no GPU request)."""
+    return gpus_per_worker > 0 and (info.gpus > 0 or not info.started_here)
+
+
 def max_concurrent(info: ClusterInfo, workers: int, cpus: float, gpus: float, n_cells: int,
                    explicit: int | None) -> int:
-    """How many trials fit at once: GPU-bound on a GPU cluster, CPU-bound otherwise."""
+    """How many trials fit at once: GPU-bound on a GPU cluster, CPU-bound otherwise. A joined cluster with no GPU
+    up yet gets every trial at once, so the autoscaler sees the whole demand (it scales to its own maximum)."""
     if explicit:
         return max(1, min(explicit, n_cells))
     if gpus > 0:
-        fit = int(info.gpus // (workers * gpus)) if info.gpus else 1
+        fit = int(info.gpus // (workers * gpus)) if info.gpus else (n_cells if not info.started_here else 1)
     else:
         fit = int(info.cpus // (workers * cpus)) if info.cpus else 1
     return max(1, min(fit, n_cells))
@@ -106,88 +121,123 @@ def run_dag(tasks: dict[str, dict[str, Any]], deps: dict[str, set[str]], fn: Cal
 # ------------------------------------------------------------------------------------------------ cell trials
 
 
-def orphan_checkpoint(run_dir: str | Path) -> dict | None:
-    """The newest readable checkpoint in a Train run folder that Ray's own bookkeeping does not list.
+CELL_MARKER = "cell.json"  # beside state.pt in every checkpoint: which cell (and epoch) it belongs to
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a truncated copy from a killed run: not a checkpoint
+        return None
+    return state if isinstance(state, dict) and "epoch" in state else None
+
+
+def orphan_checkpoint(train_storage: str | Path, key: str) -> dict | None:
+    """The newest readable checkpoint of cell `key` on disk, whatever Ray's own bookkeeping says.
 
     Why: Ray Train records a checkpoint in `checkpoint_manager_snapshot.json` only after it has been copied to
     storage; a kill -9 between the copy and the snapshot (or before the first snapshot) leaves complete checkpoints
-    that `ray.train.get_checkpoint()` does not return, and the cell would restart from epoch 0. We read them
-    ourselves, newest epoch first, skipping any that a kill truncated mid-copy. Local or shared-filesystem storage
-    only (a URI storage path is left to Ray)."""
-    if "://" in str(run_dir) or not Path(run_dir).is_dir():
+    that `ray.train.get_checkpoint()` does not return, and the cell would restart from epoch 0. And a cell packed
+    with others (orchestrator/packing.py) may be resumed from a trial with another name than the one that wrote
+    its checkpoints. So every checkpoint carries a `cell.json` marker and we read them ourselves: the cell's own
+    run folder `train-<key>` (old checkpoints have no marker) and any pack's folder whose marker names the cell,
+    newest epoch first, skipping copies that a kill truncated. Local or shared-filesystem storage only (a URI
+    storage path is left to Ray)."""
+    if "://" in str(train_storage) or not Path(train_storage).is_dir():
         return None
-    run_dir = Path(run_dir)
-    best: dict | None = None
-    for f in run_dir.glob("checkpoint_*/state.pt"):
+    root = Path(train_storage)
+    files = set(root.glob(f"train-{key}/checkpoint_*/state.pt"))
+    for marker in root.glob(f"train-*/checkpoint_*/{CELL_MARKER}"):
         try:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a truncated copy from a killed run: not a checkpoint
+            if json.loads(marker.read_text()).get("cell") == key:
+                files.add(marker.parent / "state.pt")
+        except (OSError, ValueError):
             continue
-        if isinstance(state, dict) and "epoch" in state and (best is None or state["epoch"] > best["epoch"]):
+    best: dict | None = None
+    for f in files:
+        state = _read_state(f)
+        if state is not None and (best is None or state["epoch"] > best["epoch"]):
             best = state
     return best
 
 
-def _worker_context(cfg: dict[str, Any]):
-    """Inside a Train worker: rank, device, DDP wrapper, checkpoint/report hooks, resume state."""
+def _resume_state(train_storage: str, key: str) -> dict | None:
+    """The newest state of cell `key`: Ray's restored checkpoint if it is this cell's, or one found on disk."""
     import ray.train
-    import ray.train.torch as rtt
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = rtt.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    resume = None
+    candidates = [orphan_checkpoint(train_storage, key)]
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            f = Path(d) / "state.pt"
-            if f.is_file():
-                resume = torch.load(f, map_location="cpu", weights_only=True)
-    else:
-        resume = orphan_checkpoint(f"{cfg['train_storage']}/train-{cfg['key']}")
+            marker, f = Path(d) / CELL_MARKER, Path(d) / "state.pt"
+            if f.is_file() and marker.is_file() and json.loads(marker.read_text()).get("cell") == key:
+                candidates.append(_read_state(f))
+    states = [c for c in candidates if c is not None]
+    return max(states, key=lambda st: st["epoch"]) if states else None
+
+
+def _checkpointer(rank: int, key: str) -> Callable[[dict, int, dict], None]:
+    """Per-epoch hook of cell `key`: every rank reports; rank 0 attaches the state and the cell marker."""
+    import ray.train
 
     def checkpoint(state: dict, epoch: int, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 torch.save(state, Path(d) / "state.pt")
+                (Path(d) / CELL_MARKER).write_text(json.dumps({"cell": key, "epoch": epoch}))
             ck = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
             ray.train.report({**metrics, "epoch": epoch}, checkpoint=ck)
 
-    wrap = (lambda m: rtt.prepare_model(m, move_to_device=torch.cuda.is_available())) if world > 1 else (lambda m: m)
-    return rank, world, device, resume, checkpoint, wrap
+    return checkpoint
 
 
-def cell_worker_loop(cfg: dict[str, Any]) -> None:
-    """Train loop of every worker of one cell: run the `cell` stage, publish it from rank 0, final report."""
+def cell_worker_loop(pack: dict[str, Any]) -> None:
+    """Train loop of every worker of one trial: its cells one after another (orchestrator.execution)."""
     import ray.train
+    import ray.train.torch as rtt
 
     from orchestrator import execution
 
-    rank, world, device, resume, checkpoint, wrap = _worker_context(cfg)
-    cfg = {**cfg, "worker_node": ray.get_runtime_context().get_node_id()}
-    torch.set_num_threads(max(1, int(cfg["threads"])))
-    metrics = execution.run_cell_in_worker(cfg, rank, world, device, resume, checkpoint, wrap)
-    ray.train.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "done": 1})
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = rtt.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    wrap = (lambda m: rtt.prepare_model(m, move_to_device=torch.cuda.is_available())) if world > 1 else (lambda m: m)
+    torch.set_num_threads(max(1, int(pack["threads"])))
+    node = ray.get_runtime_context().get_node_id()
+    done = 0
+
+    def cell_done(key: str, metrics: dict | None) -> None:
+        """One report per trial, at its end: every report waits for the controller's next poll."""
+        nonlocal done
+        done += 1
+        if done == len(pack["cells"]):
+            numbers = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+            ray.train.report({**numbers, "cells_done": done, "done": 1})
+
+    execution.run_pack_in_worker(
+        pack, rank, world, device, wrap, node,
+        resume_for=lambda key: _resume_state(pack["train_storage"], key),
+        checkpoint_for=lambda key: _checkpointer(rank, key), cell_done=cell_done)
 
 
 def _cell_driver(config: dict[str, Any]) -> None:
-    """Tune function trainable: builds the TorchTrainer of one cell and fits it (the Train V2 pattern)."""
+    """Tune function trainable: builds the TorchTrainer of one trial (a pack of cells) and fits it (Train V2)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cell = {**config["cell"], "driver_node": ray.get_runtime_context().get_node_id()}
-    res = cell["resources"]
-    use_gpu = res["gpus_per_worker"] > 0 and cell["has_gpus"]
+    pack = {**config["pack"], "driver_node": ray.get_runtime_context().get_node_id()}
+    res = pack["resources"]
+    use_gpu = pack["use_gpus"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
         cell_worker_loop,
-        train_loop_config={**cell, "threads": res["cpus_per_worker"]},
+        train_loop_config={**pack, "threads": res["cpus_per_worker"]},
         torch_config=TorchConfig(backend="nccl" if use_gpu and torch.cuda.is_available() else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["workers_per_trial"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=f"train-{cell['key']}", storage_path=cell["train_storage"],
+            name=f"train-{pack['key']}", storage_path=pack["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=res["max_retries"], controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()]),
@@ -197,32 +247,37 @@ def _cell_driver(config: dict[str, Any]) -> None:
 
 @dataclass
 class TrialOutcome:
-    key: str
-    error: str | None
+    key: str            # the pack's key (a lone cell's own key)
+    cells: list[str]
+    error: str | None   # the trial's error; a cell's own error, if it failed alone, is in its error file
 
 
-def run_cells(cells: list[dict[str, Any]], experiment: str, tune_storage: str, concurrency: int,
+def run_cells(packs: list[dict[str, Any]], experiment: str, tune_storage: str, concurrency: int,
               use_driver_resource: bool) -> list[TrialOutcome]:
-    """One Tune experiment over the given cells (a grid over their configs). Returns each cell's outcome."""
-    if not cells:
+    """One Tune experiment with a trial per pack (a grid over their configs). Returns each trial's outcome."""
+    if not packs:
         return []
     _quiet_tune_logs(Path(tune_storage).parent / "logs" / "ray_tune.log")
     driver = tune.with_resources(_cell_driver, {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0})
     tuner = tune.Tuner(
         driver,
-        param_space={"cell": tune.grid_search(cells)},
+        param_space={"pack": tune.grid_search(packs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
-                                    trial_dirname_creator=lambda t: f"cell-{t.config['cell']['key'][:12]}"),
+                                    trial_dirname_creator=lambda t: _trial_dirname(t.config["pack"]["key"])),
         run_config=tune.RunConfig(name=experiment, storage_path=tune_storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     grid = tuner.fit()
     out = []
     for r in grid:
-        key = r.config["cell"]["key"] if r.config else "?"
+        pack = r.config["pack"] if r.config else {"key": "?", "cells": []}
         err = None if r.error is None else _short_error(r.error)
-        out.append(TrialOutcome(key, err))
+        out.append(TrialOutcome(pack["key"], [c["key"] for c in pack["cells"]], err))
     return out
+
+
+def _trial_dirname(pack_key: str) -> str:
+    return pack_key[:17] if pack_key.startswith("pack-") else f"cell-{pack_key[:12]}"
 
 
 def _quiet_tune_logs(path: Path) -> None:

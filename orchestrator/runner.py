@@ -19,18 +19,23 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
+def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServer | None = None) -> int:
+    """Args:
+        server: our own MLflow server, already launched (`sweep._run`); None with `--tracking-uri`, or to
+            launch it here.
+    """
     storage = Path(args.storage).resolve()
     t0 = time.perf_counter()
     with ExitStack() as stack:
         try:
-            uri = args.tracking_uri
-            if not uri:
-                server = LocalMlflowServer(storage / "mlflow").start()
+            uri, info = args.tracking_uri, None
+            if not uri:  # our own server: Ray boots while it does (both take seconds)
+                server = server or LocalMlflowServer(storage / "mlflow").launch()
                 stack.callback(server.stop)
-                uri = server.uri
+                info = _start_ray(args, stack)
+                uri = server.wait().uri
                 _say(f"MLflow: {uri} (store {storage / 'mlflow'})")
-            return _execute(spec, args, storage, uri, stack, t0)
+            return _execute(spec, args, storage, uri, stack, t0, info)
         except TrackingUnavailable as err:
             print(f"error: {err}. Nothing is lost: rerun the same command to resume.", file=sys.stderr)
             return 1
@@ -42,7 +47,15 @@ def run_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
             return 1
 
 
-def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float) -> int:
+def _start_ray(args: argparse.Namespace, stack: ExitStack) -> ray_backend.ClusterInfo:
+    info = ray_backend.start(args.address, args.num_cpus)
+    stack.callback(ray_backend.stop)
+    return info
+
+
+def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float,
+             info: ray_backend.ClusterInfo | None) -> int:
+    """With a user's tracking URI, Ray starts only once that server has answered (`info` is None then)."""
     from orchestrator.sweep import git_commit, sweep_id_of
 
     cache = Cache(storage)
@@ -59,8 +72,7 @@ def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t
     _say(f"sweep {spec.name}: {len(plan.cells)} cells, {len(plan.stages) - len(plan.cells)} shared stages "
          f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
          + (" (resumed)" if resumed else "") + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else ""))
-    info = ray_backend.start(args.address, args.num_cpus)
-    stack.callback(ray_backend.stop)
+    info = info or _start_ray(args, stack)
     sc = execution.SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info,
                                 use_feature_cache=not args.no_feature_cache, log=_say)
     outcome = execution.execute(sc, rerun_failed=args.rerun_failed)

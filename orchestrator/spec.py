@@ -231,6 +231,8 @@ class Resources(_Strict):
     gpus_per_worker: float = Field(0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: derived from the cluster
     max_retries: int = Field(1, ge=0)
+    # Cells sharing one trial (orchestrator/packing.py): None packs cheap cells automatically, 1 turns packing off.
+    cells_per_trial: int | None = Field(None, ge=1)
 
 
 class SearchConfig(_Strict):
@@ -293,8 +295,10 @@ class SweepSpec(_Strict):
         return v
 
     def content_hash(self) -> str:
-        """Hash of the resolved spec (what was run), used to tag the MLflow parent run."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the resolved spec (what was run), used to tag the MLflow parent run. How cells are packed into
+        trials changes nothing they compute, so a sweep resumed with other packing is the same sweep."""
+        dumped = self.model_dump(mode="json", exclude={"resources": {"cells_per_trial"}})
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 PROFILE_SECTIONS = frozenset(SweepSpec.model_fields) - {"name", "profile", "reproduces", "description"}

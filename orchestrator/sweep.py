@@ -138,13 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
-    from orchestrator import runner
+    """Our own MLflow server (no `--tracking-uri`) is launched first: it boots while torch, MLflow and Ray load."""
+    from orchestrator.mlflow_server import LocalMlflowServer
 
+    server = None if args.tracking_uri else LocalMlflowServer(Path(args.storage).resolve() / "mlflow").launch()
     try:
-        return runner.run_sweep(spec, args)
+        from orchestrator import runner
+
+        return runner.run_sweep(spec, args, server)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

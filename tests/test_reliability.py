@@ -130,6 +130,32 @@ def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path) -> None
     assert "running 1 cell(s)" in fixed.stdout
 
 
+def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path) -> None:
+    """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place, marked FAILED
+    with its own error, and its pack-mate still finishes; `--rerun-failed` then runs that one cell."""
+    storage = tmp_path / "runs"
+    grid = ["--set", "grid.method=[ours]", "--set", "grid.data_fraction=[0.25, 0.5, 0.75, 1.0]",
+            "--set", "resources.cells_per_trial=2", "--set", "train.epochs=2"]
+    proc = run_cli([*sweep_args(storage, *grid), "--dry-run", "--json"], timeout=120)
+    keys = {c["data_fraction"]: c["key"] for c in json.loads(proc.stdout)["cells"]}
+    bad = keys[0.5]
+    proc = run_cli(sweep_args(storage, *grid), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "running 4 cell(s) as 2 Ray Tune trial(s)" in proc.stdout and "Traceback" not in proc.stderr
+    cells = _runs(storage).query("`tags.kind` == 'cell'").set_index("tags.cell")
+    assert cells.loc[bad, "status"] == "FAILED" and "fault injected" in cells.loc[bad, "tags.error"]
+    assert set(cells.drop(index=bad)["status"]) == {"FINISHED"} and len(cells) == 4
+    packs = sorted((storage / "ray_train").glob("train-pack-*"))
+    assert len(packs) == 2
+    owners = {json.loads(m.read_text())["cell"] for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")}
+    assert owners and owners <= set(keys.values()) - {bad}  # every checkpoint names its own cell
+    fixed = run_cli(sweep_args(storage, *grid, "--rerun-failed"), timeout=1200)
+    assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
+    assert "running 1 cell(s) as 1 Ray Tune trial(s)" in fixed.stdout and "0 stages computed" in fixed.stdout
+    cells = _runs(storage).query("`tags.kind` == 'cell'")
+    assert len(cells) == 4 and set(cells["status"]) == {"FINISHED"}
+
+
 def test_mlflow_outage_is_buffered_and_survived(tmp_path: Path) -> None:
     """The tracking server goes away for a while mid-sweep and comes back on the same port: nothing is lost."""
     storage = tmp_path / "runs"
@@ -192,23 +218,37 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path: Path) -> None:
 
 
 def test_orphan_checkpoint_newest_readable_epoch(tmp_path: Path) -> None:
-    """Checkpoints Ray copied but never recorded (kill -9 before its snapshot) are found; a truncated one is skipped."""
+    """Checkpoints Ray copied but never recorded (kill -9 before its snapshot) are found, in the cell's own run
+    folder or in a pack's folder whose marker names the cell; a truncated copy and other cells' checkpoints are
+    skipped."""
+    import json
+
     import torch
 
-    from orchestrator.ray_backend import orphan_checkpoint
+    from orchestrator.ray_backend import CELL_MARKER, orphan_checkpoint
     from orchestrator.execution import seed_from_key
 
-    run = tmp_path / "train-abc"
-    assert orphan_checkpoint(run) is None
+    root = tmp_path / "ray_train"
+    run = root / "train-abc"
+    assert orphan_checkpoint(root, "abc") is None
     for i, epoch in enumerate((0, 2, 1)):
         (run / f"checkpoint_{i}").mkdir(parents=True)
         torch.save({"epoch": epoch, "w": torch.full((3,), float(epoch))}, run / f"checkpoint_{i}" / "state.pt")
     (run / "checkpoint_9").mkdir()
     good = (run / "checkpoint_1" / "state.pt").read_bytes()
     (run / "checkpoint_9" / "state.pt").write_bytes(good[: len(good) // 2])  # a copy cut by the kill
-    state = orphan_checkpoint(run)
+    state = orphan_checkpoint(root, "abc")
     assert state["epoch"] == 2 and torch.equal(state["w"], torch.full((3,), 2.0))
-    assert orphan_checkpoint("s3://bucket/train-abc") is None
+    assert orphan_checkpoint("s3://bucket/ray_train", "abc") is None
+    # a pack's run folder: its checkpoints belong to whichever cell their marker names
+    for i, (cell, epoch) in enumerate((("abc", 3), ("other", 7))):
+        d = root / "train-pack-0123" / f"checkpoint_{i}"
+        d.mkdir(parents=True)
+        torch.save({"epoch": epoch, "w": torch.full((3,), float(epoch))}, d / "state.pt")
+        (d / CELL_MARKER).write_text(json.dumps({"cell": cell, "epoch": epoch}))
+    assert orphan_checkpoint(root, "abc")["epoch"] == 3
+    assert orphan_checkpoint(root, "other")["epoch"] == 7
+    assert orphan_checkpoint(root, "nobody") is None
     # stage bodies start from RNG state that depends only on the key, not on what the worker ran before
     seed_from_key("7db4c2a8e45c828dd515")
     a = torch.rand(4)

@@ -1,0 +1,103 @@
+"""The local MLflow tracking server as a process: started, awaited and stopped by PID.
+
+Kept apart from `orchestrator.tracking` (the MLflow adapter) so that the sweep can launch the server before it
+imports MLflow, torch and Ray: the server boots while they load.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer within the configured patience."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(uri: str, timeout_s: float = 60.0) -> bool:
+    """Poll `<uri>/health` until it answers 200 or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@dataclass
+class LocalMlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over SQLite + an artifacts folder under `root`.
+
+    Started as its own process group so `stop()` ends gunicorn/uvicorn children too (by PID, never by name).
+    One worker: several workers on SQLite risk "database is locked". Job execution is off: otherwise MLflow 3
+    starts seven job-runner processes we do not need.
+    """
+
+    root: Path
+    port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> "LocalMlflowServer":
+        return self.launch().wait(timeout_s)
+
+    def launch(self) -> "LocalMlflowServer":
+        """Start the process and return at once; `wait()` for it (the sweep boots Ray meanwhile)."""
+        self.root = Path(self.root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "artifacts").mkdir(exist_ok=True)
+        self.port = self.port or _free_port()
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        cmd = [sys.executable, "-m", "mlflow", "server",
+               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        return self
+
+    def wait(self, timeout_s: float = 90.0) -> "LocalMlflowServer":
+        if not wait_healthy(self.uri, timeout_s):
+            self.stop()
+            tail = (self.root / "server.log").read_text(errors="replace")[-400:]
+            raise TrackingUnavailable(f"local MLflow server did not become healthy on {self.uri}: {tail}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> "LocalMlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
