@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -257,7 +258,8 @@ def run_cells(packs: list[dict[str, Any]], experiment: str, tune_storage: str, c
     """One Tune experiment with a trial per pack (a grid over their configs). Returns each trial's outcome."""
     if not packs:
         return []
-    _quiet_tune_logs(Path(tune_storage).parent / "logs" / "ray_tune.log")
+    log = Path(tune_storage).parent / "logs" / "ray_tune.log"
+    _quiet_tune_logs(log)
     driver = tune.with_resources(_cell_driver, {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0})
     tuner = tune.Tuner(
         driver,
@@ -267,7 +269,8 @@ def run_cells(packs: list[dict[str, Any]], experiment: str, tune_storage: str, c
         run_config=tune.RunConfig(name=experiment, storage_path=tune_storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-    grid = tuner.fit()
+    with open(log, "a") as f, contextlib.redirect_stdout(f):  # Tune prints its experiment box at any verbosity
+        grid = tuner.fit()
     out = []
     for r in grid:
         pack = r.config["pack"] if r.config else {"key": "?", "cells": []}
