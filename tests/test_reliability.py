@@ -130,6 +130,43 @@ def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path) -> None
     assert "running 1 cell(s)" in fixed.stdout
 
 
+def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path) -> None:
+    """Two cells packed in one trial; SIGKILL everything once the pack has checkpointed. The rerun turns packing
+    off (each cell a trial of its own, `train-<key>`: another Train run than the one that checkpointed), and the
+    same sweep still resumes each cell from the checkpoint its pack wrote (found by `cell.json`), not epoch 0."""
+    grid = ["--set", "grid.method=[ours]", "--set", "grid.data_fraction=[0.5, 1.0]",
+            "--set", "resources.cells_per_trial=2", "--set", "train.epochs=6"]
+    storage = tmp_path / "runs"
+    mark = uuid.uuid4().hex
+    proc = start_cli(sweep_args(storage, *grid), mark, log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: any((storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")), 900,
+                 "a checkpoint of the pack", proc)
+        assert kill_marked(mark), "nothing to kill"
+        checkpointed = {json.loads(m.read_text())["cell"]
+                        for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")}
+    finally:
+        kill_marked(mark)
+    resumed = run_cli(sweep_args(storage, *grid, "--set", "resources.cells_per_trial=1"), timeout=1200)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "(resumed)" in resumed.stdout  # packing is not part of the sweep's identity
+    left = int(resumed.stdout.split("running ")[1].split(" cell")[0])
+    assert f"running {left} cell(s) as {left} Ray Tune trial(s)" in resumed.stdout
+    df = _runs(storage)
+    cells = df[df["tags.kind"] == "cell"]
+    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"} and not (df["status"] == "RUNNING").any()
+    assert len(df[df["tags.kind"] == "sweep"]) == 1
+    from orchestrator.tracking import metric_history
+
+    with LocalMlflowServer(storage / "mlflow") as server:
+        for key, run_id in zip(cells["tags.cell"], cells["run_id"]):
+            steps = [s for s, _ in metric_history(server.uri, run_id, "train/loss")]
+            assert sorted(set(steps)) == list(range(6)), steps
+            if key in checkpointed:
+                assert steps.count(0) == 1, (key, steps)
+    assert checkpointed
+
+
 def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path) -> None:
     """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place, marked FAILED
     with its own error, and its pack-mate still finishes; `--rerun-failed` then runs that one cell."""
