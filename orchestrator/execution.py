@@ -49,6 +49,11 @@ class SweepContext:
     use_feature_cache: bool = True
     log: Any = print
 
+    def gpus_per_worker(self) -> float:
+        """GPUs each stage task / Train worker requests: the spec's, unless `ray_backend.uses_gpus` says no."""
+        res = self.plan.spec.resources
+        return res.gpus_per_worker if ray_backend.uses_gpus(self.cluster, res.gpus_per_worker) else 0.0
+
 
 # ------------------------------------------------------------------------------------------ in Ray workers
 
@@ -113,7 +118,7 @@ def error_file(train_storage: str | Path, key: str) -> Path:
 
 
 def run_pack_in_worker(pack: dict[str, Any], rank: int, world: int, device, wrap, node: str, resume_for,
-                       checkpoint_for, cell_done) -> None:
+                       checkpoint_for) -> list[tuple[str, dict | None]]:
     """Body of every Train worker of one trial: the pack's cells one after another (orchestrator/packing.py).
 
     Each cell is still a cell: seeded from its own key, its own MLflow run, cache entry and checkpoints (marked
@@ -122,10 +127,12 @@ def run_pack_in_worker(pack: dict[str, Any], rank: int, world: int, device, wrap
       checkpoint (`max_retries`), as for an unpacked trial; with several ranks a rank cannot carry on alone;
     - a cell packed with others on one worker is retried in place (`max_retries`, from its last checkpoint);
       if it still fails, rank 0 writes its error file and the pack goes on with the next cell.
+    Returns (cell key, metrics or None if it failed) per cell, in pack order.
     """
     import traceback
 
     retries = int(pack["resources"]["max_retries"])
+    results: list[tuple[str, dict | None]] = []
     for cell in pack["cells"]:
         cfg = {**cell, "threads": pack["threads"], "driver_node": pack.get("driver_node"), "worker_node": node}
         key = cfg["key"]
@@ -141,7 +148,8 @@ def run_pack_in_worker(pack: dict[str, Any], rank: int, world: int, device, wrap
                     f = error_file(pack["train_storage"], key)
                     f.parent.mkdir(parents=True, exist_ok=True)
                     f.write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
-        cell_done(key, metrics)
+        results.append((key, metrics))
+    return results
 
 
 def run_cell_in_worker(cfg: dict[str, Any], rank: int, world: int, device, resume, checkpoint, wrap) -> dict:
@@ -244,8 +252,7 @@ def run_stages(sc: SweepContext, outcome: Outcome, only: set[str] | None = None)
         sc.log(f"  computing {len(tasks)} shared stage(s): "
                + ", ".join(_stage_name(plan.stages[k]) for k in tasks))
         deps = {k: {d for d in plan.stages[k].deps.values() if d in tasks} for k in tasks}
-        gpus = res.gpus_per_worker if ray_backend.uses_gpus(sc.cluster, res.gpus_per_worker) else 0
-        ray_backend.run_dag(tasks, deps, stage_task, res.cpus_per_worker, gpus,
+        ray_backend.run_dag(tasks, deps, stage_task, res.cpus_per_worker, sc.gpus_per_worker(),
                             lambda t, r, e: _stage_done(sc, t, r, e, failed, outcome))
     _log_teacher_flip_rates(sc)
     return failed
@@ -399,9 +406,7 @@ def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_sta
     if not pending:
         return
     slots = ray_backend.max_concurrent(sc.cluster, res.workers_per_trial, res.cpus_per_worker,
-                                       res.gpus_per_worker if ray_backend.uses_gpus(sc.cluster, res.gpus_per_worker)
-                                       else 0, len(pending),
-                                       res.max_concurrent_trials)
+                                       sc.gpus_per_worker(), len(pending), res.max_concurrent_trials)
     train_storage = str((sc.storage / "ray_train").resolve())
     packs = _packs(sc, pending, slots, train_storage)
     conc = min(slots, len(packs))
@@ -414,11 +419,11 @@ def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_sta
     errors = {c: o.error for o in outcomes for c in o.cells}
     for cfg in pending:
         key = cfg["key"]
-        own = error_file(train_storage, key)
         if sc.cache.has("cell", key):
             finish_cell(sc, run_ids[key], key, cached=False)
             outcome.finished.append(key)
         else:
+            own = error_file(train_storage, key)
             err = own.read_text().splitlines()[0] if own.is_file() else errors.get(key)
             _fail_cell(sc, run_ids[key], key, err or "trial ended without a result", outcome)
 
@@ -435,8 +440,7 @@ def _packs(sc: SweepContext, pending: list[dict[str, Any]], slots: int, train_st
     groups = pack_cells([(k, stage_seconds(sc.plan.stages[k], sc.plan.spec)) for k in by_key], slots,
                         res.cells_per_trial)
     return [{"key": pack_key(g), "cells": [by_key[k] for k in g], "resources": res.model_dump(),
-             "use_gpus": ray_backend.uses_gpus(sc.cluster, res.gpus_per_worker), "train_storage": train_storage}
-            for g in groups]
+             "use_gpus": sc.gpus_per_worker() > 0, "train_storage": train_storage} for g in groups]
 
 
 def _fail_cell(sc: SweepContext, run_id: str, key: str, error: str, outcome: Outcome) -> None:

@@ -163,18 +163,21 @@ def orphan_checkpoint(train_storage: str | Path, key: str) -> dict | None:
 
 
 def _resume_state(train_storage: str, key: str) -> dict | None:
-    """The newest state of cell `key`: Ray's restored checkpoint if it is this cell's, or one found on disk."""
+    """The newest state of cell `key`. On local or shared-filesystem storage every checkpoint Ray holds is also
+    on disk under `train_storage`, so `orphan_checkpoint` sees them all; on URI storage only Ray's restored
+    checkpoint is available, and it counts if its marker names this cell."""
     import ray.train
 
-    candidates = [orphan_checkpoint(train_storage, key)]
+    if "://" not in str(train_storage):
+        return orphan_checkpoint(train_storage, key)
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            marker, f = Path(d) / CELL_MARKER, Path(d) / "state.pt"
-            if f.is_file() and marker.is_file() and json.loads(marker.read_text()).get("cell") == key:
-                candidates.append(_read_state(f))
-    states = [c for c in candidates if c is not None]
-    return max(states, key=lambda st: st["epoch"]) if states else None
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        marker, f = Path(d) / CELL_MARKER, Path(d) / "state.pt"
+        if f.is_file() and marker.is_file() and json.loads(marker.read_text()).get("cell") == key:
+            return _read_state(f)
+    return None
 
 
 def _checkpointer(rank: int, key: str) -> Callable[[dict, int, dict], None]:
@@ -204,21 +207,13 @@ def cell_worker_loop(pack: dict[str, Any]) -> None:
     device = rtt.get_device() if torch.cuda.is_available() else torch.device("cpu")
     wrap = (lambda m: rtt.prepare_model(m, move_to_device=torch.cuda.is_available())) if world > 1 else (lambda m: m)
     torch.set_num_threads(max(1, int(pack["threads"])))
-    node = ray.get_runtime_context().get_node_id()
-    done = 0
-
-    def cell_done(key: str, metrics: dict | None) -> None:
-        """One report per trial, at its end: every report waits for the controller's next poll."""
-        nonlocal done
-        done += 1
-        if done == len(pack["cells"]):
-            numbers = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-            ray.train.report({**numbers, "cells_done": done, "done": 1})
-
-    execution.run_pack_in_worker(
-        pack, rank, world, device, wrap, node,
+    results = execution.run_pack_in_worker(
+        pack, rank, world, device, wrap, ray.get_runtime_context().get_node_id(),
         resume_for=lambda key: _resume_state(pack["train_storage"], key),
-        checkpoint_for=lambda key: _checkpointer(rank, key), cell_done=cell_done)
+        checkpoint_for=lambda key: _checkpointer(rank, key))
+    # one report per trial, at its end: every report waits for the controller's next poll
+    numbers = {k: v for k, v in (results[-1][1] or {}).items() if isinstance(v, (int, float))}
+    ray.train.report({**numbers, "cells_done": len(results), "done": 1})
 
 
 def _cell_driver(config: dict[str, Any]) -> None:

@@ -19,19 +19,17 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServer | None = None) -> int:
+def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServer | None) -> int:
     """Args:
-        server: our own MLflow server, already launched (`sweep._run`); None with `--tracking-uri`, or to
-            launch it here.
+        server: our own MLflow server (no `--tracking-uri`), already launched by `sweep._run`, which stops it;
+            None with `--tracking-uri`.
     """
     storage = Path(args.storage).resolve()
     t0 = time.perf_counter()
     with ExitStack() as stack:
         try:
             uri, info = args.tracking_uri, None
-            if not uri:  # our own server: Ray boots while it does (both take seconds)
-                server = server or LocalMlflowServer(storage / "mlflow").launch()
-                stack.callback(server.stop)
+            if server is not None:  # our own server: Ray boots while it does (both take seconds)
                 info = _start_ray(args, stack)
                 uri = server.wait().uri
                 _say(f"MLflow: {uri} (store {storage / 'mlflow'})")

@@ -90,9 +90,8 @@ def test_pack_loop_retries_a_failing_cell_in_place_then_records_it_and_goes_on(t
     monkeypatch.setattr(execution, "run_cell_in_worker", fake_cell)
     pack = {"cells": [{"key": k} for k in ("a", "bad", "c")], "threads": 1, "train_storage": str(tmp_path),
             "resources": {"max_retries": 2}}
-    done: list[tuple[str, object]] = []
-    execution.run_pack_in_worker(pack, 0, 1, "cpu", None, "node", resume_for=lambda k: {"epoch": 0, "of": k},
-                                 checkpoint_for=lambda k: None, cell_done=lambda k, m: done.append((k, m)))
+    done = execution.run_pack_in_worker(pack, 0, 1, "cpu", None, "node", resume_for=lambda k: {"epoch": 0, "of": k},
+                                        checkpoint_for=lambda k: None)
     assert [k for k, _ in calls] == ["a", "bad", "bad", "bad", "c"]  # 1 try + 2 retries, then on to the next
     assert all(r == {"epoch": 0, "of": k} for k, r in calls)          # each attempt resumes its own cell
     assert done == [("a", {"acc/clean": 1.0}), ("bad", None), ("c", {"acc/clean": 1.0})]
@@ -114,7 +113,7 @@ def test_lone_cells_and_multi_worker_packs_leave_failures_to_ray_train(tmp_path,
         pack = {"cells": cells, "threads": 1, "train_storage": str(tmp_path), "resources": {"max_retries": 3}}
         with pytest.raises(ValueError):
             execution.run_pack_in_worker(pack, 0, world, "cpu", None, "n", resume_for=lambda k: None,
-                                         checkpoint_for=lambda k: None, cell_done=lambda k, m: None)
+                                         checkpoint_for=lambda k: None)
     assert not (tmp_path / execution.ERRORS_DIR).exists()
 
 
