@@ -11,13 +11,13 @@ server on 127.0.0.1 for the duration. Per table it writes `<id>.md`, `.csv`, `.t
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from orchestrator import render
+from trainables.vocab import did_you_mean
 from orchestrator.tables import TABLE_IDS, TABLES, TableResult, build_table
 
 SWEEP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -34,9 +34,7 @@ def check_table_ids(ids: Sequence[str] | None) -> list[str] | None:
     """Raise `AggregateError` naming close matches for an unknown table id."""
     for t in ids or []:
         if t not in TABLE_IDS:
-            close = difflib.get_close_matches(t, TABLE_IDS, n=3, cutoff=0.5)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise AggregateError(f"unknown table {t!r}{hint}; allowed: {', '.join(TABLE_IDS)}")
+            raise AggregateError(f"unknown table {t!r}{did_you_mean(t, TABLE_IDS)}; allowed: {', '.join(TABLE_IDS)}")
     return list(ids) if ids else None
 
 

@@ -20,53 +20,20 @@ document is validated as a whole, so an override can never smuggle in an unknown
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.vocab import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION,  # noqa: F401 - re-exported
+                              METHODS_WITHOUT_TEACHER, EvalSuite, Method, did_you_mean)
+
 
 class SpecError(ValueError):
     """Bad user input in a sweep file or an override; its message is one line meant for a person."""
-
-
-class Method(str, Enum):
-    """Training methods (grid axis `method`). Selection rules are not methods: all are evaluated per model."""
-
-    ours = "ours"
-    wo_kd = "wo_kd"
-    apt = "apt"
-    full_ft = "full_ft"
-    wise_ft = "wise_ft"
-    original = "original"
-
-
-# Axes a method ignores: planning drops them so a teacher-free baseline is trained once, not once per teacher.
-METHODS_WITHOUT_TEACHER = frozenset({Method.apt, Method.full_ft, Method.wise_ft, Method.original})
-METHODS_WITHOUT_FRACTION = frozenset({Method.original})
-# Methods whose training touches the frozen part: they cannot train from cached features.
-METHODS_WITHOUT_FEATURE_CACHE = frozenset({Method.full_ft, Method.wise_ft})
-
-
-class EvalSuite(str, Enum):
-    """Evaluation suites. `clean`, `c`, `p`, `transfer` exist on every profile; the ImageNet shift sets only where
-    the profile gives their data roots (on `local` they are reported as missing: "—" in tables)."""
-
-    clean = "clean"
-    c = "c"
-    p = "p"
-    transfer = "transfer"
-    v2 = "v2"
-    r = "r"
-    sketch = "sketch"
-    a = "a"
-    objectnet = "objectnet"
-    objectnet_c = "objectnet_c"
 
 
 class _Strict(BaseModel):
@@ -83,9 +50,7 @@ def _check_names(values: list[str], role: str) -> list[str]:
     allowed = _model_names(role)
     for v in values:
         if v not in allowed:
-            close = difflib.get_close_matches(str(v), allowed, n=3, cutoff=0.5)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise ValueError(f"unknown {role} {v!r}{hint}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"unknown {role} {v!r}{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
     return values
 
 
@@ -289,9 +254,7 @@ class SweepSpec(_Strict):
 
         for t in v:
             if t not in TABLE_IDS:
-                close = difflib.get_close_matches(t, TABLE_IDS, n=3, cutoff=0.5)
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-                raise ValueError(f"unknown table {t!r}{hint}; allowed: {', '.join(TABLE_IDS)}")
+                raise ValueError(f"unknown table {t!r}{did_you_mean(t, TABLE_IDS)}; allowed: {', '.join(TABLE_IDS)}")
         return v
 
     def content_hash(self) -> str:
@@ -417,9 +380,7 @@ def _apply_override(path: Path, doc: dict, item: str) -> None:
 
 
 def _unknown_key_msg(path: Path, dotted: str, key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.5)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    return f"{path}: unknown key {dotted!r}{hint}; allowed: {', '.join(allowed)}"
+    return f"{path}: unknown key {dotted!r}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
 
 
 def _lookup(doc: Any, loc: tuple) -> Any:
@@ -448,8 +409,7 @@ def _first_error(path: Path, err: ValidationError, doc: dict) -> str:
         return f"{path}: missing required key {dotted!r}"
     if e["type"] == "enum":
         allowed = e.get("ctx", {}).get("expected", "")
-        close = difflib.get_close_matches(str(value), [a.strip(" '") for a in allowed.replace(" or ", ",").split(",")])
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(value, [a.strip(" '") for a in allowed.replace(" or ", ",").split(",")], n=1)
         return f"{path}: key {dotted!r}: {value!r} is not allowed{hint}; allowed: {allowed}"
     shown = f" {value!r}" if value is not None and not isinstance(value, (dict, list)) else ""
     return f"{path}: key {dotted!r}:{shown} {msg}"
