@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 import traceback
@@ -13,6 +14,15 @@ from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _say(msg: str) -> None:
@@ -54,11 +64,9 @@ def _start_ray(args: argparse.Namespace, stack: ExitStack) -> ray_backend.Cluste
 def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float,
              info: ray_backend.ClusterInfo | None) -> int:
     """With a user's tracking URI, Ray starts only once that server has answered (`info` is None then)."""
-    from orchestrator.sweep import git_commit, sweep_id_of
-
     cache = Cache(storage)
     plan = build_plan(spec, cache.has, feature_cache=not args.no_feature_cache)
-    sweep_id = sweep_id_of(spec)
+    sweep_id = spec.content_hash()
     tracker = SweepTracker(uri, spec.name, patience_s=args.mlflow_patience)
     parent_id, resumed = tracker.open_parent(
         sweep_id, {"spec_hash": spec.content_hash(), "profile": spec.profile, "git_commit": git_commit()},

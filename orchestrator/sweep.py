@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,19 +96,6 @@ def _needed_roots(spec: SweepSpec) -> list[str]:
         needed += [k for k in spec.data.roots if k in ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100",
                                                        "fgvc_aircraft", "sun397")] or ["tiny_imagenet"]
     return list(dict.fromkeys(needed))
-
-
-def sweep_id_of(spec: SweepSpec) -> str:
-    return spec.content_hash()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------------ main
