@@ -5,11 +5,14 @@ Why a table and not a profiler run: `--dry-run` must start nothing. Two sources,
   measured on the 2-core reference machine (shared/platform.md, after two warm-up calls);
 - `GFLOPS_PER_IMAGE`: forward GFLOPs at the paper's native resolution, turned into time with an assumed
   sustained throughput per GPU (`GPU_EFFECTIVE_TFLOPS`, deliberately conservative for fp32/AMP training loops).
-A training step costs about 3 forwards (forward + backward). Numbers are estimates to size a cluster, not promises.
+A training step costs about 3 forwards (forward + backward); what each stage kind does per image is declared
+with the kind (`Kind.cost` in trainables/kinds.py). Numbers are estimates to size a cluster, not promises.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from trainables.kinds import KINDS, Sizes
 
 LOCAL_MS_PER_IMAGE = {
     "resnet34": 0.7, "resnet50": 1.1, "resnet101": 1.8, "resnet152": 2.6, "vit_small": 2.9, "vit_base": 10.6,
@@ -20,10 +23,6 @@ GFLOPS_PER_IMAGE = {
     "clip_rn50": 5.4, "clip_rn101": 9.8, "clip_vit_b16": 17.6, "clip_vit_b32": 4.4, "clip_vit_l14_336": 191.0,
 }
 GPU_EFFECTIVE_TFLOPS = 40.0
-TAIL_SHARE = 0.05        # the tuned tail + heads, relative to a full forward
-CORRUPT_MS_PER_IMAGE = 0.9
-
-
 IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES = 1_281_167, 50_000  # sizes when data.n_train / n_test are None
 
 
@@ -33,46 +32,18 @@ def _ms_per_image(model: str, profile: str) -> float:
     return GFLOPS_PER_IMAGE.get(model, 20.0) / GPU_EFFECTIVE_TFLOPS  # GFLOP / (TFLOP/s) = ms
 
 
-def _stage_images(stage, spec) -> tuple[str | None, float, float]:
-    """(model, forward-equivalent image passes, extra milliseconds) for one stage."""
-    d, t, inp = spec.data, spec.train, stage.inputs
-    n_pool = spec.pool.n_images
+def sizes(spec) -> Sizes:
+    """The plan's dataset sizes at its profile: what every kind's cost estimate scales with."""
+    d = spec.data
     n_train = d.n_train if d.n_train is not None else IMAGENET_TRAIN_IMAGES  # None: the whole split
     n_test = d.n_test if d.n_test is not None else IMAGENET_VAL_IMAGES
     n_eval = n_test + 75 * (d.c_per_cell or n_test) + 10 * d.p_sequences * d.p_frames
-    model = (inp.get("model") or {}).get("name") if isinstance(inp.get("model"), dict) else None
-    tt = spec.teacher_train
-    if stage.kind == "pretrain_student":
-        p = spec.pretrain
-        return model, 3.0 * p.epochs * (p.n_images or n_train), 0.0
-    if stage.kind == "robustify_teacher":
-        return model, 9.0 * tt.epochs * ((tt.n_images or n_train) + (tt.pool_images or n_pool)), 0.0
-    if stage.kind == "naive_teacher":
-        return model, 3.0 * tt.epochs * (tt.n_images or n_train) + n_eval, 0.0
-    if stage.kind == "build_pool":
-        return None, 0.0, (n_pool + n_train * spec.pool.ae_epochs) * 2.0
-    if stage.kind == "build_eval_sets":
-        return None, 0.0, 75 * (d.c_per_cell or n_test) * CORRUPT_MS_PER_IMAGE * 1.5
-    if stage.kind == "extract_features":
-        return model, n_train + n_pool + n_eval, 0.0
-    if stage.kind == "teacher_targets":
-        return inp.get("teacher"), n_train + n_pool, 0.0
-    if stage.kind == "full_finetune":
-        n = (inp["data_fraction"] or 1.0) * (n_pool + n_train)
-        return model, 3.0 * (t.full_ft_epochs or t.epochs) * n, 0.0
-    if stage.kind == "cell":
-        cell = inp["cell"]
-        a = cell["data_fraction"] or 0.0
-        n = a * (n_pool + n_train)
-        if cell["method"] in ("full_ft", "wise_ft"):
-            return model, 3.0 * t.epochs * n + 2 * n_eval, 0.0
-        return model, TAIL_SHARE * (3.0 * t.epochs * n + t.mc_samples * n_eval), 0.0
-    return model, 0.0, 0.0
+    return Sizes(n_train, n_test, spec.pool.n_images, n_eval)
 
 
 def stage_seconds(stage, spec) -> float:
     """Estimated device seconds of one stage on the spec's profile (what packing and `--dry-run` size work by)."""
-    model, passes, extra_ms = _stage_images(stage, spec)
+    model, passes, extra_ms = KINDS[stage.kind].cost(stage.inputs, sizes(spec))
     return (passes * (_ms_per_image(model, spec.profile) if model else 0.0) + extra_ms) / 1000.0
 
 

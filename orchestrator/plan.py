@@ -5,59 +5,27 @@ student over the pool) in every trial. Here each unique piece of work is a `Stag
 inputs *and its upstream keys*, so it is computed once, cached, and reused by every cell and every later sweep; a
 changed input changes exactly the keys downstream of it.
 
-Stage kinds, in dependency order (design.md, "The stage DAG"):
-    build_eval_sets   data, eval suites, seed                 clean test set, C set, P sequences, transfer split
-    build_pool        data, pool config, seed                 DeepAugment AE + Noise2Net + AugMix images
-    pretrain_student  student, data, pretrain config          only where the profile gives no weights
-    naive_teacher     teacher, data, teacher config, seed     clean-only teacher (Table 6, and the FR reference)
-    robustify_teacher teacher, data, teacher config, seed     AugMix+JSD on clean + pool
-    extract_features  student weights, pool, eval sets        frozen part of the student, run once
-    teacher_targets   teacher, pool                           teacher logits on clean + pool images
-    full_finetune     student, fraction, train config, seed   complete fine-tuning, shared by full_ft and wise_ft
-    cell              axis values, train config, all above    distill + evaluate (one Ray Tune trial)
+Stage kinds (what each one is, its version, inputs, upstream roles and cost) are declared once, in
+`trainables/kinds.py`; this module only decides which stages a spec needs and wires their keys.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from orchestrator.spec import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION, METHODS_WITHOUT_TEACHER,
-                               EvalSuite, Method, SweepSpec)
-
-# Bump when a stage's code changes meaning: old cache entries then stop matching instead of being silently reused.
-STAGE_VERSION = {
-    "build_eval_sets": 2, "build_pool": 1, "pretrain_student": 4, "naive_teacher": 4,
-    "robustify_teacher": 4, "extract_features": 2, "teacher_targets": 2, "full_finetune": 3, "cell": 3,
-}
-STAGE_ORDER = tuple(STAGE_VERSION)
-
+from orchestrator.spec import SweepSpec
+from trainables.kinds import (CELL, KINDS, Cell, CellInputs, EvalSetsInputs, FeaturesInputs, FullFinetuneInputs,
+                              ModelRef, PoolInputs, PretrainInputs, StageInputs, TargetsInputs, TeacherInputs)
+from trainables.vocab import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION, METHODS_WITHOUT_TEACHER,
+                              EvalSuite, Method)
 
 def content_key(payload: Any) -> str:
     """sha256 of canonical JSON: equal inputs give equal keys on every machine and Python version."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid point after dropping the axes its method ignores (teacher/fraction are None there)."""
-
-    student: str
-    teacher: str | None
-    data_fraction: float | None
-    method: str
-    seed: int
-
-    def axes(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def label(self) -> str:
-        t = self.teacher or "none"
-        a = "none" if self.data_fraction is None else f"{self.data_fraction:g}"
-        return f"{self.method}-{self.student}-t_{t}-a{a}-s{self.seed}"
 
 
 @dataclass
@@ -66,7 +34,7 @@ class Stage:
 
     kind: str
     key: str
-    inputs: dict[str, Any]
+    inputs: StageInputs
     deps: dict[str, str] = field(default_factory=dict)  # role -> upstream key
     cached: bool = False
     note: str = ""
@@ -86,17 +54,6 @@ class Plan:
 
     def by_kind(self, kind: str) -> list[Stage]:
         return [s for s in self.stages.values() if s.kind == kind]
-
-    def waves(self) -> list[list[Stage]]:
-        """Stages grouped so that each wave only needs earlier waves (cells excluded: they run as Tune trials)."""
-        depth: dict[str, int] = {}
-        for s in self.stages.values():
-            depth[s.key] = 1 + max((depth[d] for d in s.deps.values()), default=-1)
-        waves: dict[int, list[Stage]] = {}
-        for s in self.stages.values():
-            if s.kind != "cell":
-                waves.setdefault(depth[s.key], []).append(s)
-        return [waves[d] for d in sorted(waves)]
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -125,41 +82,42 @@ def _data_inputs(spec: SweepSpec) -> dict[str, Any]:
     return d
 
 
-def _model_inputs(spec: SweepSpec, name: str) -> dict[str, Any]:
-    return {"name": name, "overrides": spec.model_overrides.get(name, {}), "weights": spec.weights.get(name)}
+def _model_ref(spec: SweepSpec, name: str) -> ModelRef:
+    return ModelRef(name, dict(spec.model_overrides.get(name, {})), spec.weights.get(name))
 
 
 class _Builder:
+    """Adds each stage a spec needs once: a stage's key hashes its kind, version, inputs and upstream keys."""
+
     def __init__(self, spec: SweepSpec, feature_cache: bool = True) -> None:
         self.spec, self.feature_cache = spec, feature_cache
         self.stages: dict[str, Stage] = {}
 
-    def add(self, kind: str, inputs: dict[str, Any], deps: dict[str, str] | None = None, note: str = "") -> str:
+    def add(self, kind: str, inputs: StageInputs, deps: dict[str, str] | None = None, note: str = "") -> str:
         deps = deps or {}
-        key = content_key({"kind": kind, "v": STAGE_VERSION[kind], "inputs": inputs, "deps": deps})
+        key = content_key({"kind": kind, "v": KINDS[kind].version, "inputs": inputs.payload(), "deps": deps})
         if key not in self.stages:
             self.stages[key] = Stage(kind, key, inputs, deps, note=note)
         return key
 
     def eval_sets(self, seed: int) -> str:
         suites = sorted(s.value for s in self.spec.eval)
-        return self.add("build_eval_sets", {"data": _data_inputs(self.spec), "suites": suites, "seed": seed})
+        return self.add("build_eval_sets", EvalSetsInputs(_data_inputs(self.spec), suites, seed))
 
     def pool(self, seed: int) -> str:
-        return self.add("build_pool", {"data": _data_inputs(self.spec),
-                                       "pool": self.spec.pool.model_dump(mode="json"), "seed": seed})
+        return self.add("build_pool", PoolInputs(_data_inputs(self.spec), self.spec.pool.model_dump(mode="json"), seed))
 
     def student_weights(self, student: str) -> dict[str, str]:
         if self.spec.weights.get(student):
-            return {}  # given weights: the weights string is part of every downstream key via _model_inputs
-        return {"student": self.add("pretrain_student", {
-            "model": _model_inputs(self.spec, student), "data": _data_inputs(self.spec),
-            "pretrain": self.spec.pretrain.model_dump(mode="json"), "dropout": self.spec.train.dropout})}
+            return {}  # given weights: the weights string is part of every downstream key via the ModelRef
+        return {"student": self.add("pretrain_student", PretrainInputs(
+            _model_ref(self.spec, student), _data_inputs(self.spec), self.spec.pretrain.model_dump(mode="json"),
+            self.spec.train.dropout))}
 
-    def _teacher_cfg(self) -> dict[str, Any]:
+    def _teacher(self, teacher: str, seed: int) -> TeacherInputs:
         cfg = self.spec.teacher_train.model_dump(mode="json")
         cfg.pop("naive_baseline")
-        return cfg
+        return TeacherInputs(_model_ref(self.spec, teacher), _data_inputs(self.spec), cfg, seed)
 
     def reference(self, seed: int) -> str | None:
         """The flip-rate reference (AlexNet in the paper): the named model trained naively. FR = FP / FP_ref is
@@ -170,33 +128,28 @@ class _Builder:
         return self.naive_teacher(ref, seed)
 
     def naive_teacher(self, teacher: str, seed: int) -> str:
-        return self.add("naive_teacher", {"model": _model_inputs(self.spec, teacher), "data": _data_inputs(self.spec),
-                                          "teacher_train": self._teacher_cfg(), "seed": seed},
-                        {"eval": self.eval_sets(seed)})
+        return self.add("naive_teacher", self._teacher(teacher, seed), {"eval": self.eval_sets(seed)})
 
     def robust_teacher(self, teacher: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed)}
-        return self.add("robustify_teacher", {"model": _model_inputs(self.spec, teacher),
-                                              "data": _data_inputs(self.spec),
-                                              "teacher_train": self._teacher_cfg(), "seed": seed}, deps)
+        return self.add("robustify_teacher", self._teacher(teacher, seed), deps)
 
     def features(self, student: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.student_weights(student)}
-        return self.add("extract_features", {"model": _model_inputs(self.spec, student),
-                                             "dropout": self.spec.train.dropout}, deps)
+        return self.add("extract_features", FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout),
+                        deps)
 
     def targets(self, teacher: str, seed: int) -> str:
         deps = {"teacher": self.robust_teacher(teacher, seed), "pool": self.pool(seed)}
-        return self.add("teacher_targets", {"teacher": teacher}, deps)
+        return self.add("teacher_targets", TargetsInputs(teacher), deps)
 
     def full_finetune(self, c: Cell) -> str:
         deps = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed), **self.student_weights(c.student)}
         train = self.spec.train.model_dump(mode="json")
-        inputs = {"model": _model_inputs(self.spec, c.student), "data": _data_inputs(self.spec),
-                  "data_fraction": c.data_fraction, "seed": c.seed,
-                  "train": {k: train[k] for k in ("full_ft_epochs", "epochs", "batch_size", "full_ft_lr", "dropout")}}
-        return self.add("full_finetune", inputs, deps,
-                        note="complete fine-tuning cannot use cached student features")
+        inputs = FullFinetuneInputs(
+            _model_ref(self.spec, c.student), _data_inputs(self.spec), c.data_fraction, c.seed,
+            {k: train[k] for k in ("full_ft_epochs", "epochs", "batch_size", "full_ft_lr", "dropout")})
+        return self.add("full_finetune", inputs, deps, note="complete fine-tuning cannot use cached student features")
 
     def cell(self, c: Cell) -> str:
         m = Method(c.method)
@@ -209,17 +162,21 @@ class _Builder:
         elif self.feature_cache:
             deps["features"] = self.features(c.student, c.seed)
         if c.teacher is not None:
-            deps["teacher"] = self.robust_teacher(c.teacher, c.seed)
-            if self.feature_cache:
-                deps["targets"] = self.targets(c.teacher, c.seed)
-            if self.spec.teacher_train.naive_baseline:
-                deps["naive_teacher"] = self.naive_teacher(c.teacher, c.seed)
+            deps.update(self._teacher_deps(c.teacher, c.seed))
         train = self.spec.train.model_dump(mode="json")
         train.pop("fail_cells")  # a fault switch must not change what a cell *is*
-        inputs = {"cell": c.axes(), "train": train, "model": _model_inputs(self.spec, c.student),
-                  "data": _data_inputs(self.spec), "eval": sorted(s.value for s in self.spec.eval),
-                  "search": self.spec.search.model_dump(mode="json") if self.spec.search else None}
-        return self.add("cell", inputs, deps, note=note)
+        inputs = CellInputs(c, train, _model_ref(self.spec, c.student), _data_inputs(self.spec),
+                            sorted(s.value for s in self.spec.eval),
+                            self.spec.search.model_dump(mode="json") if self.spec.search else None)
+        return self.add(CELL, inputs, deps, note=note)
+
+    def _teacher_deps(self, teacher: str, seed: int) -> dict[str, str]:
+        deps = {"teacher": self.robust_teacher(teacher, seed)}
+        if self.feature_cache:
+            deps["targets"] = self.targets(teacher, seed)
+        if self.spec.teacher_train.naive_baseline:
+            deps["naive_teacher"] = self.naive_teacher(teacher, seed)
+        return deps
 
 
 def build_plan(spec: SweepSpec, is_cached=None, feature_cache: bool = True) -> Plan:
@@ -258,7 +215,7 @@ def _topological(stages: dict[str, Stage]) -> dict[str, Stage]:
             visit(d)
         order[key] = stages[key]
 
-    for kind in STAGE_ORDER:
+    for kind in KINDS:
         for k, s in stages.items():
             if s.kind == kind:
                 visit(k)
