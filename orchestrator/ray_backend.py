@@ -1,27 +1,30 @@
-"""The Ray adapter: the only module that imports ray. Executes a plan's stage waves and its cells.
+"""The Ray adapter: the only module that imports ray. Runs a plan's shared stages as tasks and its cells as trials.
 
-- Shared stages run as Ray tasks, a wave at a time (everything whose inputs are ready runs together); each task
-  computes its entry under the cache lock, so two sweeps asking for the same stage compute it once.
+- Shared stages run as Ray tasks, each submitted as soon as the stages it reads have finished (`run_dag`); the
+  body computes its entry under the cache lock, so two sweeps asking for the same stage compute it once.
 - Cells run as Ray Tune trials. Ray Train V2 forbids `Tuner(TorchTrainer)`, so each trial's function is a small
   *driver* that builds a `TorchTrainer` and calls `fit()` (shared/platform.md). The driver reserves only a tiny
   custom resource (`trial_driver`, declared on the head) so drivers never starve the training workers.
-- Every Train run has a deterministic name (`train-<cell key>`) under the shared storage path, so a retried
+- Every Train run has a deterministic name (`train-<pack key>`) under the shared storage path, so a retried
   trial, or a rerun after the whole sweep was killed, resumes from the run's last checkpoint.
+The adapter knows nothing of stages, cells or MLflow: it takes the bodies to run as callables
+(orchestrator/worker.py provides them, orchestrator/driver.py passes them) and returns their results.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
+import ray.train
+import ray.train.torch as rtt
 import torch
 from ray import tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 TRIAL_DRIVER = "trial_driver"
 # Ray Train V2 settings for every job (Train propagates them from the trial driver to its controller and workers).
@@ -122,113 +125,63 @@ def run_dag(tasks: dict[str, dict[str, Any]], deps: dict[str, set[str]], fn: Cal
 # ------------------------------------------------------------------------------------------------ cell trials
 
 
-CELL_MARKER = "cell.json"  # beside state.pt in every checkpoint: which cell (and epoch) it belongs to
+@dataclass
+class TrainSession:
+    """What a Train worker's body may ask of Ray: its place in the group, its device, and the two Train calls it
+    needs (report metrics with an optional checkpoint folder; the checkpoint Ray restored, if any)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    node: str
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP-wrap a module when the group has several workers (identity otherwise)."""
+        if self.world == 1:
+            return model
+        return rtt.prepare_model(model, move_to_device=torch.cuda.is_available())
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        ck = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report(metrics, checkpoint=ck)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield Path(d)
 
 
-def _read_state(path: Path) -> dict | None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a truncated copy from a killed run: not a checkpoint
-        return None
-    return state if isinstance(state, dict) and "epoch" in state else None
+def _bound(fn: Callable[[Any, dict], None], body: Any, name: str) -> Callable[[dict], None]:
+    """`config -> fn(body, config)` as a named function: Tune and Train name and inspect the functions they run,
+    which a `functools.partial` does not support everywhere."""
+    def run(config: dict[str, Any]) -> None:
+        fn(body, config)
+    run.__name__ = run.__qualname__ = name
+    return run
 
 
-def orphan_checkpoint(train_storage: str | Path, key: str) -> dict | None:
-    """The newest readable checkpoint of cell `key` on disk, whatever Ray's own bookkeeping says.
-
-    Why: Ray Train records a checkpoint in `checkpoint_manager_snapshot.json` only after it has been copied to
-    storage; a kill -9 between the copy and the snapshot (or before the first snapshot) leaves complete checkpoints
-    that `ray.train.get_checkpoint()` does not return, and the cell would restart from epoch 0. And a cell packed
-    with others (orchestrator/packing.py) may be resumed from a trial with another name than the one that wrote
-    its checkpoints. So every checkpoint carries a `cell.json` marker and we read them ourselves: the cell's own
-    run folder `train-<key>` (old checkpoints have no marker) and any pack's folder whose marker names the cell,
-    newest epoch first, skipping copies that a kill truncated. Local or shared-filesystem storage only (a URI
-    storage path is left to Ray)."""
-    if "://" in str(train_storage) or not Path(train_storage).is_dir():
-        return None
-    root = Path(train_storage)
-    files = set(root.glob(f"train-{key}/checkpoint_*/state.pt"))
-    for marker in root.glob(f"train-*/checkpoint_*/{CELL_MARKER}"):
-        try:
-            if json.loads(marker.read_text()).get("cell") == key:
-                files.add(marker.parent / "state.pt")
-        except (OSError, ValueError):
-            continue
-    best: dict | None = None
-    for f in files:
-        state = _read_state(f)
-        if state is not None and (best is None or state["epoch"] > best["epoch"]):
-            best = state
-    return best
-
-
-def _resume_state(train_storage: str, key: str) -> dict | None:
-    """The newest state of cell `key`. On local or shared-filesystem storage every checkpoint Ray holds is also
-    on disk under `train_storage`, so `orphan_checkpoint` sees them all; on URI storage only Ray's restored
-    checkpoint is available, and it counts if its marker names this cell."""
-    import ray.train
-
-    if "://" not in str(train_storage):
-        return orphan_checkpoint(train_storage, key)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        marker, f = Path(d) / CELL_MARKER, Path(d) / "state.pt"
-        if f.is_file() and marker.is_file() and json.loads(marker.read_text()).get("cell") == key:
-            return _read_state(f)
-    return None
-
-
-def _checkpointer(rank: int, key: str) -> Callable[[dict, int, dict], None]:
-    """Per-epoch hook of cell `key`: every rank reports; rank 0 attaches the state and the cell marker."""
-    import ray.train
-
-    def checkpoint(state: dict, epoch: int, metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                torch.save(state, Path(d) / "state.pt")
-                (Path(d) / CELL_MARKER).write_text(json.dumps({"cell": key, "epoch": epoch}))
-            ck = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
-            ray.train.report({**metrics, "epoch": epoch}, checkpoint=ck)
-
-    return checkpoint
-
-
-def cell_worker_loop(pack: dict[str, Any]) -> None:
-    """Train loop of every worker of one trial: its cells one after another (orchestrator.execution)."""
-    import ray.train
-    import ray.train.torch as rtt
-
-    from orchestrator import execution
-
+def _train_worker(body: Callable[[dict, TrainSession], dict], config: dict[str, Any]) -> None:
+    """Train loop of every worker of one trial: `body(config, session)`, then one report of what it returns."""
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = rtt.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    wrap = (lambda m: rtt.prepare_model(m, move_to_device=torch.cuda.is_available())) if world > 1 else (lambda m: m)
-    torch.set_num_threads(max(1, int(pack["threads"])))
-    results = execution.run_pack_in_worker(
-        pack, rank, world, device, wrap, ray.get_runtime_context().get_node_id(),
-        resume_for=lambda key: _resume_state(pack["train_storage"], key),
-        checkpoint_for=lambda key: _checkpointer(rank, key))
-    # one report per trial, at its end: every report waits for the controller's next poll
-    numbers = {k: v for k, v in (results[-1][1] or {}).items() if isinstance(v, (int, float))}
-    ray.train.report({**numbers, "cells_done": len(results), "done": 1})
+    session = TrainSession(ctx.get_world_rank(), ctx.get_world_size(), device,
+                           ray.get_runtime_context().get_node_id())
+    ray.train.report(body(config, session))
 
 
-def _cell_driver(config: dict[str, Any]) -> None:
+def _trial_driver(body: Callable[[dict, TrainSession], dict], config: dict[str, Any]) -> None:
     """Tune function trainable: builds the TorchTrainer of one trial (a pack of cells) and fits it (Train V2)."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     pack = {**config["pack"], "driver_node": ray.get_runtime_context().get_node_id()}
     res = pack["resources"]
     use_gpu = pack["use_gpus"]
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
-        cell_worker_loop,
-        train_loop_config={**pack, "threads": res["cpus_per_worker"]},
+        _bound(_train_worker, body, "train_worker"),
+        train_loop_config=pack,
         torch_config=TorchConfig(backend="nccl" if use_gpu and torch.cuda.is_available() else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["workers_per_trial"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
@@ -248,14 +201,15 @@ class TrialOutcome:
     error: str | None   # the trial's error; a cell's own error, if it failed alone, is in its error file
 
 
-def run_cells(packs: list[dict[str, Any]], experiment: str, tune_storage: str, concurrency: int,
-              use_driver_resource: bool) -> list[TrialOutcome]:
-    """One Tune experiment with a trial per pack (a grid over their configs). Returns each trial's outcome."""
+def run_trials(packs: list[dict[str, Any]], body: Callable[[dict, TrainSession], dict], experiment: str,
+               tune_storage: str, concurrency: int, use_driver_resource: bool) -> list[TrialOutcome]:
+    """One Tune experiment with a trial per pack (a grid over their configs); every Train worker of a trial runs
+    `body(pack, session)`. Returns each trial's outcome."""
     if not packs:
         return []
     log = Path(tune_storage).parent / "logs" / "ray_tune.log"
     _quiet_tune_logs(log)
-    driver = tune.with_resources(_cell_driver, {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0})
+    driver = tune.with_resources(_bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0})
     tuner = tune.Tuner(
         driver,
         param_space={"pack": tune.grid_search(packs)},
@@ -296,9 +250,3 @@ def _short_error(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     cause = [ln for ln in text if "Error" in ln or "error" in ln]
     return (cause[-1] if cause else (text[-1] if text else type(err).__name__))[:500]
-
-
-def wait_cluster_ready(timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not ray.cluster_resources().get("CPU"):
-        time.sleep(0.5)

@@ -9,9 +9,10 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-from orchestrator import execution, ray_backend
+from orchestrator import driver, ray_backend
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
+from orchestrator.records import SweepContext
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
 
@@ -79,16 +80,16 @@ def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t
          f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
          + (" (resumed)" if resumed else "") + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else ""))
     info = info or _start_ray(args, stack)
-    sc = execution.SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info,
+    sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info,
                                 use_feature_cache=not args.no_feature_cache, log=_say)
-    outcome = execution.execute(sc, rerun_failed=args.rerun_failed)
+    outcome = driver.execute(sc, rerun_failed=args.rerun_failed)
     files = _tables(spec, uri, storage, sweep_id, parent_id)
     wall = time.perf_counter() - t0
     parent.log_metrics({"time/sweep_s": wall, "cells/finished": len(outcome.finished),
                         "cells/failed": len(outcome.failed) + len(outcome.skipped_failed)}, step=0)
     parent.set_tags({"failed_cells": ",".join(sorted(outcome.failed) + outcome.skipped_failed) or "none"})
     parent.finish(FINISHED)
-    execution.write_summary(storage / "results" / spec.name / "summary.json", outcome)
+    driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
     _say(f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
          f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
          f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached")

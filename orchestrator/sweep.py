@@ -1,7 +1,7 @@
 """`python -m orchestrator.sweep SPEC`: plan, execute on Ray, track in MLflow, and render the paper's tables.
 
 Read top to bottom, `main` is the whole story: validate everything (exit 2 on bad input, nothing started) ->
-plan (`--dry-run` stops here) -> start MLflow (unless `--tracking-uri`) and Ray -> run the stage waves and the
+plan (`--dry-run` stops here) -> start MLflow (unless `--tracking-uri`) and Ray -> run the shared stages and the
 cells -> aggregate the tables into `<storage>/results/<sweep>/` and onto the parent run -> stop what we started.
 """
 from __future__ import annotations

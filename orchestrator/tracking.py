@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -268,12 +267,6 @@ def unreachable_reason(uri: str, timeout_s: float = 3.0) -> str | None:
     return None
 
 
-def latest_parent_run(uri: str, experiment: str) -> str | None:
-    """The newest sweep parent run of an experiment (where tables are attached)."""
-    df = runs_dataframe(uri, experiment, "tags.kind = 'sweep'", finished_only=False)
-    return None if df.empty else str(df.iloc[0]["run_id"])
-
-
 def log_artifacts(uri: str, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:
     logger = RunLogger(uri, run_id)
     for f in files:
@@ -286,8 +279,3 @@ def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
-
-
-def download_artifact(uri: str, run_id: str, path: str, dst: str | Path | None = None) -> Path:
-    dst = Path(dst or tempfile.mkdtemp())
-    return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dst)))

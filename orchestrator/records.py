@@ -1,0 +1,179 @@
+"""Driver-side bookkeeping: what each stage and cell run carries in MLflow, and the metrics derived on the driver.
+
+Why on the driver: some numbers of a run need other runs' results, which only the driver has in view: a cell's
+`time/pipeline_s` adds the upstream stages its method pays for (main paper Figure 1), and flip *rates* divide by
+the reference model's flip probabilities (Table 6, Figure 4), which may finish after the stage being logged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator import ray_backend
+from orchestrator.cache import Cache
+from orchestrator.plan import Plan, Stage, iter_upstream
+from orchestrator.tracking import FAILED, FINISHED, SweepTracker, flatten
+from trainables.common import read_metrics
+from trainables.evaluate import with_flip_rates
+from trainables.kinds import PIPELINE_KINDS, Cell
+
+
+@dataclass
+class Outcome:
+    """What one invocation did, by cell key (written to `results/<sweep>/summary.json`)."""
+
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped_failed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    computed_stages: int = 0
+    cached_stages: int = 0
+
+
+@dataclass
+class SweepContext:
+    """Everything the driver's steps share for one sweep invocation."""
+
+    plan: Plan
+    cache: Cache
+    storage: Path
+    tracker: SweepTracker
+    parent_id: str
+    sweep_id: str
+    cluster: ray_backend.ClusterInfo
+    use_feature_cache: bool = True
+    log: Callable[[str], None] = print
+
+    def gpus_per_worker(self) -> float:
+        """GPUs each stage task / Train worker requests: the spec's, unless `ray_backend.uses_gpus` says no."""
+        res = self.plan.spec.resources
+        return res.gpus_per_worker if ray_backend.uses_gpus(self.cluster, res.gpus_per_worker) else 0.0
+
+    def metrics(self, stage: Stage) -> dict[str, float]:
+        return read_metrics(self.cache.get(stage.kind, stage.key))
+
+
+# ------------------------------------------------------------------------------------------------ names, params
+
+
+def stage_params(stage: Stage) -> dict[str, Any]:
+    """A stage run's params: its kind, key, model and seed, and its resolved inputs as `cfg.*`."""
+    inp = stage.inputs.payload()
+    p: dict[str, Any] = {"stage": stage.kind, "stage_key": stage.key}
+    model = inp.get("model")
+    if isinstance(model, dict):
+        p["model"] = model["name"]
+    if isinstance(inp.get("teacher"), str):
+        p["model"] = inp["teacher"]
+    if "seed" in inp:
+        p["seed"] = inp["seed"]
+    p.update({f"cfg.{k}": v for k, v in flatten({k: v for k, v in inp.items() if k != "model"}).items()})
+    return p
+
+
+def stage_name(stage: Stage) -> str:
+    p = stage_params(stage)
+    return f"{stage.kind}{'-' + p['model'] if 'model' in p else ''}-{stage.key[:8]}"
+
+
+def cell_params(plan: Plan, cell: Cell) -> dict[str, Any]:
+    """A cell run's params: every axis (filterable in the UI's runs table) and the train config."""
+    ax = cell.axes()
+    params = {"student": ax["student"], "teacher": ax["teacher"] or "none",
+              "data_fraction": "none" if ax["data_fraction"] is None else ax["data_fraction"],
+              "method": ax["method"], "seed": ax["seed"]}
+    spec = plan.spec
+    params.update({f"train.{k}": v for k, v in spec.train.model_dump(mode="json").items() if k != "fail_cells"})
+    params.update({"profile": spec.profile, "eval": ",".join(s.value for s in spec.eval)})
+    return params
+
+
+# ------------------------------------------------------------------------------------------------ stage runs
+
+
+def stage_done(sc: SweepContext, task: dict, result: dict | None, err: BaseException | None,
+               failed: dict[str, str], outcome: Outcome) -> None:
+    """`run_dag`'s callback: close the stage's run as FINISHED with its metrics, or FAILED with one error line."""
+    logger = sc.tracker.logger(task["run_id"])
+    if err is not None:
+        failed[task["key"]] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err) else ''}"
+        logger.set_tags({"error": failed[task["key"]]})
+        logger.finish(FAILED)
+        sc.log(f"  stage {task['kind']} {task['key'][:8]} FAILED: {failed[task['key']]}")
+        return
+    outcome.computed_stages += 1
+    logger.log_metrics(result["metrics"], step=0)
+    logger.finish(FINISHED)
+    sc.log(f"  stage {stage_name(sc.plan.stages[task['key']])} done in {result['wall_s']:.0f} s")
+
+
+def log_cached_stage(sc: SweepContext, stage: Stage) -> None:
+    """A stage this sweep found in the cache still gets its run (tag `cache_hit=true`), so every table can name it."""
+    run_id = sc.tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, stage_name(stage),
+                                   {"stage": stage.kind, "cache_hit": "true"}, stage_params(stage))
+    logger = sc.tracker.logger(run_id)
+    logger.set_tags({"cache_hit": "true"})
+    logger.log_metrics(sc.metrics(stage), step=0)
+    logger.finish(FINISHED)
+
+
+def flip_rates_for(sc: SweepContext, metrics: dict[str, float], seed: int, prefix: str = "") -> dict[str, float]:
+    """`fr/*` and `mfr` of stored flip probabilities against the seed's reference model (if it has run)."""
+    key = sc.plan.references.get(seed)
+    if key is None or not sc.cache.has("naive_teacher", key):
+        return {}
+    ref = sc.metrics(sc.plan.stages[key])
+    fp = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix + "fp/")}
+    return {prefix + k: v for k, v in with_flip_rates(fp, ref).items()}
+
+
+def log_teacher_flip_rates(sc: SweepContext) -> None:
+    """Teachers' mFR (Table 6) needs the reference's FPs, so it is logged once every stage has run."""
+    runs = sc.tracker.child_runs(sc.sweep_id, "stage")
+    for stage in sc.plan.stages.values():
+        run = runs.get(stage.key)
+        if stage.kind not in ("naive_teacher", "robustify_teacher") or run is None:
+            continue
+        if not sc.cache.has(stage.kind, stage.key):
+            continue
+        fr = flip_rates_for(sc, sc.metrics(stage), stage.inputs.seed)
+        if fr:
+            sc.tracker.logger(run.info.run_id).log_metrics(fr, step=0)
+
+
+# ------------------------------------------------------------------------------------------------ cell runs
+
+
+def pipeline_seconds(sc: SweepContext, key: str, cell_metrics: dict[str, float]) -> float:
+    """The cell's own training plus the upstream stages that are part of its method's cost."""
+    total = float(cell_metrics.get("time/train_s", 0.0))
+    for st in iter_upstream(sc.plan, key):
+        if st.kind in PIPELINE_KINDS and sc.cache.has(st.kind, st.key):
+            total += float(sc.metrics(st).get("time/stage_s", 0.0))
+    return total
+
+
+def finish_cell(sc: SweepContext, run_id: str, key: str, cached: bool) -> None:
+    """Log a published cell's final metrics (with the driver-derived ones) and close its run FINISHED."""
+    stage = sc.plan.stages[key]
+    metrics = sc.metrics(stage)
+    metrics["time/pipeline_s"] = pipeline_seconds(sc, key, metrics)
+    seed = stage.inputs.cell.seed
+    metrics.update(flip_rates_for(sc, metrics, seed))
+    metrics.update(flip_rates_for(sc, metrics, seed, prefix="teacher/"))
+    logger = sc.tracker.logger(run_id)
+    if cached:
+        logger.set_tags({"cache_hit": "true"})
+    final = {k: v for k, v in metrics.items() if not k.startswith("train/")}
+    logger.log_metrics(final, step=int(sc.plan.spec.train.epochs))
+    logger.finish(FINISHED)
+
+
+def fail_cell(sc: SweepContext, run_id: str, key: str, error: str, outcome: Outcome) -> None:
+    logger = sc.tracker.logger(run_id)
+    logger.set_tags({"error": error[:5000]})
+    logger.finish(FAILED)
+    outcome.failed[key] = error
+    sc.log(f"  cell {key[:10]} FAILED: {error}")
+
