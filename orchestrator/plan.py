@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from orchestrator.costs import estimate
 from orchestrator.spec import SweepSpec
 from trainables.kinds import (CELL, KINDS, Cell, CellInputs, EvalSetsInputs, FeaturesInputs, FullFinetuneInputs,
                               ModelRef, PoolInputs, PretrainInputs, StageInputs, TargetsInputs, TeacherInputs)
@@ -227,8 +228,6 @@ def _topological(stages: dict[str, Stage]) -> dict[str, Stage]:
 
 def dry_run_report(plan: Plan) -> dict[str, Any]:
     """Everything `--dry-run --json` prints: cells, unique stages, cache state, and the cost estimate."""
-    from orchestrator.costs import estimate
-
     return {
         "sweep": plan.spec.name,
         "profile": plan.spec.profile,

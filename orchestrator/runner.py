@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from orchestrator import driver, ray_backend
+from orchestrator.aggregate import aggregate
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
 from orchestrator.records import SweepContext
@@ -99,8 +100,6 @@ def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t
 
 
 def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str) -> list[Path]:
-    from orchestrator.aggregate import aggregate
-
     out = storage / "results" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     files = aggregate(uri, spec.name, out, tables=list(spec.reproduces) or None, sweep_id=sweep_id)

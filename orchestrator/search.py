@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from trainables.common import read_metrics
+
 _DIST = re.compile(r"^\s*(loguniform|uniform|int|choice)\s*\((.*)\)\s*$")
 TUNABLE = ("lr", "alpha", "tau", "lam", "dropout", "epochs", "batch_size", "self_distill")
 
@@ -96,8 +98,6 @@ def run_study(storage: Path, key: str, space: dict[str, str], trials: int, metri
     src = trial_dirs / f"trial-{best.number}"
     for f in src.iterdir():
         shutil.copy2(f, out / f.name)
-    from trainables.common import read_metrics
-
     metrics = read_metrics(out)
     metrics.update({"optuna/best_value": float(best.value), "optuna/n_trials": float(len(study.trials)),
                     "optuna/best_trial": float(best.number),
