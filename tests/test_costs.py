@@ -1,0 +1,66 @@
+"""The cost model (orchestrator/costs.py + each kind's `cost` in trainables/kinds.py), with figures worked by hand.
+
+Packing and `--dry-run` size work by these estimates, so a silent change in a formula changes how cells share
+trials; these tests pin the formulas on the smoke sweep's local sizes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.costs import LOCAL_MS_PER_IMAGE, estimate, sizes, stage_seconds
+from orchestrator.plan import build_plan
+from orchestrator.spec import load_spec
+from trainables.kinds import KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return build_plan(load_spec(ROOT / "sweeps" / "smoke.yaml", "local"))
+
+
+def _one(plan, kind: str, **where):
+    return next(s for s in plan.stages.values()
+                if s.kind == kind and all(getattr(s.inputs.cell, k) == v for k, v in where.items()))
+
+
+def test_sizes_at_the_local_profile(plan) -> None:
+    s = sizes(plan.spec)
+    # smoke local: 200 train, 60 test, pool 160; eval = clean 60 + C 75 x 6 + P 10 x 3 sequences x 4 frames
+    assert (s.n_train, s.n_test, s.n_pool, s.n_eval) == (200, 60, 160, 60 + 450 + 120)
+
+
+def test_a_distillation_cell_costs_its_tail_passes(plan) -> None:
+    cell = _one(plan, "cell", method="ours")
+    # a = 0.5 of (pool + clean) = 180 images x 3 epochs x 3 (fwd + bwd), plus 10 MC passes over 630 eval images,
+    # all on the 5 % tail, at vit_small's 2.9 ms per image
+    expected = 0.05 * (3 * 3 * 180 + 10 * 630) * LOCAL_MS_PER_IMAGE["vit_small"] / 1000
+    assert stage_seconds(cell, plan.spec) == pytest.approx(expected)
+
+
+def test_teacher_and_data_stages(plan) -> None:
+    robust = next(s for s in plan.stages.values() if s.kind == "robustify_teacher")
+    # AugMix + JSD: 3 views x 3 (fwd + bwd) = 9 passes over the teacher's 120 clean + all 160 pool images, 1 epoch
+    assert stage_seconds(robust, plan.spec) == pytest.approx(9 * (120 + 160) * LOCAL_MS_PER_IMAGE["resnet34"] / 1000)
+    pool = next(s for s in plan.stages.values() if s.kind == "build_pool")
+    assert stage_seconds(pool, plan.spec) == pytest.approx((160 + 200 * 2) * 2.0 / 1000)  # 2 AE epochs
+
+
+def test_every_kind_is_priced_and_the_estimate_adds_up(plan) -> None:
+    report = estimate(plan)
+    assert set(report["per_kind"]) == {s.kind for s in plan.stages.values()} <= set(KINDS)
+    total = sum(stage_seconds(s, plan.spec) for s in plan.stages.values()) / 3600
+    assert report["total_device_hours"] == pytest.approx(total)
+    assert report["remaining_device_hours"] == pytest.approx(total)  # nothing cached
+    cached = build_plan(plan.spec, lambda kind, key: kind == "cell")
+    cells = sum(stage_seconds(s, plan.spec) for s in cached.stages.values() if s.kind == "cell") / 3600
+    assert estimate(cached)["remaining_device_hours"] == pytest.approx(total - cells)
+
+
+def test_paper_profile_uses_gflops_and_whole_splits() -> None:
+    plan = build_plan(load_spec(ROOT / "sweeps" / "smoke.yaml", "paper", ["data.n_train=null", "data.n_test=null"]))
+    s = sizes(plan.spec)
+    assert (s.n_train, s.n_test) == (1_281_167, 50_000)  # n_train / n_test null: the whole ImageNet splits
+    assert "gpu" in estimate(plan)["device"]
