@@ -1,9 +1,18 @@
 """The paper's tables and figures as declarative specs, and the engine that builds them from MLflow runs.
 
-Transitional: everything still lives in `_engine.py`; this package re-exports what callers import.
-"""
-from orchestrator.tables._engine import (AVG_SHIFTS, METHODS, MISSING, TABLE_IDS, TABLES, TIME_COL, Claim, Col,
-                                         TableResult, TableSpec, build_table, pretty)
+Layout: `_engine` (the spec data types and `build_table`), `claims` (claim machinery and generic checks),
+`names` (the paper's names for models and methods), one module per paper item (`supp_table1` … `supp_table6`,
+`supp_fig1` … `supp_fig4`, `main_fig1`: its spec, paper values, labels and claims) and `registry` (their order).
+Callers import from here; rendering lives in render.py.
 
-__all__ = ["AVG_SHIFTS", "METHODS", "MISSING", "TABLE_IDS", "TABLES", "TIME_COL", "Claim", "Col", "TableResult",
-           "TableSpec", "build_table", "pretty"]
+Why the package stays light: spec.py imports `TABLE_IDS` to validate a sweep's `reproduces:` list before anything
+starts, so importing it loads neither pandas/numpy (imported inside the functions that need them) nor torch/mlflow.
+"""
+from orchestrator.tables._engine import (AVG_SHIFTS, Claim, Col, Row, TableResult, TableSpec, build_table, match,
+                                         paper_view, select_runs)
+from orchestrator.tables.main_fig1 import TIME_COL
+from orchestrator.tables.names import METHODS, MISSING, pretty
+from orchestrator.tables.registry import TABLE_IDS, TABLES
+
+__all__ = ["AVG_SHIFTS", "METHODS", "MISSING", "TABLES", "TABLE_IDS", "TIME_COL", "Claim", "Col", "Row", "TableResult",
+           "TableSpec", "build_table", "match", "paper_view", "pretty", "select_runs"]
