@@ -217,6 +217,7 @@ def select_runs(spec: TableSpec, runs: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def _rows(spec: TableSpec, df: "pd.DataFrame") -> list[Row]:
+    """The spec's static rows, or one row per distinct value (combination) of `rows_from` among the runs."""
     if not spec.rows_from:
         return list(spec.rows)
     cols = [_column(k) for k in spec.rows_from]
@@ -301,15 +302,31 @@ def build_table(spec: TableSpec, runs: "pd.DataFrame") -> TableResult:
     Returns:
         The `TableResult`; cells without data are NaN (rendered "—"), never a guess.
     """
+    df = select_runs(spec, runs)
+    rows = _rows(spec, df)
+    frames, per_cell, mixed = _cells(spec, df, rows)
+    columns = {c.label: c for c in spec.cols}
+    if spec.avg_shifts:
+        frames, averages = _with_averages(spec, frames, per_cell, [r.label for r in rows])
+        columns.update(averages)
+    mean, std, n = frames
+    n = n.fillna(0).astype(int)
+    res = TableResult(spec, mean, std, n, _paper_frame(spec, mean), columns,
+                      {r.label: dict(r.where) for r in rows}, warnings=_warnings(df, mixed))
+    res.complete = _complete(spec, df, n)
+    res.claims = [check(res) for check in spec.claims]
+    res.paper_claims = [check(paper_view(res)) for check in spec.claims]
+    return res
+
+
+def _cells(spec: TableSpec, df: "pd.DataFrame", rows: list[Row]) -> tuple[tuple, dict, list[str]]:
+    """Every (row, spec column) cell: the (mean, std, n) frames, each cell's per-run values (the averages are
+    taken over those), and a mixing warning per cell that averages more than seeds."""
     import numpy as np
     import pandas as pd
 
-    df = select_runs(spec, runs)
-    rows = _rows(spec, df)
     labels = [r.label for r in rows]
-    main = [c for c in spec.cols if not c.extra]
-    extra = [c for c in spec.cols if c.extra]
-    cols = [c.label for c in main + extra]
+    cols = [c.label for c in spec.cols if not c.extra] + [c.label for c in spec.cols if c.extra]
     frames = (pd.DataFrame(np.nan, index=labels, columns=cols), pd.DataFrame(np.nan, index=labels, columns=cols),
               pd.DataFrame(0, index=labels, columns=cols))
     per_cell, mixed = {}, []
@@ -319,29 +336,41 @@ def build_table(spec: TableSpec, runs: "pd.DataFrame") -> TableResult:
             _put(frames, r.label, c.label, vals)
             if (w := _mixing(spec, df, r, c, vals)) is not None:
                 mixed.append(w)
-    warnings = [f"{len(mixed)} cell(s) average runs that share a seed, i.e. different configurations (e.g. "
-                f"{mixed[0]}): read one sweep id, or narrow the sweep"] if mixed else []
-    columns = {c.label: c for c in spec.cols}
-    if spec.avg_shifts:
-        avgs = _averages(spec, per_cell, labels, frames[0])
-        order = [c.label for c in main] + [AVG_SHIFTS] + [c.label for c in extra] + [a.label for a, _ in avgs[1:]]
-        frames = _with_columns(frames, order)
-        for col, by_row in avgs:
-            columns[col.label] = col
-            for r, vals in by_row.items():
-                _put(frames, r, col.label, vals)
-    mean, std, n = frames
-    n = n.fillna(0).astype(int)
+    return frames, per_cell, mixed
+
+
+def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[str]) -> tuple[tuple, dict]:
+    """The frames with the shift averages filled in, placed after the paper's columns ("Avg shifts") and after
+    the extra columns (the local average); and those average columns by label."""
+    avgs = _averages(spec, per_cell, labels, frames[0])
+    order = ([c.label for c in spec.cols if not c.extra] + [AVG_SHIFTS] + [c.label for c in spec.cols if c.extra]
+             + [a.label for a, _ in avgs[1:]])
+    frames = _with_columns(frames, order)
+    for col, by_row in avgs:
+        for r, vals in by_row.items():
+            _put(frames, r, col.label, vals)
+    return frames, {col.label: col for col, _ in avgs}
+
+
+def _warnings(df: "pd.DataFrame", mixed: list[str]) -> list[str]:
+    """Why the numbers may not be one configuration's: several sweep invocations, or cells mixing configurations
+    (one line for all of them, with the first as the example)."""
+    out = []
     if "tags.sweep_id" in df and df["tags.sweep_id"].nunique() > 1:
-        warnings.insert(0, f"runs of {df['tags.sweep_id'].nunique()} sweep invocations are read together "
-                           "(pass a sweep id to read one)")
-    res = TableResult(spec, mean, std, n, _paper_frame(spec, mean), columns,
-                      {r.label: dict(r.where) for r in rows}, warnings=warnings)
-    rows_with_data = int((n.drop(columns=[c.label for c in extra]).sum(axis=1) > 0).sum())
-    res.complete = rows_with_data >= spec.min_rows and all(not match(df, w).empty for w in spec.needs)
-    res.claims = [check(res) for check in spec.claims]
-    res.paper_claims = [check(paper_view(res)) for check in spec.claims]
-    return res
+        out.append(f"runs of {df['tags.sweep_id'].nunique()} sweep invocations are read together "
+                   "(pass a sweep id to read one)")
+    if mixed:
+        out.append(f"{len(mixed)} cell(s) average runs that share a seed, i.e. different configurations (e.g. "
+                   f"{mixed[0]}): read one sweep id, or narrow the sweep")
+    return out
+
+
+def _complete(spec: TableSpec, df: "pd.DataFrame", n: "pd.DataFrame") -> bool:
+    """Whether the runs the paper's item is made of are there: `min_rows` rows with data outside the extra
+    columns, and a run for each filter in `needs`."""
+    extra = [c.label for c in spec.cols if c.extra]
+    rows_with_data = int((n.drop(columns=extra).sum(axis=1) > 0).sum())
+    return rows_with_data >= spec.min_rows and all(not match(df, w).empty for w in spec.needs)
 
 
 def _with_columns(frames: tuple, order: list[str]) -> tuple:
@@ -351,6 +380,7 @@ def _with_columns(frames: tuple, order: list[str]) -> tuple:
 
 
 def _paper_frame(spec: TableSpec, mean: "pd.DataFrame") -> "pd.DataFrame":
+    """The paper's values laid out like ours (NaN where the paper prints none)."""
     import numpy as np
     import pandas as pd
 
