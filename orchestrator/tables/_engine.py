@@ -169,11 +169,8 @@ class TableResult:
     complete: bool = False          # the runs the paper's item is made of are there (see TableSpec.needs)
 
     def col(self, label: str) -> Col:
+        """The column's spec, by label (an average column's too)."""
         return self.columns.get(label) or Col(label, "")
-
-    @property
-    def has_data(self) -> bool:
-        return bool(self.n.to_numpy().sum() > 0)
 
 
 # ------------------------------------------------------------------------------------------------ selecting runs
