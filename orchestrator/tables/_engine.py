@@ -103,6 +103,7 @@ class TableSpec:
         source: which runs it reads: 'cell' (`tags.kind == 'cell'`) or 'stage' runs.
         where: a filter every run it reads must pass (params or tags).
         rows: static rows; or `rows_from` params whose distinct values become rows (figures' x axes).
+        row_label: the label of a `rows_from` row from its param values (default: the values joined by " / ").
         cols: the columns.
         seed: the param aggregated over (mean ± std); None when runs are not seeded (parameter counts).
         paper: (row label, column label) -> the paper's printed value.
