@@ -11,7 +11,7 @@ import io
 import math
 from typing import Sequence
 
-from orchestrator.tables import MISSING, TIME_COL, Claim, Col, TableResult
+from orchestrator.tables import METHODS, MISSING, TIME_COL, Claim, Col, TableResult, pretty
 
 MARK = {True: "✓", False: "✗", None: "?"}
 WORD = {True: "holds", False: "does not hold", None: "not enough data"}
@@ -178,8 +178,6 @@ def _bar(ax, res: TableResult) -> None:
 
 def _scatter(ax, res: TableResult) -> None:
     """Main Figure 1: one point per (student, method), coloured by method, labelled with the student."""
-    from orchestrator.tables import METHODS, pretty
-
     pts = res.mean[["C acc", TIME_COL]].dropna() if {"C acc", TIME_COL} <= set(res.mean) else res.mean.iloc[0:0]
     methods = sorted({res.row_where[r].get("method", "") for r in pts.index}, key=list(METHODS).index)
     for k, m in enumerate(methods):
