@@ -26,24 +26,22 @@ trailing units, so the same cut applies at any input size, patch size or class c
 from __future__ import annotations
 
 import copy
-import difflib
-import logging
 import math
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Family = Literal["timm", "open_clip"]
-Role = Literal["teacher", "student"]
-Unit = tuple[str, nn.Module]
-EntryPoint = Callable[..., nn.Module]
+from trainables.models._builder import build_network
+from trainables.models._layers import Normalize, Residual, TokenPool, cut_residual, seq
+from trainables.models._params import fixed_parameters, numel, tunable_parameters, unique
+from trainables.models._registry import (EntryPoint, Family, ModelCfg, Role, SplitRule, Unit, UnknownModelError,
+                                         get_model_cfg, list_models, model_entrypoint, register_model)
+
 
 HEADS = ("clean", "unclean", "combined")
 PAPER_NUM_CLASSES = 1000
@@ -56,199 +54,7 @@ _S0 = "original_tail"
 _DIGITS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
 
 
-class UnknownModelError(ValueError):
-    """A model name that is not registered; the message lists the closest registered names."""
-
-
-# ============================================================================================ config and registry
-
-
-@dataclass(frozen=True)
-class SplitRule:
-    """A family's split rule: its unit chain, and the budget for models that have no Table 5 entry.
-
-    The rule's text is the chain function's docstring (`describe()`), so code and documentation cannot drift.
-    """
-
-    name: str
-    chain: Callable[[nn.Module], list[Unit]]
-    default_budget_m: float
-
-    def describe(self) -> str:
-        """The rule in words (the chain function's docstring, whitespace collapsed)."""
-        return " ".join((self.chain.__doc__ or "").split())
-
-
-@dataclass(frozen=True)
-class ModelCfg:
-    """What pipelines need to know about one registered model (the idea of timm's `PretrainedCfg`).
-
-    Attributes:
-        name: registry name (the paper's name for the model).
-        family: the library that builds it.
-        arch: the library's architecture name (timm model name / open_clip model name).
-        roles: the paper's roles for it, i.e. the sweep vocabulary ('teacher' and/or 'student').
-        mean, std: input normalisation of the paper's weights; the model applies it itself.
-        input_size: native (paper) input resolution.
-        paper_tag: the paper's weights: timm `arch.tag` or open_clip `pretrained=` name.
-        split: the family's split rule.
-        paper_tuned_m, paper_total_m: supplement Table 5 in millions of parameters; None where it has no entry.
-        size_kwarg: the builder keyword that sets the input size (None: the architecture is size-agnostic).
-        arch_kwargs: fixed builder options that make the architecture match the paper's weights.
-    """
-
-    name: str
-    family: Family
-    arch: str
-    roles: tuple[Role, ...]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: int
-    paper_tag: str
-    split: SplitRule
-    paper_tuned_m: float | None = None
-    paper_total_m: float | None = None
-    size_kwarg: str | None = None
-    arch_kwargs: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def budget_m(self) -> float:
-        """Tuned budget the split aims at: Table 5's, else the family rule's."""
-        return self.paper_tuned_m if self.paper_tuned_m is not None else self.split.default_budget_m
-
-
-@dataclass(frozen=True)
-class _Entry:
-    cfg: ModelCfg
-    fn: EntryPoint
-
-
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register_model(cfg: ModelCfg) -> Callable[[EntryPoint], EntryPoint]:
-    """Decorator: register an entry point under `cfg.name`.
-
-    Args:
-        cfg: the model's metadata; the decorated function must carry the same name (as in timm).
-
-    Returns:
-        The decorator, which returns the function unchanged.
-    """
-    def deco(fn: EntryPoint) -> EntryPoint:
-        if fn.__name__ != cfg.name or cfg.name in _REGISTRY:
-            raise ValueError(f"entry point {fn.__name__!r} vs cfg {cfg.name!r}: names must match and be unique")
-        _REGISTRY[cfg.name] = _Entry(cfg, fn)
-        return fn
-    return deco
-
-
-def list_models(role: str | None = None) -> list[str]:
-    """Registered names in registration order.
-
-    Args:
-        role: 'teacher' or 'student' to keep the paper's models for that role; None or 'model' for all.
-
-    Raises:
-        ValueError: an unknown role.
-    """
-    if role in (None, "model"):
-        return list(_REGISTRY)
-    if role not in ("teacher", "student"):
-        raise ValueError(f"unknown role {role!r}; allowed: teacher, student, model")
-    return [n for n, e in _REGISTRY.items() if role in e.cfg.roles]
-
-
-def get_model_cfg(name: str) -> ModelCfg:
-    """The `ModelCfg` of a registered model.
-
-    Raises:
-        UnknownModelError: `name` is not registered; the message lists close matches and every name.
-    """
-    return _entry(name).cfg
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}{hint}; registered: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
 # ============================================================================================ small modules
-
-
-class Normalize(nn.Module):
-    """[0, 1] images -> normalised. Buffers are non-persistent: state dicts stay the architecture's own."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-
-def _seq(*mods: nn.Module | None) -> nn.Sequential:
-    """Sequential of the given modules, skipping None (timm leaves optional layers as None)."""
-    return nn.Sequential(*[m for m in mods if m is not None])
-
-
-class _Residual(nn.Module):
-    """x + body(x): a whole residual branch as one unit."""
-
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class _OpenResidual(nn.Module):
-    """First piece of a cut residual block: x -> cat(shortcut(x), body(x)), so the shortcut travels along."""
-
-    def __init__(self, shortcut: nn.Module | None, body: nn.Module, dim: int) -> None:
-        super().__init__()
-        self.shortcut, self.body, self.dim = shortcut if shortcut is not None else nn.Identity(), body, dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([self.shortcut(x), self.body(x)], self.dim)
-
-
-class _CarryResidual(nn.Module):
-    """Middle piece: cat(s, h) -> cat(s, body(h)); `width` is the shortcut's size along `dim`."""
-
-    def __init__(self, body: nn.Module, width: int, dim: int) -> None:
-        super().__init__()
-        self.body, self.width, self.dim = body, width, dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        s, h = x.split([self.width, x.shape[self.dim] - self.width], self.dim)
-        return torch.cat([s, self.body(h)], self.dim)
-
-
-class _CloseResidual(nn.Module):
-    """Last piece: cat(s, h) -> act(s + body(h))."""
-
-    def __init__(self, body: nn.Module, act: nn.Module, width: int, dim: int) -> None:
-        super().__init__()
-        self.body, self.act, self.width, self.dim = body, act, width, dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        s, h = x.split([self.width, x.shape[self.dim] - self.width], self.dim)
-        return self.act(self.body(h) + s)
-
-
-def _cut_residual(prefix: str, pieces: list[Unit], shortcut: nn.Module | None, act: nn.Module, width: int,
-                  dim: int) -> list[Unit]:
-    """Units for one residual block act(shortcut(x) + pieces(x)), cut between its pieces."""
-    (n0, first), *middle, (nl, last) = pieces
-    units = [(f"{prefix}.{n0}", _OpenResidual(shortcut, first, dim))]
-    units += [(f"{prefix}.{n}", _CarryResidual(m, width, dim)) for n, m in middle]
-    return units + [(f"{prefix}.{nl}", _CloseResidual(last, act, width, dim))]
 
 
 class _SelfAttention(nn.Module):
@@ -279,20 +85,6 @@ class _TimmVitEmbed(nn.Module):
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.norm_pre(self.patch_drop(self.pos_drop(x)))
-
-
-class _TokenPool(nn.Module):
-    """norm -> class token ('tok'/'token') or mean of the other tokens ('avg') -> post-pool norm."""
-
-    def __init__(self, norm: nn.Module, pool: str, prefix_tokens: int, post: nn.Module | None = None) -> None:
-        super().__init__()
-        if pool not in ("tok", "token", "avg"):
-            raise NotImplementedError(f"pooling {pool!r} is not split (class token or average only)")
-        self.norm, self.post, self.avg, self.prefix = norm, post or nn.Identity(), pool == "avg", prefix_tokens
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        return self.post(x[:, self.prefix:].mean(1) if self.avg else x[:, 0])
 
 
 class _ClipVitEmbed(nn.Module):
@@ -377,7 +169,7 @@ def timm_resnet_chain(net: nn.Module) -> list[Unit]:
     conv2 | bn2 + shortcut + act), then global pool; head: fc. At 1000 classes fc alone (2.05M) nearly fills
     ResNet-101's 2.1M, so ResNet-101 tunes only bn3 + fc (the one cut within 20 % of Table 5) and ResNet-152
     (2.6M) tunes conv3 + bn3 + fc (3.1M); the head is then most of the tuning portion, not one fifth."""
-    units: list[Unit] = [("stem", _seq(net.conv1, net.bn1, net.act1, net.maxpool))]
+    units: list[Unit] = [("stem", seq(net.conv1, net.bn1, net.act1, net.maxpool))]
     units += [(f"layer{i}", getattr(net, f"layer{i}")) for i in (1, 2, 3)]
     *blocks, last = net.layer4
     units += [(f"layer4.{i}", b) for i, b in enumerate(blocks)]
@@ -387,12 +179,12 @@ def timm_resnet_chain(net: nn.Module) -> list[Unit]:
 
 def _timm_resnet_block(prefix: str, b: nn.Module) -> list[Unit]:
     if hasattr(b, "conv3"):  # Bottleneck
-        pieces = [("conv1", _seq(b.conv1, b.bn1, b.act1)), ("conv2", _seq(b.conv2, b.bn2, b.drop_block, b.act2, b.aa)),
-                  ("conv3", b.conv3), ("out", _seq(b.bn3, b.se, b.drop_path))]
-        return _cut_residual(prefix, pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
-    pieces = [("conv1", _seq(b.conv1, b.bn1, b.drop_block, b.act1, b.aa)), ("conv2", b.conv2),
-              ("out", _seq(b.bn2, b.se, b.drop_path))]
-    return _cut_residual(prefix, pieces, b.downsample, b.act2, b.conv2.out_channels, dim=1)
+        pieces = [("conv1", seq(b.conv1, b.bn1, b.act1)), ("conv2", seq(b.conv2, b.bn2, b.drop_block, b.act2, b.aa)),
+                  ("conv3", b.conv3), ("out", seq(b.bn3, b.se, b.drop_path))]
+        return cut_residual(prefix, pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
+    pieces = [("conv1", seq(b.conv1, b.bn1, b.drop_block, b.act1, b.aa)), ("conv2", b.conv2),
+              ("out", seq(b.bn2, b.se, b.drop_path))]
+    return cut_residual(prefix, pieces, b.downsample, b.act2, b.conv2.out_channels, dim=1)
 
 
 def timm_vit_chain(net: nn.Module) -> list[Unit]:
@@ -406,12 +198,12 @@ def timm_vit_chain(net: nn.Module) -> list[Unit]:
     units: list[Unit] = [("embed", _TimmVitEmbed(net))]
     units += [(f"blocks.{i}", blk) for i, blk in enumerate(blocks)]
     p = f"blocks.{len(blocks)}"
-    units.append((f"{p}.attn", _Residual(_seq(b.norm1, b.attn, b.ls1, b.drop_path1))))
+    units.append((f"{p}.attn", Residual(seq(b.norm1, b.attn, b.ls1, b.drop_path1))))
     mlp = b.mlp
-    pieces = [("fc1", _seq(b.norm2, mlp.fc1, mlp.act)), ("fc2", _seq(mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2, b.ls2,
+    pieces = [("fc1", seq(b.norm2, mlp.fc1, mlp.act)), ("fc2", seq(mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2, b.ls2,
                                                                       b.drop_path2))]
-    units += _cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.norm1.normalized_shape[0], dim=-1)
-    pool = _TokenPool(net.norm, net.global_pool, net.num_prefix_tokens, net.fc_norm)
+    units += cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.norm1.normalized_shape[0], dim=-1)
+    pool = TokenPool(net.norm, net.global_pool, net.num_prefix_tokens, net.fc_norm)
     return units + [("pool", pool), ("head", net.head)]
 
 
@@ -423,13 +215,13 @@ def clip_resnet_chain(net: nn.Module) -> list[Unit]:
     bn3 + c_proj (4.5M, head 24 %); RN-50 (3.9M), whose c_proj alone is 2.1M, tunes conv3, bn3 + c_proj (3.15M,
     head 67 %)."""
     v = net.visual
-    stem = _seq(v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3, v.avgpool)
+    stem = seq(v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3, v.avgpool)
     units: list[Unit] = [("stem", stem)] + [(f"layer{i}", getattr(v, f"layer{i}")) for i in (1, 2, 3)]
     *blocks, b = v.layer4
     units += [(f"layer4.{i}", blk) for i, blk in enumerate(blocks)]
-    pieces = [("conv1", _seq(b.conv1, b.bn1, b.act1)), ("conv2", _seq(b.conv2, b.bn2, b.act2, b.avgpool)),
+    pieces = [("conv1", seq(b.conv1, b.bn1, b.act1)), ("conv2", seq(b.conv2, b.bn2, b.act2, b.avgpool)),
               ("conv3", b.conv3), ("out", b.bn3)]
-    units += _cut_residual(f"layer4.{len(blocks)}", pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
+    units += cut_residual(f"layer4.{len(blocks)}", pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
     return units + [("attnpool", _AttnPoolTokens(v.attnpool)), ("c_proj", v.attnpool.c_proj)]
 
 
@@ -443,11 +235,11 @@ def clip_vit_chain(net: nn.Module) -> list[Unit]:
     *blocks, b = v.transformer.resblocks
     units: list[Unit] = [("embed", _ClipVitEmbed(v))] + [(f"resblocks.{i}", blk) for i, blk in enumerate(blocks)]
     p = f"resblocks.{len(blocks)}"
-    units.append((f"{p}.attn", _Residual(_seq(b.ln_1, _SelfAttention(b.attn), b.ls_1))))
+    units.append((f"{p}.attn", Residual(seq(b.ln_1, _SelfAttention(b.attn), b.ls_1))))
     mid = getattr(b.mlp, "ln", None)
-    pieces = [("c_fc", _seq(b.ln_2, b.mlp.c_fc, b.mlp.gelu)), ("c_proj", _seq(mid, b.mlp.c_proj, b.ls_2))]
-    units += _cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.ln_1.normalized_shape[0], dim=-1)
-    return units + [("pool", _TokenPool(v.ln_post, v.pool_type, 1)), ("proj", _Projection(v.proj))]
+    pieces = [("c_fc", seq(b.ln_2, b.mlp.c_fc, b.mlp.gelu)), ("c_proj", seq(mid, b.mlp.c_proj, b.ls_2))]
+    units += cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.ln_1.normalized_shape[0], dim=-1)
+    return units + [("pool", TokenPool(v.ln_post, v.pool_type, 1)), ("proj", _Projection(v.proj))]
 
 
 # Family budgets for models without a Table 5 entry: the paper's budget for the family's closest student.
@@ -545,54 +337,7 @@ def clip_vit_l14_336(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
     return build_network(cfg, **kwargs)
 
 
-# ============================================================================================ the one builder
-
-
-@contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """open_clip logs "No pretrained weights loaded" on the root logger at every random init: hush it, briefly."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def build_network(cfg: ModelCfg, *, num_classes: int, img_size: int, tag: str | None = None,
-                  device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
-    """The library's own, unsplit network: a timm classifier or an open_clip CLIP model.
-
-    Every entry point delegates here, so the offline rules live in one place: nothing is downloaded unless a
-    hub tag is given; `None` overrides are dropped (as timm's factory does); the input size is passed the way each
-    library wants it (timm ViT `img_size`, open_clip `force_image_size`; ResNets are size-agnostic).
-
-    Args:
-        cfg: the model's metadata.
-        num_classes: classifier width (timm; open_clip models classify through text embeddings instead).
-        img_size: input resolution.
-        tag: a resolved hub tag (timm `arch.tag`, open_clip pretrained name): loads the library's weights.
-        device: e.g. 'meta' to count parameters without allocating memory.
-        **overrides: library keywords, e.g. `patch_size=8` for timm ViTs.
-
-    Returns:
-        The network, in train mode as the library returns it.
-    """
-    kwargs = dict(cfg.arch_kwargs)
-    if cfg.size_kwarg:
-        kwargs[cfg.size_kwarg] = img_size
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    with (torch.device(device) if device is not None else nullcontext()), _quiet_root_logger():
-        if cfg.family == "timm":
-            import timm
-
-            return timm.create_model(tag or cfg.arch, pretrained=tag is not None, num_classes=num_classes, **kwargs)
-        import open_clip
-
-        if device is not None:
-            kwargs["device"] = device
-        return open_clip.create_model(cfg.arch, pretrained=tag, **kwargs)
+# ============================================================================================ weight tags
 
 
 def _resolve_weights(cfg: ModelCfg, pretrained: str | None) -> tuple[str | None, Path | None]:
@@ -664,7 +409,7 @@ def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: st
         raise ValueError(f"{name!r} is not a teacher (open_clip models have no classifier); "
                          f"teachers: {', '.join(list_models('teacher'))}")
     tag, path = _resolve_weights(cfg, pretrained)
-    net = _entry(name).fn(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **_split_knobs(overrides)[1])
+    net = model_entrypoint(name)(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **_split_knobs(overrides)[1])
     teacher = Teacher(net, cfg)
     if path is not None:
         _load_either(net, teacher, _read_state_dict(path), path)
@@ -672,27 +417,6 @@ def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: st
 
 
 # ============================================================================================ students
-
-
-def _tunable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """Parameters the split may tune: all but those inside modules marked `tunable = False` (deduplicated)."""
-    fixed = {id(p) for p in _fixed_parameters(module)}
-    return _unique(p for p in module.parameters() if id(p) not in fixed)
-
-
-def _fixed_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return _unique(p for m in module.modules() if getattr(m, "tunable", True) is False for p in m.parameters())
-
-
-def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    seen: dict[int, nn.Parameter] = {}
-    for p in params:
-        seen.setdefault(id(p), p)
-    return list(seen.values())
-
-
-def _numel(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in _unique(params))
 
 
 def _named(units: list[Unit]) -> list[Unit]:
@@ -758,7 +482,7 @@ class Student(nn.Module):
 
     def tuned_parameters(self) -> list[nn.Parameter]:
         """Trunk + all three heads (what distillation optimises)."""
-        return _unique(_tunable_parameters(self.trunk) + [p for h in HEADS for p in _tunable_parameters(self.heads[h])])
+        return unique(tunable_parameters(self.trunk) + [p for h in HEADS for p in tunable_parameters(self.heads[h])])
 
     @torch.no_grad()
     def encode(self, x01: Tensor) -> Tensor:
@@ -780,7 +504,7 @@ class Student(nn.Module):
 
     def snapshot_original(self) -> None:
         """Take S0 = a frozen copy of the current trunk + clean head (call after loading or pretraining)."""
-        fixed = {id(p): p for p in _fixed_parameters(self.trunk)}  # never tuned: share, don't copy
+        fixed = {id(p): p for p in fixed_parameters(self.trunk)}  # never tuned: share, don't copy
         tail = nn.Sequential(OrderedDict(trunk=copy.deepcopy(self.trunk, dict(fixed)),
                                          head=copy.deepcopy(self.heads["clean"])))
         for p in tail.parameters():
@@ -791,9 +515,9 @@ class Student(nn.Module):
     def param_counts(self) -> dict[str, int]:
         """{'tuned': trunk + ONE head (the paper's tuning portion), 'trained': trunk + 3 heads, 'head': one head,
         'total': the whole model as the paper counts it (CLIP: image + text tower), each parameter once}."""
-        trunk, head = _numel(_tunable_parameters(self.trunk)), _numel(_tunable_parameters(self.heads["clean"]))
+        trunk, head = numel(tunable_parameters(self.trunk)), numel(tunable_parameters(self.heads["clean"]))
         parts = [self.frozen, self.trunk, self.heads["clean"]] + ([self.text_tower] if self.is_clip else [])
-        total = _numel(p for m in parts for p in m.parameters())
+        total = numel(p for m in parts for p in m.parameters())
         return {"tuned": trunk + head, "trained": trunk + 3 * head, "head": head, "total": total}
 
     def set_class_names(self, class_names: list[str], prompt: str | None = None) -> None:
@@ -862,7 +586,7 @@ def create_student(name: str, *, num_classes: int, img_size: int, class_names: l
         raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
     knobs, lib = _split_knobs(overrides)
     tag, path = _resolve_weights(cfg, pretrained)
-    net = _entry(name).fn(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **lib)
+    net = model_entrypoint(name)(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **lib)
     state = _read_state_dict(path) if path is not None else None
     if state is not None and set(state) == set(net.state_dict()):
         _load_checked(net, state, path)  # the library's own checkpoint: load before cutting
@@ -891,9 +615,9 @@ def _assemble(cfg: ModelCfg, net: nn.Module, k: int, dropout: float, class_names
 def _paper_profile(name: str) -> tuple[tuple[tuple[str, int], ...], int]:
     """((unit name, tunable parameters) per unit, total parameters) at paper settings, built on the meta device."""
     cfg = get_model_cfg(name)
-    net = _entry(name).fn(cfg, num_classes=PAPER_NUM_CLASSES, img_size=cfg.input_size, device="meta")
-    total = _numel(net.parameters())
-    return tuple((n, _numel(_tunable_parameters(m))) for n, m in cfg.split.chain(net)), total
+    net = model_entrypoint(name)(cfg, num_classes=PAPER_NUM_CLASSES, img_size=cfg.input_size, device="meta")
+    total = numel(net.parameters())
+    return tuple((n, numel(tunable_parameters(m))) for n, m in cfg.split.chain(net)), total
 
 
 @lru_cache(maxsize=None)
