@@ -39,302 +39,17 @@ from torch import Tensor, nn
 from trainables.models._builder import build_network
 from trainables.models._layers import Normalize, Residual, TokenPool, cut_residual, seq
 from trainables.models._params import fixed_parameters, numel, tunable_parameters, unique
+from trainables.models import resnet, vit, clip  # noqa: F401  (registration order = list_models() order)
+from trainables.models.clip import text_classifier_and_tower, text_embeddings
 from trainables.models._registry import (EntryPoint, Family, ModelCfg, Role, SplitRule, Unit, UnknownModelError,
                                          get_model_cfg, list_models, model_entrypoint, register_model)
 
 
 HEADS = ("clean", "unclean", "combined")
 PAPER_NUM_CLASSES = 1000
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's augreg ViT weights
-OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 STUDENT_KNOBS = ("budget_m", "prompt")  # split/prompt knobs: never reach the library builders
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _S0 = "original_tail"
-_DIGITS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
-
-
-# ============================================================================================ small modules
-
-
-class _SelfAttention(nn.Module):
-    """open_clip's batch-first nn.MultiheadAttention called as self-attention on one tensor."""
-
-    def __init__(self, attn: nn.MultiheadAttention) -> None:
-        super().__init__()
-        if not attn.batch_first:
-            raise NotImplementedError("open_clip attention must be batch-first")
-        self.attn = attn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.attn(x, x, x, need_weights=False)[0]
-
-
-class _TimmVitEmbed(nn.Module):
-    """Patch embedding + class token + position embedding (timm's standard ViT), then patch drop and norm_pre."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        if m.cls_token is None or m.reg_token is not None or m.no_embed_class or m.dynamic_img_size:
-            raise NotImplementedError("only class-token ViTs with a plain position embedding are split")
-        self.patch_embed, self.pos_drop, self.patch_drop, self.norm_pre = (
-            m.patch_embed, m.pos_drop, m.patch_drop, m.norm_pre)
-        self.cls_token, self.pos_embed = m.cls_token, m.pos_embed
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.norm_pre(self.patch_drop(self.pos_drop(x)))
-
-
-class _ClipVitEmbed(nn.Module):
-    """open_clip VisionTransformer's conv patch embedding + class and position embeddings, patch dropout, ln_pre."""
-
-    def __init__(self, v: nn.Module) -> None:
-        super().__init__()
-        if v.attn_pool is not None or v.final_ln_after_pool:
-            raise NotImplementedError("open_clip ViTs with attentional pooling are not split")
-        self.conv1, self.patch_dropout, self.ln_pre = v.conv1, v.patch_dropout, v.ln_pre
-        self.class_embedding, self.positional_embedding = v.class_embedding, v.positional_embedding
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(x).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        return self.ln_pre(self.patch_dropout(x))
-
-
-class _Projection(nn.Module):
-    """x @ proj with CLIP's own (width, embed) matrix, kept under its own name."""
-
-    def __init__(self, proj: nn.Parameter) -> None:
-        super().__init__()
-        self.proj = proj
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x @ self.proj
-
-
-class _AttnPoolTokens(nn.Module):
-    """CLIP ModifiedResNet's attention pooling up to (not including) its output projection c_proj.
-
-    Fixed (`tunable = False`): its q/k/v projections hold 12.6M (RN-50) parameters, three times the paper's whole
-    budget, so the tuned trunk passes through it with the pretrained attention; c_proj starts the head.
-    """
-
-    tunable = False
-
-    def __init__(self, ap: nn.Module) -> None:
-        super().__init__()
-        self.positional_embedding, self.num_heads = ap.positional_embedding, ap.num_heads
-        self.q_proj, self.k_proj, self.v_proj = ap.q_proj, ap.k_proj, ap.v_proj
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(2).transpose(1, 2)  # (N, HW, C)
-        x = torch.cat([x.mean(1, keepdim=True), x], 1) + self.positional_embedding.to(x.dtype)
-        q, k, v = self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x)  # only the mean token's output is used
-        out = F.scaled_dot_product_attention(*(_split_heads(t, self.num_heads) for t in (q, k, v)))
-        return out.transpose(1, 2).flatten(1)
-
-
-def _split_heads(t: Tensor, num_heads: int) -> Tensor:
-    """(N, L, C) -> (N, heads, L, C / heads), the layout of nn.MultiheadAttention."""
-    return t.view(t.shape[0], t.shape[1], num_heads, -1).transpose(1, 2)
-
-
-class _TextClassifier(nn.Module):
-    """CLIP's zero-shot classifier: logit_scale * cosine(image embedding, class-prompt text embedding).
-
-    Both are frozen buffers (persistent, so a saved student keeps its classes), computed once by the text tower.
-    """
-
-    def __init__(self, text_emb: Tensor, logit_scale: float) -> None:
-        super().__init__()
-        self.register_buffer("text_emb", F.normalize(text_emb.detach().float(), dim=-1))
-        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
-
-    def set_text(self, text_emb: Tensor) -> None:
-        self.text_emb = F.normalize(text_emb.detach().float(), dim=-1).to(self.text_emb.device)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logit_scale * F.normalize(x, dim=-1) @ self.text_emb.t()
-
-
-# ============================================================================================ family split rules
-
-
-def timm_resnet_chain(net: nn.Module) -> list[Unit]:
-    """timm ResNet. Units: stem, layer1, layer2, layer3, every layer4 block but the last, then the last block cut
-    at each conv: conv1 (+bn1, act) | conv2 (+bn2, act) | conv3 | bn3 + shortcut + act (basic blocks: conv1 |
-    conv2 | bn2 + shortcut + act), then global pool; head: fc. At 1000 classes fc alone (2.05M) nearly fills
-    ResNet-101's 2.1M, so ResNet-101 tunes only bn3 + fc (the one cut within 20 % of Table 5) and ResNet-152
-    (2.6M) tunes conv3 + bn3 + fc (3.1M); the head is then most of the tuning portion, not one fifth."""
-    units: list[Unit] = [("stem", seq(net.conv1, net.bn1, net.act1, net.maxpool))]
-    units += [(f"layer{i}", getattr(net, f"layer{i}")) for i in (1, 2, 3)]
-    *blocks, last = net.layer4
-    units += [(f"layer4.{i}", b) for i, b in enumerate(blocks)]
-    units += _timm_resnet_block(f"layer4.{len(blocks)}", last)
-    return units + [("pool", net.global_pool), ("fc", net.fc)]
-
-
-def _timm_resnet_block(prefix: str, b: nn.Module) -> list[Unit]:
-    if hasattr(b, "conv3"):  # Bottleneck
-        pieces = [("conv1", seq(b.conv1, b.bn1, b.act1)), ("conv2", seq(b.conv2, b.bn2, b.drop_block, b.act2, b.aa)),
-                  ("conv3", b.conv3), ("out", seq(b.bn3, b.se, b.drop_path))]
-        return cut_residual(prefix, pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
-    pieces = [("conv1", seq(b.conv1, b.bn1, b.drop_block, b.act1, b.aa)), ("conv2", b.conv2),
-              ("out", seq(b.bn2, b.se, b.drop_path))]
-    return cut_residual(prefix, pieces, b.downsample, b.act2, b.conv2.out_channels, dim=1)
-
-
-def timm_vit_chain(net: nn.Module) -> list[Unit]:
-    """timm ViT. Units: patch + position embedding, every block but the last, then the last block cut as
-    attention (norm1 + attn + residual) | mlp.fc1 (norm2 + fc1 + act) | mlp.fc2 + residual, then final norm +
-    class-token pool; head: the classifier. ViT-S (2.3M) tunes the whole last block (2.2M), ViT-B (3.1M) the last
-    fc2 (3.1M); the classifier is 18 % / 25 % of the tuning portion."""
-    if type(net.blocks[-1].mlp).__name__ != "Mlp" or net.attn_pool is not None:
-        raise NotImplementedError(f"{type(net).__name__}: only plain-MLP, token/avg-pool ViTs are split")
-    *blocks, b = net.blocks
-    units: list[Unit] = [("embed", _TimmVitEmbed(net))]
-    units += [(f"blocks.{i}", blk) for i, blk in enumerate(blocks)]
-    p = f"blocks.{len(blocks)}"
-    units.append((f"{p}.attn", Residual(seq(b.norm1, b.attn, b.ls1, b.drop_path1))))
-    mlp = b.mlp
-    pieces = [("fc1", seq(b.norm2, mlp.fc1, mlp.act)), ("fc2", seq(mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2, b.ls2,
-                                                                      b.drop_path2))]
-    units += cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.norm1.normalized_shape[0], dim=-1)
-    pool = TokenPool(net.norm, net.global_pool, net.num_prefix_tokens, net.fc_norm)
-    return units + [("pool", pool), ("head", net.head)]
-
-
-def clip_resnet_chain(net: nn.Module) -> list[Unit]:
-    """open_clip ModifiedResNet (image tower). Units: 3-conv stem, layer1, layer2, layer3, every layer4 block but
-    the last, then the last block cut at each conv: conv1 | conv2 (+avgpool) | conv3 | bn3 + shortcut + act, then
-    the attention pool WITHOUT c_proj and with its q/k/v FIXED (12.6M for RN-50: three times the budget); head:
-    c_proj (the projection into the joint space) + the frozen text classifier. RN-101 (4.1M) tunes conv2, conv3,
-    bn3 + c_proj (4.5M, head 24 %); RN-50 (3.9M), whose c_proj alone is 2.1M, tunes conv3, bn3 + c_proj (3.15M,
-    head 67 %)."""
-    v = net.visual
-    stem = seq(v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3, v.avgpool)
-    units: list[Unit] = [("stem", stem)] + [(f"layer{i}", getattr(v, f"layer{i}")) for i in (1, 2, 3)]
-    *blocks, b = v.layer4
-    units += [(f"layer4.{i}", blk) for i, blk in enumerate(blocks)]
-    pieces = [("conv1", seq(b.conv1, b.bn1, b.act1)), ("conv2", seq(b.conv2, b.bn2, b.act2, b.avgpool)),
-              ("conv3", b.conv3), ("out", b.bn3)]
-    units += cut_residual(f"layer4.{len(blocks)}", pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
-    return units + [("attnpool", _AttnPoolTokens(v.attnpool)), ("c_proj", v.attnpool.c_proj)]
-
-
-def clip_vit_chain(net: nn.Module) -> list[Unit]:
-    """open_clip VisionTransformer (image tower). Units: conv patch embedding + class/position embeddings + ln_pre,
-    every residual block but the last, then the last block cut as attention (ln_1 + attn + residual) | mlp.c_fc
-    (ln_2 + c_fc + gelu) | mlp.c_proj + residual, then ln_post + class-token pool; head: proj (into the joint
-    space) + the frozen text classifier. ViT-B/16 (4.3M) tunes the last MLP + proj (5.1M, head 8 %), ViT-L/14
-    (5.6M) the last c_proj + proj (5.0M, head 16 %)."""
-    v = net.visual
-    *blocks, b = v.transformer.resblocks
-    units: list[Unit] = [("embed", _ClipVitEmbed(v))] + [(f"resblocks.{i}", blk) for i, blk in enumerate(blocks)]
-    p = f"resblocks.{len(blocks)}"
-    units.append((f"{p}.attn", Residual(seq(b.ln_1, _SelfAttention(b.attn), b.ls_1))))
-    mid = getattr(b.mlp, "ln", None)
-    pieces = [("c_fc", seq(b.ln_2, b.mlp.c_fc, b.mlp.gelu)), ("c_proj", seq(mid, b.mlp.c_proj, b.ls_2))]
-    units += cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.ln_1.normalized_shape[0], dim=-1)
-    return units + [("pool", TokenPool(v.ln_post, v.pool_type, 1)), ("proj", _Projection(v.proj))]
-
-
-# Family budgets for models without a Table 5 entry: the paper's budget for the family's closest student.
-TIMM_RESNET = SplitRule("timm_resnet", timm_resnet_chain, default_budget_m=2.1)  # ResNet-101's
-TIMM_VIT = SplitRule("timm_vit", timm_vit_chain, default_budget_m=2.3)  # ViT-S's
-CLIP_RESNET = SplitRule("clip_resnet", clip_resnet_chain, default_budget_m=3.9)  # CLIP RN-50's
-CLIP_VIT = SplitRule("clip_vit", clip_vit_chain, default_budget_m=4.3)  # CLIP ViT-B/16's (ViT-B/32: same width)
-
-
-# ============================================================================================ the registry's entries
-
-
-TS: tuple[Role, ...] = ("teacher", "student")
-_Table5 = tuple[float | None, float | None]
-
-
-def _timm_cfg(name: str, arch: str, roles: tuple[Role, ...], tag: str, norm: tuple, rule: SplitRule,
-              table5: _Table5 = (None, None)) -> ModelCfg:
-    return ModelCfg(name, "timm", arch, roles, norm[0], norm[1], 224, tag, rule, *table5,
-                    size_kwarg="img_size" if rule is TIMM_VIT else None)
-
-
-def _clip_cfg(name: str, arch: str, table5: _Table5 = (None, None), size: int = 224) -> ModelCfg:
-    rule = CLIP_RESNET if arch.startswith("RN") else CLIP_VIT
-    # OpenAI's weights were trained with QuickGELU: the architecture must match them to load them.
-    return ModelCfg(name, "open_clip", arch, ("student",), *OPENAI_CLIP, size, "openai", rule, *table5,
-                    size_kwarg="force_image_size", arch_kwargs=(("force_quick_gelu", True),))
-
-
-@register_model(_timm_cfg("resnet34", "resnet34", ("teacher",), "resnet34.tv_in1k", IMAGENET, TIMM_RESNET))
-def resnet34(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """ResNet-34: teacher (Tables 3, 4, 6; Figure 1)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_timm_cfg("resnet50", "resnet50", ("teacher",), "resnet50.tv_in1k", IMAGENET, TIMM_RESNET))
-def resnet50(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """ResNet-50: teacher (Tables 4, 6)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_timm_cfg("resnet101", "resnet101", TS, "resnet101.tv_in1k", IMAGENET, TIMM_RESNET, (2.1, 45)))
-def resnet101(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """ResNet-101: teacher (Tables 3, 4, 6; Figure 3) and student (Tables 3, 5; Figure 1)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_timm_cfg("resnet152", "resnet152", TS, "resnet152.tv_in1k", IMAGENET, TIMM_RESNET, (2.6, 60)))
-def resnet152(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """ResNet-152 (the supplement's "RN-151"): teacher (Table 4) and student (Table 5)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_timm_cfg("vit_small", "vit_small_patch16_224", TS, "vit_small_patch16_224.augreg_in21k_ft_in1k",
-                          INCEPTION, TIMM_VIT, (2.3, 48)))
-def vit_small(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """ViT-S/16: teacher (Tables 3, 4, 6; Figure 3) and student (Table 5, whose "48M" total is wrong: 22M)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_timm_cfg("vit_base", "vit_base_patch16_224", TS, "vit_base_patch16_224.augreg_in21k_ft_in1k",
-                          INCEPTION, TIMM_VIT, (3.1, 88)))
-def vit_base(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """ViT-B/16: teacher (Tables 1, 2, 4; Figure 2) and student (Table 5)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_clip_cfg("clip_rn50", "RN50", (3.9, 102)))
-def clip_rn50(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """CLIP RN-50 (OpenAI): student (Table 5, Figure 4)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_clip_cfg("clip_rn101", "RN101", (4.1, 119)))
-def clip_rn101(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """CLIP RN-101 (OpenAI): student (Tables 3, 5; Figure 4)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_clip_cfg("clip_vit_b16", "ViT-B-16", (4.3, 149)))
-def clip_vit_b16(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """CLIP ViT-B/16 (OpenAI): student (Tables 3, 4, 5; Figure 4)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_clip_cfg("clip_vit_b32", "ViT-B-32"))
-def clip_vit_b32(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """CLIP ViT-B/32 (OpenAI): student (Table 3). Not in Table 5: the CLIP-ViT family budget (ViT-B/16's)."""
-    return build_network(cfg, **kwargs)
-
-
-@register_model(_clip_cfg("clip_vit_l14_336", "ViT-L-14-336", (5.6, 450), size=336))
-def clip_vit_l14_336(cfg: ModelCfg, **kwargs: Any) -> nn.Module:
-    """CLIP ViT-L/14@336px (OpenAI): student (Tables 1, 2, 5; Figure 2)."""
-    return build_network(cfg, **kwargs)
 
 
 # ============================================================================================ weight tags
@@ -524,7 +239,7 @@ class Student(nn.Module):
         """CLIP only: re-prompt every head (and S0) for new classes, e.g. zero-shot on a transfer set."""
         if not self.is_clip:
             raise ValueError(f"{self.cfg.name}: only CLIP students classify through class prompts")
-        emb = _text_embeddings(self.text_tower, self.cfg.arch, class_names, prompt)
+        emb = text_embeddings(self.text_tower, self.cfg.arch, class_names, prompt)
         for head in [*self.heads.values(), self.original_tail.head]:
             head.classify.set_text(emb)
 
@@ -539,26 +254,6 @@ class Student(nn.Module):
             self._modules[_S0] = s0
         self.snapshot_original()
         return result
-
-
-def _prompt_template(class_names: list[str], prompt: str | None) -> str:
-    if prompt:
-        return prompt.replace("{name}", "{}")
-    digits = all(c.lower() in _DIGITS or c.isdigit() for c in class_names)
-    return "a photo of the digit {}." if digits else "a photo of a {}."
-
-
-@torch.no_grad()
-def _text_embeddings(text_tower: nn.Module, arch: str, class_names: list[str], prompt: str | None = None) -> Tensor:
-    """Class-prompt embeddings from open_clip's bundled tokenizer (offline) and the frozen text tower."""
-    import open_clip
-
-    template = _prompt_template(class_names, prompt)
-    tokens = open_clip.get_tokenizer(arch)([template.format(c) for c in class_names])
-    was_training = text_tower.training
-    emb = text_tower.eval().encode_text(tokens.to(text_tower.token_embedding.weight.device))
-    text_tower.train(was_training)
-    return emb.float()
 
 
 def create_student(name: str, *, num_classes: int, img_size: int, class_names: list[str], dropout: float = 0.25,
@@ -602,10 +297,8 @@ def _assemble(cfg: ModelCfg, net: nn.Module, k: int, dropout: float, class_names
     units = cfg.split.chain(net)
     if cfg.family == "timm":
         return Student(cfg, units, k, dropout)
-    emb = _text_embeddings(net, cfg.arch, class_names, prompt)
-    classifier = _TextClassifier(emb, float(net.logit_scale.detach().exp().clamp(max=100)))
-    net.visual = None  # the units hold the image tower; what is left is the text tower
-    return Student(cfg, units, k, dropout, classifier, net)
+    classifier, text_tower = text_classifier_and_tower(net, cfg.arch, class_names, prompt)
+    return Student(cfg, units, k, dropout, classifier, text_tower)
 
 
 # ============================================================================================ paper-setting counts

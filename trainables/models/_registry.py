@@ -17,6 +17,8 @@ Family = Literal["timm", "open_clip"]
 Role = Literal["teacher", "student"]
 Unit = tuple[str, nn.Module]
 EntryPoint = Callable[..., nn.Module]
+Table5 = tuple[float | None, float | None]  # supplement Table 5: (tuned, total) millions of parameters
+TEACHER_AND_STUDENT: tuple[Role, ...] = ("teacher", "student")
 
 
 class UnknownModelError(ValueError):
