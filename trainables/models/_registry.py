@@ -7,11 +7,12 @@ registry order is the order in which `trainables.models` imports them.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from torch import nn
+
+from trainables.vocab import did_you_mean
 
 Family = Literal["timm", "open_clip"]
 Role = Literal["teacher", "student"]
@@ -141,7 +142,6 @@ def model_entrypoint(name: str) -> EntryPoint:
 
 def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}{hint}; registered: {', '.join(_REGISTRY)}")
+        raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; "
+                                f"registered: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
