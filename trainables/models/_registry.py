@@ -30,16 +30,12 @@ class UnknownModelError(ValueError):
 class SplitRule:
     """A family's split rule: its unit chain, and the budget for models that have no Table 5 entry.
 
-    The rule's text is the chain function's docstring (`describe()`), so code and documentation cannot drift.
+    The rule's text is the chain function's docstring, so code and documentation cannot drift.
     """
 
     name: str
     chain: Callable[[nn.Module], list[Unit]]
     default_budget_m: float
-
-    def describe(self) -> str:
-        """The rule in words (the chain function's docstring, whitespace collapsed)."""
-        return " ".join((self.chain.__doc__ or "").split())
 
 
 @dataclass(frozen=True)
