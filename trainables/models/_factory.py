@@ -62,7 +62,7 @@ def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: st
         num_classes: classifier width.
         img_size: input resolution (ViTs size their position embedding to it).
         pretrained: None (random init), a hub tag (the library's loading: needs a hub or cache), or a path to a
-            state-dict file, either the library's own keys or this module's (`net.`-prefixed).
+            state-dict file, either the library's own keys or a saved Teacher's (`net.`-prefixed).
         **overrides: library keywords (e.g. `patch_size=8`); student-only knobs are ignored.
 
     Raises:
