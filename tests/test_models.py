@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import models
+from trainables.models import _factory
 from trainables.models import (Student, UnknownModelError, build_network, create_student, create_teacher,
                                get_model_cfg, list_models, load_state_dict_file, paper_counts, supp_table5_rows)
 
@@ -149,7 +150,7 @@ def test_unknown_names_list_close_matches() -> None:
 def test_weight_tags_are_checked_offline_before_any_download() -> None:
     for name in list_models():
         cfg = get_model_cfg(name)
-        assert models._check_tag(cfg, cfg.paper_tag)  # the paper's weights are known to the library
+        assert _factory._check_tag(cfg, cfg.paper_tag)  # the paper's weights are known to the library
     with pytest.raises(ValueError, match="unknown weights tag 'a1_in1kk'.*resnet50.a1_in1k"):
         create_teacher("resnet50", num_classes=10, img_size=32, pretrained="a1_in1kk")
     with pytest.raises(FileNotFoundError, match="does not exist"):
