@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+@functools.cache
 def _tree(name: str) -> ast.Module:
     return ast.parse(MODULES[name].read_text(), filename=str(MODULES[name]))
 
@@ -49,7 +51,8 @@ def _imported(node: ast.AST, module: str) -> list[str]:
     return []
 
 
-def _project_deps(name: str, *, top_level: bool) -> set[str]:
+@functools.cache
+def _project_deps(name: str, *, top_level: bool) -> frozenset[str]:
     """Project modules `name` imports, at module level (outside functions) or inside functions."""
     deps: set[str] = set()
     tree = _tree(name)
@@ -62,7 +65,7 @@ def _project_deps(name: str, *, top_level: bool) -> set[str]:
             if top_level and _under_type_checking(tree, node):
                 continue
             deps |= {m for m in _imported(node, name) if m in MODULES and m != name}
-    return deps
+    return frozenset(deps)
 
 
 def _under_type_checking(tree: ast.Module, target: ast.AST) -> bool:
