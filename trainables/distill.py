@@ -17,18 +17,17 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.common import (StageContext, Timer, iterate_minibatches, load, precise_bn, read_metrics, save,
+from trainables.common import (StageContext, Timer, apply_chunked, iterate_minibatches, load, precise_bn, read_metrics, save,
                                seed_everything, to_float)
 from trainables.evaluate import classifier_predictor, evaluate_suites, restricted_argmax
 from trainables.inference import predict_all
 from trainables.losses import ThreeHeadLoss
-from trainables.stages import encode_bundles, load_bundles, load_model_folder, load_pool, student_from_deps
+from trainables.stages import load_bundles, load_model_folder, load_pool, student_from_deps
 
 THREE_HEADED = ("ours", "wo_kd")
 
@@ -77,16 +76,10 @@ class _TrainData:
                 self.t_clean, self.t_aug = t["train"][ci], t["pool"][pi]
             else:
                 teacher = load_model_folder(deps["teacher"]).eval()
-                self.t_clean, self.t_aug = _batched(teacher, self.x_clean), _batched(teacher, self.x_aug)
+                self.t_clean, self.t_aug = apply_chunked(teacher, self.x_clean), apply_chunked(teacher, self.x_aug)
 
     def __len__(self) -> int:
         return len(self.y_aug)
-
-
-@torch.no_grad()
-def _batched(fn, x: Tensor, bs: int = 256) -> Tensor:
-    return torch.cat([fn(to_float(x[i: i + bs]) if x.dtype == torch.uint8 else x[i: i + bs])
-                      for i in range(0, len(x), bs)])
 
 
 # --------------------------------------------------------------------------------------------- training

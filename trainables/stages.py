@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables import augment, data, shifts
-from trainables.common import (StageContext, Timer, freeze_eval, iterate_minibatches, load, precise_bn, read_metrics,
+from trainables.common import (StageContext, Timer, accuracy, apply_chunked, iterate_minibatches, load, precise_bn,
                                save, seed_everything, to_float, write_metrics)
 from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.losses import augmix_loss
@@ -239,19 +239,11 @@ def _teacher_stage(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCon
     net.eval()
     metrics = evaluate_suites(classifier_predictor(net), bundles, ["clean", "c", "p"])
     if pool is not None:
-        metrics["acc/pool"] = _accuracy(net, pool["x"], pool["y"])
+        metrics["acc/pool"] = accuracy(net, pool["x"], pool["y"])
     metrics.update({"time/train_s": t.s, "time/stage_s": t.s})
     _model_json(out, "teacher", {**inputs["model"], "weights": None}, len(classes), d["image_size"], classes)
     save(net.state_dict(), out / "model.pt")
     return metrics
-
-
-@torch.no_grad()
-def _accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((net(to_float(x[i: i + batch_size])).argmax(-1) == y[i: i + batch_size]).sum())
-    return correct / max(len(x), 1)
 
 
 def robustify_teacher(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
@@ -284,7 +276,7 @@ def pretrain_student(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageC
     for h in ("unclean", "combined"):  # every head starts from the same (pre)trained weights
         s.heads[h].load_state_dict(s.heads["clean"].state_dict())
     s.snapshot_original()
-    acc = _accuracy(lambda z: s(z, head="clean"), test.images, test.labels)
+    acc = accuracy(lambda z: s(z, head="clean"), test.images, test.labels)
     _model_json(out, "student", {**inputs["model"], "weights": None}, len(classes), d["image_size"], classes,
                 inputs["dropout"])
     save(s.state_dict(), out / "model.pt")
@@ -294,15 +286,6 @@ def pretrain_student(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageC
 # --------------------------------------------------------------------------------------------- features & targets
 
 
-@torch.no_grad()
-def _encode(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 256) -> Tensor:
-    lead = x.shape[:-3]
-    flat = x.reshape(-1, *x.shape[-3:])
-    outs = [fn(to_float(flat[i: i + batch_size])) for i in range(0, len(flat), batch_size)]
-    z = torch.cat(outs)
-    return z.reshape(*lead, *z.shape[1:])
-
-
 def encode_bundles(fn: Callable[[Tensor], Tensor], bundles: dict[str, Any]) -> dict[str, Any]:
     """The same bundle structure with every image tensor replaced by fn(images)."""
     out: dict[str, Any] = {}
@@ -310,7 +293,7 @@ def encode_bundles(fn: Callable[[Tensor], Tensor], bundles: dict[str, Any]) -> d
         if not isinstance(b, dict):
             out[name] = b
             continue
-        out[name] = {k: (_encode(fn, v) if torch.is_tensor(v) and v.dtype == torch.uint8 else v) for k, v in b.items()}
+        out[name] = {k: (apply_chunked(fn, v, item_dims=3) if torch.is_tensor(v) and v.dtype == torch.uint8 else v) for k, v in b.items()}
     return out
 
 
@@ -332,7 +315,8 @@ def teacher_targets(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCo
     net = load_model_folder(deps["teacher"]).eval()
     pool = load_pool(deps["pool"])
     with Timer() as t:
-        targets = {"train": _encode(net, pool["train"]["x"]), "pool": _encode(net, pool["pool"]["x"])}
+        targets = {"train": apply_chunked(net, pool["train"]["x"], item_dims=3),
+                   "pool": apply_chunked(net, pool["pool"]["x"], item_dims=3)}
     save(targets, out / "targets.pt")
     return {"time/stage_s": t.s}
 
