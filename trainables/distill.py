@@ -27,6 +27,7 @@ from trainables.common import (StageContext, Timer, apply_chunked, iterate_minib
 from trainables.evaluate import classifier_predictor, evaluate_suites, restricted_argmax
 from trainables.inference import predict_all
 from trainables.losses import ThreeHeadLoss
+from trainables.train_loop import Checkpoints, adam, run_epochs
 from trainables.stages import load_bundles, load_model_folder, load_pool, student_from_deps
 
 THREE_HEADED = ("ours", "wo_kd")
@@ -104,44 +105,27 @@ def train_tail(inputs: dict, student: nn.Module, td: _TrainData, ctx: StageConte
     g = seed_everything(cell["seed"])
     tail = _Tail(student.trunk, student.heads)
     model = ctx.wrap_model(tail)
-    params = [p for p in tail.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tr["lr"])
+    optim = adam([p for p in tail.parameters() if p.requires_grad], tr["lr"])
     task = ThreeHeadLoss(alpha=tr["alpha"], tau=tr["tau"], self_distill_weight=tr["self_distill"],
                          use_kd=(method == "ours"))
-    start = 0
-    if ctx.resume:
-        tail.load_state_dict(ctx.resume["tail"])
-        opt.load_state_dict(ctx.resume["opt"])
-        g.set_state(ctx.resume["rng"])
-        torch.set_rng_state(ctx.resume["torch_rng"])  # dropout masks continue exactly as without the interruption
-        start = int(ctx.resume["epoch"]) + 1
-    bs = tr["batch_size"]
-    last: dict[str, float] = {}
-    for epoch in range(start, tr["epochs"]):
-        tail.train()
-        sums: dict[str, float] = {}
-        nb = 0
+
+    def batches(_epoch: int):
+        # the clean partner of every augmented batch: one permutation per epoch, drawn before the batch order
         cperm = torch.randperm(len(td.y_clean), generator=g)
-        for b, idx in enumerate(iterate_minibatches(len(td), bs, g, ctx.rank, ctx.world_size)):
-            cidx = cperm[(torch.arange(len(idx)) + b * len(idx)) % len(cperm)]
-            with torch.no_grad():
-                f_c, f_a = td.encode(td.x_clean[cidx]), td.encode(td.x_aug[idx])
-                s0 = (student.original(f_c), student.original(f_a)) if method == "ours" else (None, None)
-            tc = td.t_clean[cidx] if td.t_clean is not None else None
-            ta = td.t_aug[idx] if td.t_aug is not None else None
-            loss, parts = _loss(method, model, f_c, f_a, td.y_clean[cidx], td.y_aug[idx], tc, ta, s0, task)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            nb += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for k, v in parts.items():
-                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v)
-        last = {f"train/{k}": v / max(nb, 1) for k, v in sums.items()} | {"train/lr": tr["lr"]}
-        ctx.log(last, step=epoch)
-        if ctx.checkpoint is not None:
-            ctx.checkpoint({"tail": tail.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
-                            "torch_rng": torch.get_rng_state(), "epoch": epoch}, epoch, last)
+        mb = iterate_minibatches(len(td), tr["batch_size"], g, ctx.rank, ctx.world_size)
+        return ((cperm[(torch.arange(len(idx)) + b * len(idx)) % len(cperm)], idx) for b, idx in enumerate(mb))
+
+    def step(batch: tuple[Tensor, Tensor], _step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        cidx, idx = batch
+        with torch.no_grad():
+            f_c, f_a = td.encode(td.x_clean[cidx]), td.encode(td.x_aug[idx])
+            s0 = (student.original(f_c), student.original(f_a)) if method == "ours" else (None, None)
+        tc = td.t_clean[cidx] if td.t_clean is not None else None
+        ta = td.t_aug[idx] if td.t_aug is not None else None
+        loss, parts = _loss(method, model, f_c, f_a, td.y_clean[cidx], td.y_aug[idx], tc, ta, s0, task)
+        return loss, {"loss": loss.detach(), **{f"loss_{k}": v for k, v in parts.items()}}
+
+    last = run_epochs(tail, optim, tr["epochs"], batches, step, ctx, Checkpoints("tail", g))
     if tr.get("precise_bn", True):
         feats = torch.cat([td.x_clean, td.x_aug])
         precise_bn(tail, feats, lambda f: tail(td.encode(f), ("clean", "unclean", "combined")))
@@ -284,21 +268,17 @@ def full_finetune(inputs: dict, deps: dict[str, Path], out: Path, ctx: StageCont
     y = torch.cat([pool["train"]["y"][ci], pool["pool"]["y"][pi]])
     student.set_frozen_trainable(True)
     g = seed_everything(seed)
-    opt = torch.optim.Adam([p for n, p in student.named_parameters()
-                            if p.requires_grad and not n.startswith(("original_tail.", "heads.clean", "heads.unclean"))],
-                           lr=tr["full_ft_lr"])
-    epochs = tr["full_ft_epochs"] or tr["epochs"]
+    optim = adam([p for n, p in student.named_parameters()
+                  if p.requires_grad and not n.startswith(("original_tail.", "heads.clean", "heads.unclean"))],
+                 tr["full_ft_lr"])
+
+    def step(idx: Tensor, _step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = F.cross_entropy(student(to_float(x[idx]), head="combined"), y[idx])
+        return loss, {"loss": loss.detach()}
+
     with Timer() as t:
-        for epoch in range(epochs):
-            student.train()
-            tot, nb = 0.0, 0
-            for idx in iterate_minibatches(len(x), tr["batch_size"], g):
-                loss = F.cross_entropy(student(to_float(x[idx]), head="combined"), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot, nb = tot + float(loss), nb + 1
-            ctx.log({"train/loss": tot / max(nb, 1), "train/lr": tr["full_ft_lr"]}, step=epoch)
+        run_epochs(student, optim, tr["full_ft_epochs"] or tr["epochs"],
+                   lambda _: iterate_minibatches(len(x), tr["batch_size"], g), step, ctx)
         precise_bn(student, x, lambda z: student(z, head="combined"))
     student.set_frozen_trainable(False)
     student.eval()

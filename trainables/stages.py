@@ -22,6 +22,7 @@ from trainables.common import (StageContext, Timer, accuracy, apply_chunked, ite
 from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.losses import augmix_loss
 from trainables.models import create_student, create_teacher, load_state_dict_file
+from trainables.train_loop import adam, run_epochs
 
 SPLIT_SEED = 0  # one fixed train/test split for every seed: a pretrained student must never have seen a test image
 
@@ -166,40 +167,9 @@ def _train_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: flo
                       seed: int, ctx: StageContext, loss_fn: Callable[[nn.Module, Tensor, Tensor, int], tuple]) -> None:
     g = seed_everything(seed)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = warmup_cosine(opt, epochs * -(-len(x) // batch_size))
-    step = 0
-    for epoch in range(epochs):
-        net.train()
-        totals: dict[str, float] = {}
-        nb = 0
-        for idx in iterate_minibatches(len(x), batch_size, g):
-            loss, parts = loss_fn(net, x[idx], y[idx], step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            nb += 1
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        ctx.log({f"train/{k}": v / max(nb, 1) for k, v in totals.items()} | {"train/lr": lr}, step=epoch)
-
-
-def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1):
-    """Linear warm-up over the first 10 % of steps, then cosine decay. Why: training ViTs (and CLIP towers) from
-    scratch with a constant Adam step diverges to chance within a few dozen steps; ResNets don't mind."""
-    import math
-
-    n_warm = max(1, int(warmup * total_steps))
-
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        t = (step - n_warm) / max(1, total_steps - n_warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    optim = adam(params, lr, total_steps=epochs * -(-len(x) // batch_size), clip=1.0)
+    run_epochs(net, optim, epochs, lambda _: iterate_minibatches(len(x), batch_size, g),
+               lambda idx, step: loss_fn(net, x[idx], y[idx], step), ctx)
 
 
 def _ce_step(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
