@@ -16,9 +16,14 @@ from torch import nn
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from trainables import data, imagenet, shifts
+from trainables.artifacts import load_model_folder
+from trainables.build import source_split
+from trainables.cell_eval import rules_predictor
 from trainables.common import NullReporter, StageContext, load
+from trainables.distill import run_cell
 from trainables.evaluate import classifier_predictor, evaluate_suites
-from trainables.stages import load_model_folder, run_stage, source_split
+from trainables.kinds import CellInputs
+from trainables.pipeline import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark: sorted = label order
@@ -169,8 +174,6 @@ def test_class_subset_masks_the_logits(eval_sets) -> None:
 def test_rules_predictor_masks_every_head(eval_sets) -> None:
     from types import SimpleNamespace
 
-    from trainables.distill import _rules_predictor
-
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -182,7 +185,7 @@ def test_rules_predictor_masks_every_head(eval_sets) -> None:
     student = SimpleNamespace(trunk=nn.Identity(), heads=nn.ModuleDict({h: Head() for h in
                                                                          ("clean", "unclean", "combined")}))
     b, _ = eval_sets
-    m = evaluate_suites(_rules_predictor(student, n=2, lam=1.0), {"r": b["r"]}, ["r"])
+    m = evaluate_suites(rules_predictor(student, n=2, lam=1.0), {"r": b["r"]}, ["r"])
     assert m["acc/r"] == pytest.approx(0.5) and m["acc/head_clean/r"] == pytest.approx(0.5)
     assert m["acc/wo_kld/r"] == pytest.approx(0.5) and "f_correct/ours/r" in m
 
@@ -267,8 +270,6 @@ def test_naive_teacher_runs_on_the_folders_and_is_evaluated_everywhere(roots, ev
 def test_whole_dag_and_one_cell_run_on_the_folders(roots, tmp_path) -> None:
     """pool -> robust teacher -> pretrained-stand-in student -> features -> targets -> an `ours` cell, all from
     folders; the cell reports every shift set (masked logits through the selection rules) and both transfer sets."""
-    from trainables.distill import run_cell
-
     plan = build_plan(_spec(roots, ("grid.method=[ours]", "teacher_train.epochs=1", "pretrain.epochs=1")))
     done: dict[str, Path] = {}
     for stage in plan.stages.values():
@@ -276,7 +277,7 @@ def test_whole_dag_and_one_cell_run_on_the_folders(roots, tmp_path) -> None:
         out.mkdir()
         deps = {role: done[k] for role, k in stage.deps.items()}
         if stage.kind == "cell":
-            m = run_cell(stage.inputs, deps, out, _ctx())
+            m = run_cell(CellInputs.from_payload(stage.inputs), deps, out, _ctx())
         else:
             run_stage(stage.kind, stage.inputs, deps, out, _ctx())
         done[stage.key] = out

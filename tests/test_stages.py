@@ -11,7 +11,9 @@ import torch
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from trainables.common import NullReporter, StageContext, read_metrics
-from trainables.stages import run_stage
+from trainables.distill import run_cell
+from trainables.kinds import CellInputs
+from trainables.pipeline import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.n_train=60", "data.n_test=30", "data.c_per_cell=2", "data.p_sequences=2", "data.p_frames=3",
@@ -38,15 +40,14 @@ def dag(tmp_path_factory):
 
 
 def _run_cell(plan, done, root, method: str, use_cache: bool, name: str):
-    from trainables.distill import run_cell
-
     cell = next(c for c in plan.cells if c.method == method)
     stage = plan.stages[plan.cell_stage[cell]]
     out = root / name
     out.mkdir()
     rep = NullReporter()
     deps = {role: done[k] for role, k in stage.deps.items()}
-    metrics = run_cell(stage.inputs, deps, out, StageContext(reporter=rep, threads=2), use_cache=use_cache)
+    metrics = run_cell(CellInputs.from_payload(stage.inputs), deps, out, StageContext(reporter=rep, threads=2),
+                       use_cache=use_cache)
     return metrics, rep, out
 
 
@@ -95,8 +96,6 @@ def test_baselines_run(dag, method: str) -> None:
 
 def test_resume_from_checkpoint_continues(dag) -> None:
     """A checkpoint taken after epoch 0 resumes at epoch 1 and ends where an uninterrupted run ends."""
-    from trainables.distill import run_cell
-
     plan, done, root = dag
     cell = next(c for c in plan.cells if c.method == "ours")
     stage = plan.stages[plan.cell_stage[cell]]
@@ -110,10 +109,11 @@ def test_resume_from_checkpoint_continues(dag) -> None:
         saved.append(torch.load(buf, weights_only=True))
     ctx = StageContext(reporter=NullReporter(), threads=2, checkpoint=keep)
     (root / "full").mkdir()
-    full = run_cell(stage.inputs, deps, root / "full", ctx)
+    inputs = CellInputs.from_payload(stage.inputs)
+    full = run_cell(inputs, deps, root / "full", ctx)
     rep = NullReporter()
     (root / "resumed").mkdir()
-    resumed = run_cell(stage.inputs, deps, root / "resumed",
+    resumed = run_cell(inputs, deps, root / "resumed",
                        StageContext(reporter=rep, threads=2, resume=saved[0]))
     assert [s for s, _ in rep.history] == [1]
     assert resumed["acc/clean"] == pytest.approx(full["acc/clean"], abs=1e-6)

@@ -8,6 +8,7 @@ Everything is seeded and reproducible bit for bit on CPU.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -106,8 +107,6 @@ PERTURBATIONS = ("negate", "zero", "flip", "neg_gelu", "mask", "rot90", "noise")
 
 def _perturb_decoder(decoder: nn.Module, g: torch.Generator) -> nn.Module:
     """A copy of the decoder with one or two random weight perturbations per conv (DeepAugment's operations)."""
-    import copy
-
     dec = copy.deepcopy(decoder)
     convs = [m for m in dec.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     with torch.no_grad():

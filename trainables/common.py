@@ -71,16 +71,48 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
+Chunked = Tensor | dict[str, Tensor]
+
+
 @torch.no_grad()
-def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 256, device: torch.device | None = None,
-            images: bool = True) -> Tensor:
-    """Apply `fn` over the first dim in chunks; uint8 images are converted per chunk to bound memory."""
+def apply_chunked(fn: Callable[[Tensor], Chunked], x: Tensor, batch_size: int = 256,
+                  device: torch.device | None = None, item_dims: int | None = None) -> Chunked:
+    """Apply `fn` over the first dim of `x` in chunks and concatenate the outputs, on the CPU.
+
+    Why chunks: a whole eval set at once does not fit next to the model's activations; and uint8 images are
+    converted per chunk (`to_float`), so no set ever exists as float in full (other dtypes pass unchanged).
+
+    Args:
+        fn: chunk -> tensor, or -> dict of tensors (predictors), concatenated per key.
+        x: the inputs; uint8 images or features.
+        batch_size: rows per call of `fn`.
+        device: where `fn` runs (None: where `x` is).
+        item_dims: the number of trailing dims of one item (3 for images); every dim before them is a leading
+            dim, flattened into one for chunking and restored on the output (C: (15, 5, N, 3, H, W)).
+            None: only the first dim is leading.
+
+    Returns:
+        The concatenated output; an empty float tensor when `x` is empty.
+    """
+    flat = x.reshape(-1, *x.shape[-item_dims:]) if item_dims else x
     outs = []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i: i + batch_size]
-        chunk = to_float(chunk) if images else chunk
-        outs.append(fn(chunk.to(device) if device is not None else chunk).cpu())
-    return torch.cat(outs) if outs else torch.empty(0)
+    for i in range(0, len(flat), batch_size):
+        chunk = flat[i: i + batch_size]
+        chunk = to_float(chunk) if chunk.dtype == torch.uint8 else chunk
+        y = fn(chunk.to(device) if device is not None else chunk)
+        outs.append({k: v.cpu() for k, v in y.items()} if isinstance(y, dict) else y.cpu())
+    if not outs:
+        return torch.empty(0)
+    if isinstance(outs[0], dict):
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    z = torch.cat(outs)
+    return z.reshape(*x.shape[:-item_dims], *z.shape[1:]) if item_dims else z
+
+
+def accuracy(net: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy of an image classifier over `x` (chunked like every other evaluation)."""
+    pred = apply_chunked(lambda z: net(z).argmax(-1), x, batch_size)
+    return int((pred == y).sum()) / max(len(x), 1)
 
 
 def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator, rank: int = 0,
@@ -114,13 +146,6 @@ def precise_bn(module: nn.Module, inputs: Tensor, forward: Callable[[Tensor], An
     for m, (mom, training) in saved.items():
         m.momentum = mom
         m.train(training)
-
-
-def freeze_eval(module: nn.Module) -> nn.Module:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
 
 
 # ----------------------------------------------------------------------------------------------- storage

@@ -5,6 +5,7 @@ the embedded sets ship inside installed packages, the paper's sets are read from
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,6 @@ def _has_image(root: Path, patterns: tuple[str, ...], video: bool = True) -> boo
 def video_decoder() -> str | None:
     """Name of a working .mp4 decoder here, or None. Why two: torchvision >= 0.22 dropped `io.read_video`
     (and it needs PyAV); OpenCV (a dependency of imagecorruptions) decodes mp4 on its own."""
-    import importlib.util
-
     try:
         import torchvision.io as tio
 

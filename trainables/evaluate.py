@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.common import to_float
+from trainables.common import apply_chunked
 from trainables.metrics import flip_probability, flip_rates, is_noise_perturbation, mean_flip_rate
 
 Predictor = Callable[..., dict[str, Tensor]]
@@ -41,17 +41,10 @@ def restricted_argmax(logits: Tensor, subset: Tensor | None) -> Tensor:
     return subset[logits.index_select(-1, subset).argmax(-1)]
 
 
-@torch.no_grad()
 def _predict(predict: Predictor, x: Tensor, batch_size: int, subset: Tensor | None = None) -> dict[str, Tensor]:
-    out: dict[str, list[Tensor]] = {}
-    for i in range(0, len(x), batch_size):
-        chunk = x[i: i + batch_size]
-        if chunk.dtype == torch.uint8:
-            chunk = to_float(chunk)
-        preds = predict(chunk) if subset is None else predict(chunk, subset=subset)
-        for k, v in preds.items():
-            out.setdefault(k, []).append(v.cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
+    if len(x) == 0:  # an empty set has no predictions (and so no metrics), not a failure
+        return {}
+    return apply_chunked(predict if subset is None else lambda c: predict(c, subset=subset), x, batch_size)
 
 
 def _targets(bundle: dict) -> Tensor | None:
@@ -176,19 +169,10 @@ def evaluate_suites(predict: Predictor, bundles: dict, suites: list[str], main: 
     if "transfer" in suites and embed is not None:
         for key in [k for k in bundles if k == "transfer" or k.startswith("transfer/")]:
             t = bundles[key]
-            ztr = _embed(embed, t["train_x"], batch_size)
-            zte = _embed(embed, t["test_x"], batch_size)
+            ztr = apply_chunked(embed, t["train_x"], batch_size)
+            zte = apply_chunked(embed, t["test_x"], batch_size)
             out[f"acc/transfer/{t.get('name', transfer_name)}"] = linear_probe(ztr, t["train_y"], zte, t["test_y"])
     return out
-
-
-@torch.no_grad()
-def _embed(embed: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
-    outs = []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i: i + batch_size]
-        outs.append(embed(to_float(chunk) if chunk.dtype == torch.uint8 else chunk).cpu())
-    return torch.cat(outs)
 
 
 def classifier_predictor(model: torch.nn.Module, device: torch.device | None = None) -> Predictor:

@@ -24,8 +24,6 @@ from trainables.data import (IMAGE_EXTENSIONS, ImageSet, class_subset, image_to_
                              read_image, read_images, seeded_subset, video_decoder)
 
 TRANSFER_SETS = ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100", "fgvc_aircraft", "sun397")
-SHIFT_ROOTS = {"v2": "imagenet_v2", "r": "imagenet_r", "a": "imagenet_a", "sketch": "imagenet_sketch",
-               "objectnet": "objectnet", "objectnet_c": "objectnet"}
 OBJECTNET_MAPPING_KEY = "objectnet_mapping"  # data.roots entry: JSON {objectnet folder: [wnid, ...]}
 
 
@@ -195,7 +193,7 @@ def imagenet_p_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
     return {"x": x, "y": y, "perturbations": list(shifts.TEST_PERTURBATIONS)}
 
 
-# --------------------------------------------------------------------------------------------- V2, R, A, Sketch, ObjectNet
+# ------------------------------------------------------------------------------------------ V2, R, A, Sketch, ObjectNet
 
 
 def _bundle(s: ImageSet, subset: list[int] | None = None, target: list[int] | None = None) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.losses import predictive_entropy
+from trainables.vocab import HEADS, SELECTION_RULES, Head, SelectionRule
 
 __all__ = [
     "CLEAN",
@@ -34,10 +34,6 @@ __all__ = [
     "select_head",
 ]
 
-SelectionRule = Literal["ours", "wo_kld", "wo_umc", "max_logit"]
-SELECTION_RULES: tuple[str, ...] = get_args(SelectionRule)
-HeadName = Literal["clean", "unclean", "combined"]
-HEADS: tuple[str, ...] = get_args(HeadName)
 CLEAN, UNCLEAN = 0, 1
 
 # Rows per head forward: bounds activation memory when N MC copies of a large eval batch are stacked.
@@ -124,7 +120,7 @@ def select_head(
     p_clean_mc: Tensor,
     p_unclean_mc: Tensor,
     p_combined: Tensor,
-    rule: SelectionRule,
+    rule: SelectionRule | str,
     lam: float = 1.0,
     *,
     p_clean: Tensor | None = None,
@@ -161,7 +157,8 @@ def select_head(
     """
     if rule not in SELECTION_RULES:
         raise ValueError(f"select_head: unknown rule {rule!r}; allowed: {', '.join(SELECTION_RULES)}")
-    if rule == "max_logit":
+    rule = SelectionRule(rule)
+    if rule == SelectionRule.max_logit:
         if p_clean is None or p_unclean is None:
             raise ValueError("select_head: rule 'max_logit' needs p_clean and p_unclean (dropout off)")
         score_c, score_u = -p_clean.max(dim=-1).values, -p_unclean.max(dim=-1).values
@@ -171,12 +168,12 @@ def select_head(
     return (score_u < score_c).long()
 
 
-def _mc_score(p_mc: Tensor, p_combined: Tensor, rule: str, lam: float) -> Tensor:
+def _mc_score(p_mc: Tensor, p_combined: Tensor, rule: SelectionRule, lam: float) -> Tensor:
     p_mean = p_mc.mean(dim=0)
-    if rule == "wo_kld":
+    if rule == SelectionRule.wo_kld:
         return predictive_entropy(p_mean, from_logits=False)
     kl = _kl_rows(p_combined, p_mean)
-    if rule == "wo_umc":
+    if rule == SelectionRule.wo_umc:
         return kl
     return predictive_entropy(p_mean, from_logits=False) + lam * kl
 
@@ -210,19 +207,21 @@ def predict_all(
     if missing:
         raise ValueError(f"predict_all: heads lacks {missing}; needs {list(HEADS)}")
     det = {h: head_probs(heads[h], z, max_rows) for h in HEADS}
-    mc = {h: mc_head_probs(heads[h], z, n_samples, max_rows) for h in ("clean", "unclean")}
+    clean, unclean, combined = Head.clean.value, Head.unclean.value, Head.combined.value
+    mc = {h: mc_head_probs(heads[h], z, n_samples, max_rows) for h in (clean, unclean)}
     head_pred = {h: p.argmax(dim=-1) for h, p in det.items()}
     chosen = {
-        rule: select_head(mc["clean"], mc["unclean"], det["combined"], rule, lam,
-                          p_clean=det["clean"], p_unclean=det["unclean"])
+        rule: select_head(mc[clean], mc[unclean], det[combined], rule, lam,
+                          p_clean=det[clean], p_unclean=det[unclean])
         for rule in SELECTION_RULES
     }
-    pred = {rule: torch.where(c == CLEAN, head_pred["clean"], head_pred["unclean"]) for rule, c in chosen.items()}
+    pred = {rule: torch.where(c == CLEAN, head_pred[clean], head_pred[unclean]) for rule, c in chosen.items()}
     return {"pred": pred, "chosen": chosen, "head_pred": head_pred}
 
 
 def _head_index(expected: int | str) -> int:
-    index = {"clean": CLEAN, "unclean": UNCLEAN}.get(expected, expected) if isinstance(expected, str) else expected
+    by_name = {Head.clean: CLEAN, Head.unclean: UNCLEAN}
+    index = by_name.get(expected, expected) if isinstance(expected, str) else expected
     if index not in (CLEAN, UNCLEAN):
         raise ValueError(f"expected head must be 0/'clean' or 1/'unclean', got {expected!r}")
     return int(index)

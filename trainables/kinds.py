@@ -8,8 +8,9 @@ Each `Kind` declares what the rest of the system needs to know about it, in one 
 - `cost`: a rough estimate of its work, `(model, forward-equivalent image passes, extra ms)`, from its inputs and
   the plan's `Sizes` (orchestrator/costs.py turns it into seconds for packing and `--dry-run`);
 - `pipeline`: whether its time counts as the method's training time (main paper Figure 1).
-The body itself lives with the code it runs (trainables/stages.py, distill.py) and registers with `@body(name)`;
-`trainables.pipeline.run_stage` dispatches. Adding a kind: one `Kind` here, one body there.
+The body itself lives with the code it runs (trainables/sets.py, classifiers.py, features.py, distill.py,
+full_ft.py) and registers with `@body(name)`; `trainables.pipeline.run_stage` dispatches. Adding a kind: one `Kind`
+here, one body there (in a module trainables/pipeline.py imports).
 
 Why no torch here: the driver plans, prices and validates from this module before anything heavy is imported.
 Why dataclasses whose sub-sections are plain dicts: the sections (`data`, `train`, `pool`, ...) are the spec's

@@ -1,0 +1,125 @@
+"""Stages that train a whole image classifier: the robust and the naive teacher, and the pretrained stand-in
+student. All three run `trainables.train_loop` with a warm-up-cosine Adam, gradients clipped to norm 1."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables import augment
+from trainables.artifacts import load_bundles, load_pool, write_model_json
+from trainables.build import build_student, build_teacher, source_split
+from trainables.common import (StageContext, Timer, accuracy, iterate_minibatches, precise_bn, save, seed_everything,
+                               to_float)
+from trainables.evaluate import classifier_predictor, evaluate_suites
+from trainables.kinds import PretrainInputs, TeacherInputs, body
+from trainables.losses import augmix_loss
+from trainables.train_loop import adam, run_epochs
+
+LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
+
+
+def _train_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
+                      seed: int, ctx: StageContext, loss_fn: LossFn) -> None:
+    g = seed_everything(seed)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optim = adam(params, lr, total_steps=epochs * -(-len(x) // batch_size), clip=1.0)
+    run_epochs(net, optim, epochs, lambda _: iterate_minibatches(len(x), batch_size, g),
+               lambda idx, step: loss_fn(net, x[idx], y[idx], step), ctx)
+
+
+def _ce_step(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
+    loss = F.cross_entropy(net(to_float(xb)), yb)
+    return loss, {"loss": loss.detach()}
+
+
+def _augmix_step(seed: int, jsd_weight: float) -> LossFn:
+    def step_fn(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
+        a1, a2 = augment.augmix_views(xb, seed=seed * 1_000_003 + step)
+        logits = net(to_float(torch.cat([xb, a1, a2])))
+        lc, l1, l2 = logits.chunk(3)
+        loss, parts = augmix_loss(lc, l1, l2, yb, jsd_weight=jsd_weight)
+        return loss, {"loss": loss.detach(), **{f"loss_{k}": v for k, v in parts.items()}}
+    return step_fn
+
+
+def _teacher_data(inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator,
+                  robust: bool) -> tuple[Tensor, Tensor, dict | None]:
+    """The teacher's training images and labels, and the pool (robust teacher only, else None)."""
+    tt = inputs.teacher_train
+    train, _ = source_split(inputs.data)
+    n = tt["n_images"] or len(train)
+    sel = torch.randperm(len(train), generator=g)[:n]
+    x, y = train.images[sel], train.labels[sel]
+    pool = None
+    if robust:  # AugMix + JSD on clean *and* the DeepAugment/Noise2Net images that build the pool (method.md §8)
+        pool = load_pool(deps["pool"])["pool"]
+        psel = torch.randperm(len(pool["y"]), generator=g)[: tt.get("pool_images") or len(pool["y"])]
+        x, y = torch.cat([x, pool["x"][psel]]), torch.cat([y, pool["y"][psel]])
+    return x, y, pool
+
+
+def _teacher_stage(inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext,
+                   robust: bool) -> dict[str, float]:
+    tt, seed, size = inputs.teacher_train, inputs.seed, inputs.data["image_size"]
+    bundles = load_bundles(deps["eval"])
+    classes = bundles["classes"]
+    g = torch.Generator().manual_seed(seed)
+    x, y, pool = _teacher_data(inputs, deps, g, robust)
+    net = build_teacher(inputs.model, len(classes), size)
+    step_fn = _augmix_step(seed, tt["jsd_weight"]) if robust else _ce_step
+    with Timer() as t:
+        _train_classifier(net, x, y, tt["epochs"], tt["lr"], tt["batch_size"], seed, ctx, step_fn)
+        precise_bn(net, x[torch.randperm(len(x), generator=g)], net)
+    net.eval()
+    metrics = evaluate_suites(classifier_predictor(net), bundles, ["clean", "c", "p"])
+    if pool is not None:
+        metrics["acc/pool"] = accuracy(net, pool["x"], pool["y"])
+    metrics.update({"time/train_s": t.s, "time/stage_s": t.s})
+    write_model_json(out, "teacher", dataclasses.replace(inputs.model, weights=None), len(classes), size, classes)
+    save(net.state_dict(), out / "model.pt")
+    return metrics
+
+
+@body("robustify_teacher")
+def robustify_teacher(inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
+    """The small teacher trained with AugMix (+ 12 x JSD) on clean + DeepAugment images (method.md §2.1)."""
+    return _teacher_stage(inputs, deps, out, ctx, robust=True)
+
+
+@body("naive_teacher")
+def naive_teacher(inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
+    """The same teacher on clean data only: Table 6's "naive" column and the flip-rate reference model."""
+    return _teacher_stage(inputs, deps, out, ctx, robust=False)
+
+
+@body("pretrain_student")
+def pretrain_student(inputs: PretrainInputs, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
+    """Local stand-in for pretrained weights: the whole student trained on clean data only, so it is accurate on
+    clean images and brittle under corruptions, like the paper's pretrained students. CLIP students learn through
+    their class-prompt text embeddings, so their zero-shot classifier means something afterwards."""
+    d, p = inputs.data, inputs.pretrain
+    train, test = source_split(d)
+    classes = list(train.classes)
+    s = build_student(inputs.model, len(classes), d["image_size"], classes, inputs.dropout)
+    n = p["n_images"] or len(train)
+    x, y = train.images[:n], train.labels[:n]
+    s.set_frozen_trainable(True)
+    clean = lambda net, xb, yb, step: _ce_step(lambda z: net(z, head="clean"), xb, yb, step)  # noqa: E731
+    with Timer() as t:
+        _train_classifier(s, x, y, p["epochs"], p["lr"], p["batch_size"], 0, ctx, clean)
+        precise_bn(s, x, lambda z: s(z, head="clean"))
+    s.set_frozen_trainable(False)
+    s.eval()
+    for h in ("unclean", "combined"):  # every head starts from the same (pre)trained weights
+        s.heads[h].load_state_dict(s.heads["clean"].state_dict())
+    s.snapshot_original()
+    acc = accuracy(lambda z: s(z, head="clean"), test.images, test.labels)
+    write_model_json(out, "student", dataclasses.replace(inputs.model, weights=None), len(classes), d["image_size"],
+                     classes, inputs.dropout)
+    save(s.state_dict(), out / "model.pt")
+    return {"acc/clean": acc, "time/train_s": t.s, "time/stage_s": t.s}
