@@ -172,7 +172,7 @@ def _cell_work(sc: SweepContext, stage: Stage, label: str, run_id: str, fail_cel
     """Everything `worker.run_cell` needs for one cell, as plain data."""
     return {"key": stage.key, "label": label, "inputs": stage.inputs.payload(), "run_id": run_id,
             "uri": sc.tracker.uri, "patience_s": sc.tracker.patience_s, "storage": str(sc.storage),
-            "deps": _deps_of(sc, stage), "fail_cells": fail_cells, "use_feature_cache": sc.use_feature_cache}
+            "deps": _deps_of(sc, stage), "fail_cells": fail_cells}
 
 
 def _packs(sc: SweepContext, pending: list[dict[str, Any]], slots: int, train_storage: str) -> list[dict]:

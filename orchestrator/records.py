@@ -42,7 +42,6 @@ class SweepContext:
     parent_id: str
     sweep_id: str
     cluster: ray_backend.ClusterInfo
-    use_feature_cache: bool = True
     log: Callable[[str], None] = print
 
     def gpus_per_worker(self) -> float:

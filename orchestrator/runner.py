@@ -81,8 +81,7 @@ def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t
          f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
          + (" (resumed)" if resumed else "") + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else ""))
     info = info or _start_ray(args, stack)
-    sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info,
-                                use_feature_cache=not args.no_feature_cache, log=_say)
+    sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info, log=_say)
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed)
     files = _tables(spec, uri, storage, sweep_id, parent_id)
     wall = time.perf_counter() - t0

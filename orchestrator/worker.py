@@ -217,7 +217,7 @@ def run_cell(cfg: dict[str, Any], session: TrainSession, resume: dict | None, ch
     if inputs.search and session.rank == 0:
         metrics = _search_cell(cfg, inputs, deps, out, ctx)
     else:
-        metrics = run_stage(CELL, inputs, deps, out, ctx, use_cache=cfg["use_feature_cache"])
+        metrics = run_stage(CELL, inputs, deps, out, ctx)
     metrics.update({"time/start_unix": start, "time/end_unix": time.time()})
     if session.rank == 0:
         write_metrics(out, metrics)
@@ -228,13 +228,14 @@ def run_cell(cfg: dict[str, Any], session: TrainSession, resume: dict | None, ch
 
 
 def _search_cell(cfg: dict, inputs: CellInputs, deps: dict, out: Path, ctx: StageContext) -> dict[str, float]:
-    """Optuna study inside the cell: each trial is a full distill + evaluate with sampled train knobs."""
+    """Optuna study inside the cell: each trial is a full distill + evaluate with sampled train knobs. (Whether a
+    cell trains on cached features follows from its deps: a `--no-feature-cache` plan gives it none.)"""
     search = inputs.search
 
     def train_once(params: dict, tdir: Path) -> dict[str, float]:
         trial_inputs = dataclasses.replace(inputs, train={**inputs.train, **params})
         trial_ctx = dataclasses.replace(ctx, checkpoint=None, resume=None, reporter=NullReporter())
-        return run_stage(CELL, trial_inputs, deps, tdir, trial_ctx, use_cache=cfg["use_feature_cache"])
+        return run_stage(CELL, trial_inputs, deps, tdir, trial_ctx)
 
     return run_study(Path(cfg["storage"]), cfg["key"], search["space"], search["trials"], search["metric"],
                      train_once, out, lambda m, step: ctx.reporter.log_metrics(m, step))

@@ -22,7 +22,6 @@ from trainables.cell_eval import rules_predictor
 from trainables.common import NullReporter, StageContext, load
 from trainables.distill import run_cell
 from trainables.evaluate import classifier_predictor, evaluate_suites
-from trainables.kinds import CellInputs
 from trainables.pipeline import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +276,7 @@ def test_whole_dag_and_one_cell_run_on_the_folders(roots, tmp_path) -> None:
         out.mkdir()
         deps = {role: done[k] for role, k in stage.deps.items()}
         if stage.kind == "cell":
-            m = run_cell(CellInputs.from_payload(stage.inputs), deps, out, _ctx())
+            m = run_cell(stage.inputs, deps, out, _ctx())
         else:
             run_stage(stage.kind, stage.inputs, deps, out, _ctx())
         done[stage.key] = out

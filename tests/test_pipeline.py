@@ -23,7 +23,7 @@ def payloads() -> dict[str, list[dict]]:
     plan = build_plan(load_spec(ROOT / "sweeps" / "smoke.yaml", "local", ALL))
     out: dict[str, list[dict]] = {}
     for stage in plan.stages.values():
-        out.setdefault(stage.kind, []).append(stage.inputs)
+        out.setdefault(stage.kind, []).append(stage.inputs.payload())
     return out
 
 

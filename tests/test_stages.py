@@ -12,7 +12,6 @@ from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from trainables.common import NullReporter, StageContext, read_metrics
 from trainables.distill import run_cell
-from trainables.kinds import CellInputs
 from trainables.pipeline import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,7 @@ def _run_cell(plan, done, root, method: str, use_cache: bool, name: str):
     out.mkdir()
     rep = NullReporter()
     deps = {role: done[k] for role, k in stage.deps.items()}
-    metrics = run_cell(CellInputs.from_payload(stage.inputs), deps, out, StageContext(reporter=rep, threads=2),
+    metrics = run_cell(stage.inputs, deps, out, StageContext(reporter=rep, threads=2),
                        use_cache=use_cache)
     return metrics, rep, out
 
@@ -109,7 +108,7 @@ def test_resume_from_checkpoint_continues(dag) -> None:
         saved.append(torch.load(buf, weights_only=True))
     ctx = StageContext(reporter=NullReporter(), threads=2, checkpoint=keep)
     (root / "full").mkdir()
-    inputs = CellInputs.from_payload(stage.inputs)
+    inputs = stage.inputs
     full = run_cell(inputs, deps, root / "full", ctx)
     rep = NullReporter()
     (root / "resumed").mkdir()
