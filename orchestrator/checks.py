@@ -7,6 +7,7 @@ creates anything. Network checks touch only what the user named, with short time
 """
 from __future__ import annotations
 
+import base64
 import errno
 import ipaddress
 import json
@@ -30,21 +31,25 @@ CONNECT_TIMEOUT_S = 3.0  # a reachability check; an answering server replies in 
 
 
 def finite_number(text: str | float, what: str, *, low: float, high: float, low_open: bool = True,
-                  integer: bool = False) -> float:
+                  integer: bool = False, sep: str = " ") -> float:
     """Parse `text` as a finite number in (low, high] (or [low, high] with low_open=False).
 
     Raises:
-        BadInput: naming `what`, the value and the allowed range.
+        BadInput: `{what}{sep}{value}` and the allowed range.
     """
-    rng = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    rng = f"{'(' if low_open else '['}{_num(low)}, {_num(high)}]"
     kind = "a whole number" if integer else "a number"
     try:
         value = int(str(text).strip()) if integer else float(str(text).strip())
     except ValueError:
-        raise BadInput(f"{what} {show(text)} is not {kind}; allowed: {kind} in {rng}") from None
+        raise BadInput(f"{what}{sep}{show(text)} is not {kind}; allowed: {kind} in {rng}") from None
     if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-        raise BadInput(f"{what} {show(text)} is outside {rng}")
+        raise BadInput(f"{what}{sep}{show(text)} is outside {rng}")
     return value
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e18 else f"{x:g}"
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -59,12 +64,12 @@ class EnvRule:
 
 
 def _int_in(low: int, high: int) -> Callable[[str, str], object]:
-    return lambda name, raw: finite_number(raw, f"environment variable {name}=", low=low, high=high,
-                                           low_open=False, integer=True)
+    return lambda name, raw: finite_number(raw, f"environment variable {name}", low=low, high=high,
+                                           low_open=False, integer=True, sep="=")
 
 
 def _positive(high: float) -> Callable[[str, str], object]:
-    return lambda name, raw: finite_number(raw, f"environment variable {name}=", low=0, high=high)
+    return lambda name, raw: finite_number(raw, f"environment variable {name}", low=0, high=high, sep="=")
 
 
 def _flag(*allowed: str) -> Callable[[str, str], object]:
@@ -84,7 +89,7 @@ ENV_RULES: dict[str, EnvRule] = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": EnvRule(_int_in(1, 86_400), "MLflow"),
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": EnvRule(_int_in(0, 120), "MLflow"),
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": EnvRule(lambda n, r: finite_number(
-        r, f"environment variable {n}=", low=0, high=3600, low_open=False), "MLflow"),
+        r, f"environment variable {n}", low=0, high=3600, low_open=False, sep="="), "MLflow"),
     "MLFLOW_ENABLE_ASYNC_LOGGING": EnvRule(_flag("true", "false", "1", "0"), "MLflow"),
     # Ray Train reads these in every trial (ray_backend.TRAIN_ENV sets them unless the user did)
     "RAY_TRAIN_V2_ENABLED": EnvRule(_flag("1", "0", "true", "false"), "Ray Train"),
@@ -301,8 +306,8 @@ def _valid_host(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
         return True
-    except ValueError:
-        return bool(_HOST.fullmatch(host))
+    except ValueError:  # a name; all digits and dots is a mistyped IPv4 address (no top-level domain is numeric)
+        return bool(_HOST.fullmatch(host)) and not re.fullmatch(r"[0-9.]+", host)
 
 
 def check_tracking_uri(uri: str, *, flag: str = "--tracking-uri", kinds: tuple[str, ...] = SWEEP_TRACKING,
@@ -329,27 +334,40 @@ def check_tracking_uri(uri: str, *, flag: str = "--tracking-uri", kinds: tuple[s
                            f"pip install {package} (or use the MLflow server's http:// URI)")
     if reach:
         if u.scheme in ("http", "https"):
-            _check_mlflow_http(uri.rstrip("/"), flag, u.shown, timeout_s)
+            _check_mlflow_http(uri, flag, u, timeout_s)
         else:
             check_tcp(u.host, u.port or 0, flag, u.shown, timeout_s)
     return u
 
 
-def _check_mlflow_http(base: str, flag: str, shown: str, timeout_s: float) -> None:
+def _check_mlflow_http(uri: str, flag: str, u: Uri, timeout_s: float) -> None:
+    """GET /health, then one experiment search; user:password in the URI goes in a Basic auth header (urllib
+    would otherwise take `user:pw@host` for a host name and look it up)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = f"[{u.host}]" if ":" in u.host else u.host
+    base = f"{u.scheme}://{host}:{u.port}{parts.path.rstrip('/')}"
+    headers = {}
+    if parts.username is not None:
+        token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
+                                 f"{urllib.parse.unquote(parts.password or '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+
+    def get(path: str) -> bytes:
+        req = urllib.request.Request(f"{base}{path}", headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            if r.status != 200:
+                raise urllib.error.HTTPError(req.full_url, r.status, "not 200", r.headers, None)
+            return r.read(1 << 20)
+
     try:
-        with urllib.request.urlopen(f"{base}/health", timeout=timeout_s) as r:
-            ok = r.status == 200
+        get("/health")
     except (OSError, ValueError) as err:  # refused, timed out, DNS, TLS, HTTP 4xx/5xx (HTTPError is an OSError)
-        raise BadInput(f"{flag} {shown}: no MLflow server answers there ({_reason(err)}); start one, or omit "
+        raise BadInput(f"{flag} {u.shown}: no MLflow server answers there ({_reason(err)}); start one, or omit "
                        f"{flag} for a local server") from None
-    if not ok:
-        raise BadInput(f"{flag} {shown}: no MLflow server answers there (/health did not return 200)")
     try:  # read-only: the tracking store is left exactly as it was
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
-                                    timeout=timeout_s) as r:
-            json.loads(r.read(1 << 20) or b"{}")
+        json.loads(get("/api/2.0/mlflow/experiments/search?max_results=1") or b"{}")
     except (OSError, ValueError) as err:
-        raise BadInput(f"{flag} {shown}: the server answers /health but is not an MLflow tracking server "
+        raise BadInput(f"{flag} {u.shown}: the server answers /health but is not an MLflow tracking server "
                        f"({_reason(err)})") from None
 
 

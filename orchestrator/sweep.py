@@ -7,7 +7,9 @@ cells -> aggregate the tables into `<storage>/results/<sweep>/` and onto the par
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,15 +86,20 @@ def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
         return
     from trainables.data import check_roots
 
+    where = f"{show_path(spec_path)}: profile {show(spec.profile)}: key 'data.roots'"
     needed = _needed_roots(spec)
-    problems = check_roots(spec.data.roots, needed)
-    mapping = spec.data.roots.get("objectnet_mapping")
-    if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (mapping and Path(mapping).is_file()):
-        problems.append(f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for its "
-                        f"113 ImageNet classes; got {mapping or 'nothing'}")
+    try:
+        problems = check_roots(spec.data.roots, needed)
+        mapping = spec.data.roots.get("objectnet_mapping")
+        if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (mapping and
+                                                                                   Path(mapping).is_file()):
+            problems.append(f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for "
+                            f"its 113 ImageNet classes; got {show(mapping) if mapping else 'nothing'}")
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte, a loop of symlinks: not a usable path
+        raise SpecError(f"{where}: a root is not a usable path ({getattr(err, 'strerror', None) or err}): "
+                        f"{show(getattr(err, 'filename', None) or '')}") from None
     if problems:
-        raise SpecError(f"{show_path(spec_path)}: profile {show(spec.profile)}: key 'data.roots': {problems[0]}"
-                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise SpecError(f"{where}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
 def _needed_roots(spec: SweepSpec) -> list[str]:
@@ -126,6 +133,9 @@ def validate(argv: list[str] | None) -> tuple[argparse.Namespace, SweepSpec]:
     return args, spec
 
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer whose reader went away (`... --dry-run | head`)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args, spec = validate(argv)
@@ -135,9 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # not a bug: stdout's reader closed it; silence the interpreter's own flush too
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except Exception as err:  # noqa: BLE001 - a bug: one line for people, the traceback in a file
         return report_bug(err)
-    return _run(args, spec)
+    try:
+        return _run(args, spec)
+    except Exception as err:  # noqa: BLE001 - runner reports its own; this is launching/stopping the server
+        return report_bug(err)
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # in-process callers (tests) may have replaced sys.stdout
 
 
 def _dry_run(args: argparse.Namespace, spec: SweepSpec) -> int:
