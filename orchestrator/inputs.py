@@ -220,16 +220,18 @@ def read_bounded(path: Path, limit: int = MAX_SPEC_BYTES) -> str:
         BadInput: not a regular file, too large, unreadable or not UTF-8 (messages without the file name).
     """
     try:
-        if not path.exists():
-            raise BadInput("no such sweep file")
-        if not path.is_file():
-            raise BadInput("not a regular file (a folder, a device or a pipe?)")
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        exists, regular = path.exists(), path.is_file()
+        if regular:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as err:
         raise BadInput(f"cannot read the sweep file: {err.strerror or type(err).__name__}") from None
     except ValueError as err:  # an embedded NUL in the name
         raise BadInput(f"not a usable file name: {err}") from None
+    if not exists:
+        raise BadInput("no such sweep file")
+    if not regular:
+        raise BadInput("not a regular file (a folder, a device or a pipe?)")
     if len(data) > limit:
         raise BadInput(f"larger than {limit // 1024} KiB, the limit for a sweep file (a sweep file holds values "
                        "only; is this the right file?)")

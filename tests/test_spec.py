@@ -86,8 +86,10 @@ def test_malformed_documents(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_missing_file_and_bad_override(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="no such sweep file"):
+    with pytest.raises(SpecError, match=r"nope.yaml: no such sweep file$"):
         load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match=r": not a regular file \(a folder"):
+        load_spec(tmp_path)
     p = write(tmp_path, BASE)
     with pytest.raises(SpecError, match="KEY=VALUE"):
         load_spec(p, "local", ["train.epochs"])
