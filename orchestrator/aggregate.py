@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Sequence
 
 from orchestrator import render
+from orchestrator.checks import MLFLOW_ENV, READ_TRACKING, check_env, check_tracking_uri, make_dir
+from orchestrator.checks import check_storage as check_folder
+from orchestrator.inputs import BadInput, check_part, one_line, report_bug, show
 from trainables.vocab import did_you_mean
 from orchestrator.tables import TABLE_IDS, TABLES, TableResult, build_table
 
 SWEEP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
-class AggregateError(ValueError):
+class AggregateError(BadInput):
     """Bad input (unknown table or experiment, unreadable store): the CLI answers it with exit code 2."""
 
 
@@ -34,7 +37,8 @@ def check_table_ids(ids: Sequence[str] | None) -> list[str] | None:
     """Raise `AggregateError` naming close matches for an unknown table id."""
     for t in ids or []:
         if t not in TABLE_IDS:
-            raise AggregateError(f"unknown table {t!r}{did_you_mean(t, TABLE_IDS)}; allowed: {', '.join(TABLE_IDS)}")
+            raise AggregateError(f"unknown table {show(t)}{did_you_mean(t, TABLE_IDS)}; "
+                                 f"allowed: {', '.join(TABLE_IDS)}")
     return list(ids) if ids else None
 
 
@@ -50,6 +54,8 @@ def build_results(runs, tables: Sequence[str] | None = None) -> list[TableResult
 def write_files(out: Path, files: dict[str, str | bytes]) -> list[Path]:
     paths = []
     for name, content in files.items():
+        if Path(name).name != name or name in (".", ".."):  # a file name, never a path out of `out`
+            raise ValueError(f"table file name {name!r} is not a plain file name")
         path = out / name
         if isinstance(content, bytes):
             path.write_bytes(content)
@@ -95,9 +101,9 @@ def aggregate(uri: str, experiment: str, out_dir: str | Path, tables: Sequence[s
 
     check_table_ids(tables)
     if sweep_id is not None and not SWEEP_ID.match(sweep_id):
-        raise AggregateError(f"sweep id {sweep_id!r} has characters outside [A-Za-z0-9_.:-]")
+        raise AggregateError(f"sweep id {show(sweep_id)} has characters outside [A-Za-z0-9_.:-]")
     if not experiment_exists(uri, experiment):
-        raise AggregateError(f"no experiment {experiment!r} at {uri}")
+        raise AggregateError(f"no experiment {show(experiment)} at {uri}")
     runs = runs_dataframe(uri, experiment, f"tags.sweep_id = '{sweep_id}'" if sweep_id else "")
     return aggregate_frame(runs, out_dir, tables)
 
@@ -143,10 +149,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
     try:
-        args = _parser().parse_args(argv)
-        tables = check_table_ids(args.tables)
+        args, tables = _validate(argv)
         if args.profile == "paper" and tables and "supp_table5" in tables:
-            print(supp_table5_paper(args.out or Path(args.storage) / "results" / "paper"))
+            print(supp_table5_paper(make_dir(_out_dir(args, "paper"), "--out")))
             tables = [t for t in tables if t != "supp_table5"]
             if not tables:
                 return 0
@@ -155,15 +160,44 @@ def main(argv: list[str] | None = None) -> int:
         for f in _from_mlflow(args, tables):
             print(f)
         return 0
-    except AggregateError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except BadInput as err:
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except SystemExit as done:  # --help
         return int(done.code or 0)
+    except Exception as err:  # noqa: BLE001 - a bug: one line for people, the traceback in a file
+        return report_bug(err)
+
+
+def _validate(argv: list[str] | None) -> tuple[argparse.Namespace, list[str] | None]:
+    """Every check before anything is started or written: flags, names that become paths, folders, the URI."""
+    args = _parser().parse_args(argv)
+    check_env(MLFLOW_ENV)
+    if args.experiment is not None:
+        check_part(args.experiment, "--experiment")  # it names the default output folder
+    tables = check_table_ids(args.tables)
+    if args.sweep_id is not None and not (SWEEP_ID.match(args.sweep_id) and len(args.sweep_id) <= 200):
+        raise AggregateError(f"--sweep-id {show(args.sweep_id)}: allowed: up to 200 characters from "
+                             "[A-Za-z0-9_.:-]")
+    if "://" in args.storage:
+        raise AggregateError(f"--storage {show(args.storage)}: expected the sweep's local storage folder")
+    check_folder(args.storage, flag="--storage", dry_run=True)
+    if args.out is not None and "://" in args.out:
+        raise AggregateError(f"--out {show(args.out)}: expected a local folder")
+    out = _out_dir(args, args.experiment or "paper")  # a folder, or creatable under a writable folder
+    check_folder(str(out), flag="--out" if args.out else "--storage", need_free=False)
+    if args.tracking_uri is not None and args.experiment:
+        check_tracking_uri(args.tracking_uri, kinds=READ_TRACKING)
+    return args, tables
+
+
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    """`--out`, or `<storage>/results/<name>` (name already a safe path part): always inside what was given."""
+    return Path(args.out) if args.out else Path(args.storage) / "results" / name
 
 
 def _from_mlflow(args: argparse.Namespace, tables: list[str] | None) -> list[Path]:
-    from orchestrator.tracking import LocalMlflowServer, TrackingUnavailable, unreachable_reason
+    from orchestrator.tracking import LocalMlflowServer, TrackingUnavailable, experiment_exists, unreachable_reason
 
     server = None
     try:
@@ -176,8 +210,10 @@ def _from_mlflow(args: argparse.Namespace, tables: list[str] | None) -> list[Pat
             server = LocalMlflowServer(store).start()
             uri = server.uri
         elif (reason := unreachable_reason(uri)) is not None:
-            raise AggregateError(f"--tracking-uri {uri}: {reason}")
-        out = args.out or Path(args.storage) / "results" / args.experiment
+            raise AggregateError(f"--tracking-uri {show(uri)}: {reason}")
+        if not experiment_exists(uri, args.experiment):  # before the output folder is made
+            raise AggregateError(f"no experiment {show(args.experiment)} at {uri}")
+        out = make_dir(_out_dir(args, args.experiment), "--out" if args.out else "--storage")
         return aggregate(uri, args.experiment, out, tables, args.sweep_id)
     except TrackingUnavailable as err:
         raise AggregateError(str(err).splitlines()[0]) from None

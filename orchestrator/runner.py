@@ -40,9 +40,11 @@ def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServ
     t0 = time.perf_counter()
     with ExitStack() as stack:
         try:
-            uri, info = args.tracking_uri, None
-            if server is not None:  # our own server: Ray boots while it does (both take seconds)
-                info = _start_ray(args, stack)
+            # Ray first, in both cases: a user's --tracking-uri already answered in validation (sweep.validate), so
+            # a cluster that fails to join can no longer leave a RUNNING parent run behind; our own server boots
+            # meanwhile (both take seconds)
+            uri, info = args.tracking_uri, _start_ray(args, stack)
+            if server is not None:
                 uri = server.wait().uri
                 _say(f"MLflow: {uri} (store {storage / 'mlflow'})")
             return _execute(spec, args, storage, uri, stack, t0, info)
@@ -65,7 +67,7 @@ def _start_ray(args: argparse.Namespace, stack: ExitStack) -> ray_backend.Cluste
 
 def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float,
              info: ray_backend.ClusterInfo | None) -> int:
-    """With a user's tracking URI, Ray starts only once that server has answered (`info` is None then)."""
+    """Ray is already up (`info`); the parent run is opened only now."""
     cache = Cache(storage)
     plan = build_plan(spec, cache.has, feature_cache=not args.no_feature_cache)
     sweep_id = spec.content_hash()

@@ -22,22 +22,48 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from orchestrator.inputs import BadInput, check_part, load_yaml, read_bounded, show, show_path
 from trainables.vocab import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION,  # noqa: F401 - re-exported
                               METHODS_WITHOUT_TEACHER, EvalSuite, Method, did_you_mean)
 
+# Limits (documented in README.md, "The CLI"); the YAML bounds live in orchestrator/inputs.py.
+MAX_CELLS = 10_000          # cells of one sweep: computed from the axis lengths, before the product is expanded
+MIN_FRACTION = 1e-6         # a data fraction below this selects no image of any real split
+SEED_BOUND = 2**32          # seeds are 0 <= seed < 2**32 (numpy's RandomState range)
 
-class SpecError(ValueError):
+
+class SpecError(BadInput):
     """Bad user input in a sweep file or an override; its message is one line meant for a person."""
 
 
+def _is_number_field(annotation: Any) -> bool:
+    """int, float, or an Optional of them: the fields where YAML's `true` or `"3"` must not pass as a number."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    args = [a for a in args if a is not type(None)]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `--set train.lr=.inf` or `nan` is refused wherever a float is read
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """pydantic would read `true` as 1 and `"3"` as 3: both change what the user meant, so refuse them."""
+        if isinstance(v, (bool, str)) and _is_number_field(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {'true/false' if isinstance(v, bool) else 'text'}")
+        return v
 
 
 def _model_names(role: str) -> list[str]:
@@ -50,7 +76,7 @@ def _check_names(values: list[str], role: str) -> list[str]:
     allowed = _model_names(role)
     for v in values:
         if v not in allowed:
-            raise ValueError(f"unknown {role} {v!r}{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"unknown {role} {show(v)}{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
     return values
 
 
@@ -81,20 +107,27 @@ class Grid(_Strict):
     def _teachers(cls, v: list[str]) -> list[str]:
         return _check_names(v, "teacher")
 
-    @field_validator("data_fraction")
+    @field_validator("data_fraction", mode="before")
     @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        for a in v:
-            if not 0.0 < a <= 1.0:
-                raise ValueError(f"data fraction {a!r} is outside (0, 1]")
+    def _fractions(cls, v: Any) -> Any:
+        for a in v if isinstance(v, list) else []:
+            if isinstance(a, bool) or not isinstance(a, (int, float)):
+                raise ValueError(f"data fraction {show(a)} is not a number; allowed: a number in (0, 1]")
+            if not math.isfinite(a) or not 0.0 < a <= 1.0:
+                raise ValueError(f"data fraction {show(a)} is outside (0, 1]")
+            if a < MIN_FRACTION:
+                raise ValueError(f"data fraction {show(a)} is below {MIN_FRACTION:g}; allowed: (0, 1], "
+                                 f"at least {MIN_FRACTION:g}")
         return v
 
-    @field_validator("seed")
+    @field_validator("seed", mode="before")
     @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        for s in v:
-            if s < 0:
-                raise ValueError(f"seed {s!r} must be >= 0")
+    def _seeds(cls, v: Any) -> Any:
+        for s in v if isinstance(v, list) else []:
+            if type(s) is not int:  # not bool, not "3", not 1e30 (a float that only looks whole)
+                raise ValueError(f"seed {show(s)} is not a whole number; allowed: integers 0 <= seed < 2**32")
+            if not 0 <= s < SEED_BOUND:
+                raise ValueError(f"seed {show(s)} is outside 0 <= seed < 2**32")
         return v
 
     @model_validator(mode="after")
@@ -110,8 +143,33 @@ class Grid(_Strict):
         for axis in ("student", "teacher", "data_fraction", "method", "seed"):
             vals = getattr(self, axis)
             if len(set(map(str, vals))) != len(vals):
-                raise ValueError(f"grid.{axis} lists a value twice: {vals}")
+                seen: set[str] = set()
+                dup = next(v for v in vals if str(v) in seen or seen.add(str(v)))
+                raise ValueError(f"grid.{axis} lists {show(getattr(dup, 'value', dup))} twice; "
+                                 "each value may appear once")
+        if (n := self.n_cells()) > MAX_CELLS:
+            raise ValueError(f"the grid has {n:,} cells ({self._shape()}); the limit is {MAX_CELLS:,} cells per "
+                             "sweep: split it into several sweep files")
         return self
+
+    def n_cells(self) -> int:
+        """How many cells `plan.cells` will expand, computed from the axis lengths (nothing is expanded)."""
+        if self.pairs:
+            pairs = len(set(map(tuple, self.pairs)))
+            students = len({p[0] for p in self.pairs})
+        else:
+            pairs, students = len(self.student) * max(len(self.teacher), 1), len(self.student)
+        total = 0
+        for m in set(self.method):
+            per_seed = students if m in METHODS_WITHOUT_TEACHER else pairs
+            total += per_seed * len(self.seed) * (1 if m in METHODS_WITHOUT_FRACTION else len(self.data_fraction))
+        return total
+
+    def _shape(self) -> str:
+        who = f"{len(self.pairs)} pairs" if self.pairs else \
+            f"{len(self.student)} students x {max(len(self.teacher), 1)} teachers"
+        return (f"{who} x {len(self.method)} methods x {len(self.data_fraction)} fractions x "
+                f"{len(self.seed)} seeds")
 
 
 class TrainConfig(_Strict):
@@ -219,7 +277,7 @@ class SearchConfig(_Strict):
 class SweepSpec(_Strict):
     """A whole, resolved sweep: one profile merged over the base, overrides applied."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str  # becomes a folder (`<storage>/results/<name>`) and the MLflow experiment: see `_name`
     description: str = ""
     reproduces: list[str] = Field(default_factory=list)
     grid: Grid
@@ -241,10 +299,27 @@ class SweepSpec(_Strict):
             raise ValueError("search (Optuna inside a cell) runs on one worker: set resources.workers_per_trial: 1")
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return check_part(v, "sweep name")
+        except BadInput as err:
+            raise ValueError(str(err)) from None
+
     @field_validator("model_overrides", "weights")
     @classmethod
     def _known_models(cls, v: dict) -> dict:
         _check_names(list(v), "model")
+        return v
+
+    @field_validator("model_overrides")
+    @classmethod
+    def _override_values(cls, v: dict[str, dict[str, Any]]) -> dict:
+        for model, knobs in v.items():
+            for knob, value in knobs.items():
+                if (problem := _override_problem(knob, value)) is not None:
+                    raise ValueError(f"{model}.{knob} = {show(value)}: {problem}")
         return v
 
     @field_validator("reproduces")
@@ -266,6 +341,24 @@ class SweepSpec(_Strict):
 
 PROFILE_SECTIONS = frozenset(SweepSpec.model_fields) - {"name", "profile", "reproduces", "description"}
 
+# Library keywords in `model_overrides` whose wrong type or sign would only fail inside a worker, hours later.
+_POSITIVE_INT_KNOBS = frozenset({"patch_size", "depth", "num_heads", "embed_dim", "width", "layers"})
+_POSITIVE_NUMBER_KNOBS = frozenset({"budget_m", "mlp_ratio"})
+_RATE_KNOBS = frozenset({"force_patch_dropout", "drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate",
+                         "pos_drop_rate", "patch_drop_rate"})
+
+
+def _override_problem(knob: str, value: Any) -> str | None:
+    """Why a `model_overrides` value is wrong for its keyword, or None."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if knob in _POSITIVE_INT_KNOBS and not (type(value) is int and 1 <= value <= 4096):
+        return "allowed: a whole number from 1 to 4096"
+    if knob in _POSITIVE_NUMBER_KNOBS and not (is_number and 0 < value < 1e6):
+        return "allowed: a number > 0"
+    if knob in _RATE_KNOBS and not (is_number and 0 <= value < 1):
+        return "allowed: a number in [0, 1)"
+    return None
+
 
 # --------------------------------------------------------------------------------------------------- loading
 
@@ -274,9 +367,10 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
     """Read, merge and validate a sweep file.
 
     Args:
-        path: the YAML file.
+        path: the YAML file (at most `inputs.MAX_SPEC_BYTES`, read with `inputs.BoundedLoader`).
         profile: which entry of `profiles:` to merge over the base sections.
-        overrides: `KEY=VALUE` strings; VALUE is parsed as YAML (`3`, `1e-3`, `[a, b]`, `true`).
+        overrides: `KEY=VALUE` strings; VALUE is parsed as YAML (`3`, `1e-3`, `[a, b]`, `true`) by the same
+            bounded loader.
 
     Returns:
         The validated `SweepSpec`.
@@ -285,27 +379,29 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
         SpecError: with a one-line message naming the file, key, value and what is allowed.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    src = show_path(path)
+    raw = _read_yaml(path, src)
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
-        raise SpecError(f"{path}: key 'profiles': expected a mapping of profile name -> overrides, got {profiles!r}")
+        raise SpecError(f"{src}: key 'profiles': expected a mapping of profile name -> overrides, "
+                        f"got {show(profiles)}")
     if profile not in profiles:
-        allowed = ", ".join(sorted(profiles)) or "(none defined)"
-        raise SpecError(f"{path}: --profile {profile!r} is not defined under 'profiles'; allowed: {allowed}")
+        allowed = ", ".join(sorted(show(p, 40) for p in profiles)) or "(none defined)"
+        raise SpecError(f"{src}: --profile {show(profile)} is not defined under 'profiles'; allowed: {allowed}")
     body = profiles[profile] or {}
     if not isinstance(body, dict):
-        raise SpecError(f"{path}: key 'profiles.{profile}': expected a mapping, got {body!r}")
+        raise SpecError(f"{src}: key 'profiles.{show(profile)[1:-1]}': expected a mapping, got {show(body)}")
     for key in body:
         if key not in PROFILE_SECTIONS:
-            raise SpecError(_unknown_key_msg(path, f"profiles.{profile}.{key}", key, sorted(PROFILE_SECTIONS)))
+            raise SpecError(_unknown_key_msg(src, f"profiles.{profile}.{key}", key, sorted(PROFILE_SECTIONS)))
     merged = _deep_merge(raw, body)
     merged["profile"] = profile
     for item in overrides:
-        _apply_override(path, merged, item)
+        _apply_override(src, merged, item)
     try:
         return SweepSpec.model_validate(merged)
     except ValidationError as err:
-        msg = _first_error(path, err, merged)
+        msg = _first_error(src, err, merged)
         raise SpecError(_with_origin(msg, err, body, profile, overrides)) from None
 
 
@@ -316,9 +412,9 @@ def _with_origin(msg: str, err: ValidationError, body: dict, profile: str, overr
     for item in overrides:
         key = item.partition("=")[0].strip()
         if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
-            return f"{msg} (from --set {item!r})"
+            return f"{msg} (from --set {show(item)})"
     if loc and _lookup(body, tuple(loc[:1])) is not None and _present(body, loc):
-        return f"{msg} (from profiles.{profile}.{dotted})"
+        return f"{msg} (from profiles.{show(profile)[1:-1]}.{show(dotted)[1:-1]})"
     return msg
 
 
@@ -331,20 +427,18 @@ def _present(doc: Any, loc: list[str]) -> bool:
     return True
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpecError(f"{path}: no such sweep file")
+def _read_yaml(path: Path, src: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(read_bounded(path))
+    except BadInput as err:  # too big, too deep, an alias bomb, a duplicate key, not a file, not UTF-8
+        raise SpecError(f"{src}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"{path}: cannot read the sweep file: {err}") from None
+        problem = getattr(err, "problem", None) or next(iter(str(err).splitlines()), "") or type(err).__name__
+        raise SpecError(f"{src}: malformed YAML{where}: {show(problem, 200)[1:-1]}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level (name, grid, ...), got {type(data).__name__}")
+        raise SpecError(f"{src}: expected a mapping at the top level (name, grid, ...), got {type(data).__name__}")
     return data
 
 
@@ -358,15 +452,28 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _apply_override(path: Path, doc: dict, item: str) -> None:
+# Top-level keys `--set` may not touch: they choose *which* values apply rather than being values themselves.
+_NOT_SETTABLE = {"profile": "choose the profile with --profile NAME, not --set",
+                 "profiles": "profiles are edited in the sweep file; choose one with --profile NAME"}
+
+
+def _apply_override(src: str, doc: dict, item: str) -> None:
     key, sep, value = item.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise SpecError(f"{path}: --set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        raise SpecError(f"{path}: --set {item!r}: the value {value!r} is not a valid YAML scalar or list") from None
     parts = key.strip().split(".")
+    if not sep or not key.strip() or any(not part for part in parts):
+        raise SpecError(f"{src}: --set {show(item)}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+    if parts[0] in _NOT_SETTABLE:
+        raise SpecError(f"{src}: --set {show(item)}: {show(parts[0])} is not a spec value; "
+                        f"{_NOT_SETTABLE[parts[0]]}")
+    if len(parts) > 8:
+        raise SpecError(f"{src}: --set {show(item)}: the key has {len(parts)} parts; spec keys have at most 8")
+    try:
+        parsed = load_yaml(value) if value.strip() else ""
+    except BadInput as err:
+        raise SpecError(f"{src}: --set {show(item)}: {err}") from None
+    except yaml.YAMLError:
+        raise SpecError(f"{src}: --set {show(item)}: the value {show(value)} is not a valid YAML scalar or "
+                        "list") from None
     node = doc
     for i, part in enumerate(parts[:-1]):
         nxt = node.get(part)
@@ -374,13 +481,13 @@ def _apply_override(path: Path, doc: dict, item: str) -> None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
             where = ".".join(parts[: i + 1])
-            raise SpecError(f"{path}: --set {item!r}: key {where!r} holds a value, not a section")
+            raise SpecError(f"{src}: --set {show(item)}: key {show(where)} holds a value, not a section")
         node = nxt
     node[parts[-1]] = parsed
 
 
-def _unknown_key_msg(path: Path, dotted: str, key: str, allowed: list[str]) -> str:
-    return f"{path}: unknown key {dotted!r}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
+def _unknown_key_msg(src: str, dotted: str, key: Any, allowed: list[str]) -> str:
+    return f"{src}: unknown key {show(dotted, 120)}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
 
 
 def _lookup(doc: Any, loc: tuple) -> Any:
@@ -393,26 +500,25 @@ def _lookup(doc: Any, loc: tuple) -> Any:
     return node
 
 
-def _first_error(path: Path, err: ValidationError, doc: dict) -> str:
+def _first_error(src: str, err: ValidationError, doc: dict) -> str:
     """Turn pydantic's first error into the one line the user sees."""
     e = err.errors(include_url=False)[0]
     loc = tuple(e["loc"])
     dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
     if e["type"] == "extra_forbidden":
-        parent = _lookup(doc, loc[:-1])
         model = _model_at(loc[:-1])
         allowed = sorted(model.model_fields) if model is not None else []
-        return _unknown_key_msg(path, dotted, str(loc[-1]), allowed)
+        return _unknown_key_msg(src, dotted, str(loc[-1]), allowed)
     value = _lookup(doc, loc) if e["type"] != "missing" else None
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "missing":
-        return f"{path}: missing required key {dotted!r}"
+        return f"{src}: missing required key {show(dotted, 120)}"
     if e["type"] == "enum":
         allowed = e.get("ctx", {}).get("expected", "")
         hint = did_you_mean(value, [a.strip(" '") for a in allowed.replace(" or ", ",").split(",")], n=1)
-        return f"{path}: key {dotted!r}: {value!r} is not allowed{hint}; allowed: {allowed}"
-    shown = f" {value!r}" if value is not None and not isinstance(value, (dict, list)) else ""
-    return f"{path}: key {dotted!r}:{shown} {msg}"
+        return f"{src}: key {show(dotted, 120)}: {show(value)} is not allowed{hint}; allowed: {allowed}"
+    shown = f" {show(value)}" if value is not None and not isinstance(value, (dict, list)) else ""
+    return f"{src}: key {show(dotted, 120)}:{shown} {msg}"
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -7,12 +7,17 @@ cells -> aggregate the tables into `<storage>/results/<sweep>/` and onto the par
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
+from orchestrator import checks
+from orchestrator.checks import (MIN_FREE_ENV, SWEEP_TRACKING, check_cluster, check_env,  # noqa: F401
+                                 check_positive_seconds, check_ray_address, check_tracking_uri, make_dir,
+                                 parse_ray_address, parse_uri, storage_path)
+from orchestrator.inputs import BadInput, one_line, report_bug, show, show_path
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 
 EXIT_BAD_INPUT = 2
@@ -46,29 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------ validation
 
+DRY_RUN_CELLS = 50  # cells a text dry run lists one per line; the rest are counted (--json lists every cell)
 
-MIN_FREE_ENV = "ROBUSTIFY_MIN_FREE_MIB"  # free space a sweep needs on --storage before it starts (MiB)
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that are not files: numbers in range, URIs and the Ray address well-formed (nothing contacted)."""
+    check_positive_seconds(args.mlflow_patience, "--mlflow-patience")
+    if args.num_cpus is not None and not 1 <= args.num_cpus <= 4096:
+        raise SpecError(f"--num-cpus {args.num_cpus}: allowed: 1 to 4096")
+    if args.tracking_uri is not None:
+        parse_uri(args.tracking_uri, "--tracking-uri", SWEEP_TRACKING, "an MLflow tracking server")
+    if args.address is not None:
+        parse_ray_address(args.address)
 
 
-def check_storage(storage: str) -> None:
-    """An unwritable or full storage is bad input: say so before anything starts."""
-    if "://" in storage and not storage.startswith("file://"):
-        return  # object stores are checked by pyarrow on first write
-    path = Path(storage.removeprefix("file://"))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as err:
-        raise SpecError(f"--storage {storage!r}: not writable ({err.strerror or err}); "
-                        "give a writable folder or a s3:// URI") from None
-    need_mib = int(os.environ.get(MIN_FREE_ENV, "256"))
-    st = os.statvfs(path)
-    free_mib = st.f_bavail * st.f_frsize // 2**20
-    if free_mib < need_mib:
-        raise SpecError(f"--storage {storage!r}: {free_mib} MiB free, a sweep needs at least {need_mib} MiB "
-                        f"({MIN_FREE_ENV}); free space or choose another folder")
+def check_storage(storage: str, dry_run: bool = False) -> None:
+    """An unusable, unwritable or full storage is bad input: say so before anything starts, creating nothing."""
+    if checks.check_storage(storage, dry_run=dry_run) is None and not dry_run:
+        raise SpecError(f"--storage {show(storage)}: a sweep run needs a local or shared (NFS) folder; object "
+                        "stores hold the stage cache only (orchestrator/cache.py) and are read by --dry-run only")
+
+
+def check_services(args: argparse.Namespace) -> None:
+    """Before a run: the tracking server and the Ray cluster answer (read-only requests, short timeouts)."""
+    if args.tracking_uri is not None:
+        check_tracking_uri(args.tracking_uri)
+    if args.address is not None:
+        check_ray_address(args.address)
+    check_cluster(args.tracking_uri, args.address)
 
 
 def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
@@ -76,15 +86,20 @@ def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
         return
     from trainables.data import check_roots
 
+    where = f"{show_path(spec_path)}: profile {show(spec.profile)}: key 'data.roots'"
     needed = _needed_roots(spec)
-    problems = check_roots(spec.data.roots, needed)
-    mapping = spec.data.roots.get("objectnet_mapping")
-    if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (mapping and Path(mapping).is_file()):
-        problems.append(f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for its "
-                        f"113 ImageNet classes; got {mapping or 'nothing'}")
+    try:
+        problems = check_roots(spec.data.roots, needed)
+        mapping = spec.data.roots.get("objectnet_mapping")
+        if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (mapping and
+                                                                                   Path(mapping).is_file()):
+            problems.append(f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for "
+                            f"its 113 ImageNet classes; got {show(mapping) if mapping else 'nothing'}")
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte, a loop of symlinks: not a usable path
+        raise SpecError(f"{where}: a root is not a usable path ({getattr(err, 'strerror', None) or err}): "
+                        f"{show(getattr(err, 'filename', None) or '')}") from None
     if problems:
-        raise SpecError(f"{spec_path}: profile {spec.profile!r}: key 'data.roots': {problems[0]}"
-                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise SpecError(f"{where}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
 def _needed_roots(spec: SweepSpec) -> list[str]:
@@ -101,26 +116,81 @@ def _needed_roots(spec: SweepSpec) -> list[str]:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def validate(argv: list[str] | None) -> tuple[argparse.Namespace, SweepSpec]:
+    """Every check, cheapest first; creates nothing, starts nothing, and contacts servers only for a real run.
+
+    Raises:
+        BadInput: the first problem, as one line for a person.
+    """
+    args = build_parser().parse_args(argv)
+    check_flags(args)
+    check_env()
+    spec = load_spec(args.spec, args.profile, args.overrides)
+    check_storage(args.storage, dry_run=args.dry_run)
+    check_data_roots(spec, args.spec)
+    if not args.dry_run:
+        check_services(args)
+    return args, spec
+
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer whose reader went away (`... --dry-run | head`)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        spec = load_spec(args.spec, args.profile, args.overrides)
-        if not args.dry_run:
-            check_storage(args.storage)
-        check_data_roots(spec, args.spec)
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
+        args, spec = validate(argv)
+        if args.dry_run:
+            return _dry_run(args, spec)
+        args.storage = str(make_dir(storage_path(args.storage), "--storage"))  # the first thing created
+    except BadInput as err:
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from orchestrator.cache import Cache
+    except BrokenPipeError:  # not a bug: stdout's reader closed it; silence the interpreter's own flush too
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+    except Exception as err:  # noqa: BLE001 - a bug: one line for people, the traceback in a file
+        return report_bug(err)
+    try:
+        return _run(args, spec)
+    except Exception as err:  # noqa: BLE001 - runner reports its own; this is launching/stopping the server
+        return report_bug(err)
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # in-process callers (tests) may have replaced sys.stdout
+
+
+def _dry_run(args: argparse.Namespace, spec: SweepSpec) -> int:
+    """Plan and print; reads the stage cache only if it is already on local disk (no folder made, no network)."""
     from orchestrator.plan import build_plan, dry_run_report, format_report
 
-    if args.dry_run:
-        cache = Cache(args.storage) if Path(args.storage).exists() or "://" in args.storage else None
-        plan = build_plan(spec, cache.has if cache else None)
-        report = dry_run_report(plan)
-        print(json.dumps(report, indent=1) if args.json else format_report(report))
+    plan = build_plan(spec, _cached_on_disk(args.storage))
+    report = dry_run_report(plan)
+    if args.json:
+        print(json.dumps(report, indent=1))
         return 0
-    return _run(args, spec)
+    cells = report["cells"]
+    lines = format_report({**report, "cells": cells[:DRY_RUN_CELLS]}).splitlines()
+    if len(cells) > DRY_RUN_CELLS:
+        lines.insert(1 + DRY_RUN_CELLS, f"  ... and {len(cells) - DRY_RUN_CELLS:,} more cells (--json lists all)")
+    print("\n".join(lines))
+    return 0
+
+
+def _cached_on_disk(storage: str):
+    """`Cache.has` for a dry run, without `Cache` (which creates `<storage>/cache` and may contact an object
+    store): None when the cache is remote or not there yet."""
+    from orchestrator.cache import MANIFEST
+
+    path = storage_path(storage)
+    root = path.resolve() / "cache" if path is not None else None
+    if root is None or not root.is_dir():
+        return None
+    return lambda kind, key: (root / kind / key / MANIFEST).is_file()
 
 
 def _run(args: argparse.Namespace, spec: SweepSpec) -> int:

@@ -57,7 +57,7 @@ def test_full_storage(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "MiB free" in proc.stderr and str(storage) in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert not any(p.is_dir() for p in storage.iterdir())  # no mlflow/, no ray dirs
+    assert not storage.exists()  # refused before anything is created: no folder at all, so no mlflow/, no ray dirs
 
 
 def test_dry_run_json_teacher_vs_student(tmp_path: Path) -> None:
@@ -78,3 +78,47 @@ def test_paper_profile_missing_roots_reported_at_plan_time(tmp_path: Path) -> No
                     "--storage", str(tmp_path / "r")], timeout=120)
     assert proc.returncode == 2 and "data.roots" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "mlflow").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--profile", "paper"], "data.roots"),                                      # used to create ./runs
+    (["--dry-run", "--storage", "/dev/null"], "is not a folder"),                # used to be NotADirectoryError
+    (["--dry-run", "--storage", "garbage://x/y"], "unknown storage scheme"),     # used to be ArrowInvalid
+    (["--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow server answers"),  # used to be exit 1, after start
+    (["--address", "127.0.0.1:{port}"], "nothing answers"),                      # left a RUNNING parent, ./mlruns
+    (["--mlflow-patience", "nan"], "--mlflow-patience"),                         # used to hang
+], ids=["paper-roots", "dev-null", "garbage-scheme", "tracking-down", "address-down", "patience-nan"])
+def test_refusals_create_nothing_in_the_working_directory(tmp_path: Path, extra: list[str], needle: str) -> None:
+    """The real entry point, run from an empty folder: exit 2, one line, and the folder is still empty."""
+    port = str(_closed_port())
+    args = [a.replace("{port}", port) for a in extra]
+    proc = run_cli(["orchestrator.sweep", str(ROOT / "sweeps" / "smoke.yaml"), *args], timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert _tree(tmp_path) == []
+
+
+def test_dry_run_reads_the_cache_without_creating_it_and_summarises_cells(tmp_path: Path) -> None:
+    """An existing storage without cache/ stays as it is; past 50 cells the text report counts the rest."""
+    storage = tmp_path / "r"
+    storage.mkdir()
+    seeds = ", ".join(map(str, range(40)))
+    proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--dry-run", "--storage", str(storage),
+                    "--set", f"grid.seed=[{seeds}]"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert _tree(tmp_path) == ["r"]
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith(": 80 cells") and all(ln.startswith("  cell ") for ln in lines[1:51])
+    assert lines[51] == "  ... and 30 more cells (--json lists all)" and lines[52].startswith("stages")

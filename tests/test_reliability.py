@@ -224,11 +224,12 @@ def test_mlflow_outage_beyond_patience_stops_cleanly_and_resumes(tmp_path: Path)
     storage = tmp_path / "runs"
     server = LocalMlflowServer(tmp_path / "mlflow").start()
     port = server.port
-    server.stop()  # down from the start: the sweep must stop with a clear message, nothing started
+    server.stop()  # down from the start: bad input (exit 2, one line), refused before anything is created
     proc = run_cli(sweep_args(storage, "--tracking-uri", f"http://127.0.0.1:{port}", "--mlflow-patience", "5"),
                    timeout=300)
-    assert proc.returncode == 1 and "MLflow unreachable" in proc.stderr and "rerun" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no MLflow server answers" in proc.stderr and str(port) in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not storage.exists()
     with LocalMlflowServer(tmp_path / "mlflow", port=port) as server:
         proc = run_cli(sweep_args(storage, "--tracking-uri", server.uri), timeout=1200)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -86,8 +86,10 @@ def test_malformed_documents(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_missing_file_and_bad_override(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="no such sweep file"):
+    with pytest.raises(SpecError, match=r"nope.yaml: no such sweep file$"):
         load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match=r": not a regular file \(a folder"):
+        load_spec(tmp_path)
     p = write(tmp_path, BASE)
     with pytest.raises(SpecError, match="KEY=VALUE"):
         load_spec(p, "local", ["train.epochs"])
@@ -99,3 +101,105 @@ def test_missing_file_and_bad_override(tmp_path: Path) -> None:
 
 def test_methods_are_a_closed_vocabulary() -> None:
     assert {m.value for m in Method} == {"ours", "wo_kd", "apt", "full_ft", "wise_ft", "original"}
+
+
+# ------------------------------------------------------------------------------------------------ bounds, types
+
+
+def test_yaml_bounds_refuse_fast(tmp_path: Path) -> None:
+    """An alias bomb, 100,000 nested brackets and an oversize file are refused in well under a second each."""
+    import time
+
+    from orchestrator.inputs import MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
+
+    bomb = "name: t\nprofiles:\n  local:\n    a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    cases = [(bomb, f"more than {MAX_YAML_NODES:,} values"), ("name: " + "[" * 100_000, f"{MAX_YAML_DEPTH} levels"),
+             ("name: t\n" + "#" * MAX_SPEC_BYTES, "larger than 256 KiB"),
+             ("a: &a [*a]\n", "recursive alias")]
+    for text, needle in cases:
+        t0 = time.perf_counter()
+        with pytest.raises(SpecError, match=needle) as err:
+            load_spec(write(tmp_path, text), "local")
+        assert time.perf_counter() - t0 < 2.0 and "\n" not in str(err.value)
+
+
+def test_duplicate_keys_and_yaml12_floats(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"duplicate key 'name' at line 2"):
+        load_spec(write(tmp_path, "name: a\nname: b\n" + BASE.replace("name: t\n", "")), "local")
+    spec = load_spec(write(tmp_path, BASE), "local", ["train.lr=1e-3", "train.full_ft_lr=5E-6"])
+    assert spec.train.lr == 1e-3 and spec.train.full_ft_lr == 5e-6  # YAML 1.1 would read them as strings
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("grid.seed=[true]", "seed True is not a whole number"),
+    ("grid.seed=['3']", "seed '3' is not a whole number"),
+    ("grid.seed=[1e30]", "seed 1e+30 is not a whole number"),
+    ("grid.seed=[4294967296]", "outside 0 <= seed < 2**32"),
+    ("grid.seed=[-1]", "outside 0 <= seed < 2**32"),
+    ("grid.data_fraction=['0.5']", "data fraction '0.5' is not a number"),
+    ("grid.data_fraction=[true]", "data fraction True is not a number"),
+    ("grid.data_fraction=[1e-300]", "below 1e-06"),
+    ("grid.data_fraction=[.nan]", "outside (0, 1]"),
+    ("train.epochs=true", "expected a number, got true/false"),
+    ("train.epochs='3'", "expected a number, got text"),
+    ("train.lr=.inf", "finite number"),
+    ("resources.cpus_per_worker=.nan", "finite number"),
+    ("model_overrides.vit_base.patch_size=-1", "patch_size = -1: allowed: a whole number from 1 to 4096"),
+    ("model_overrides.vit_base.patch_size=true", "patch_size = True"),
+    ("model_overrides.vit_base.budget_m=0", "budget_m = 0"),
+    ("name=..", "sweep name '..' is not a safe folder name"),
+    ("name=a/b", "not a safe folder name"),
+    ("name=" + "n" * 101, "not a safe folder name"),
+    ("profile=paper", "choose the profile with --profile"),
+    ("profiles.local.train.epochs=1", "choose one with --profile"),
+])
+def test_strict_types_and_names(tmp_path: Path, override: str, needle: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, BASE), "local", [override])
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_whole_fractions_and_patch_sizes_still_pass(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, BASE), "local", ["grid.data_fraction=[1, 0.5]", "grid.seed=[0, 4294967295]",
+                                                      "model_overrides.vit_base.patch_size=8"])
+    assert spec.grid.data_fraction == [1.0, 0.5] and spec.model_overrides["vit_base"]["patch_size"] == 8
+
+
+def test_cell_limit_from_axis_lengths(tmp_path: Path) -> None:
+    """10,000 cells pass, 10,002 are refused, with the axis shape; `n_cells` is exactly what the plan expands."""
+    from orchestrator.plan import cells
+    from orchestrator.spec import MAX_CELLS
+
+    p = write(tmp_path, BASE.replace("method: [ours]", "method: [ours, apt]"))
+    ok = load_spec(p, "local", [f"grid.seed=[{', '.join(map(str, range(MAX_CELLS // 2)))}]"])
+    assert ok.grid.n_cells() == len(cells(ok)) == MAX_CELLS
+    with pytest.raises(SpecError, match=r"the grid has 10,002 cells \(1 students x 1 teachers x 2 methods x 1 "
+                                        r"fractions x 5001 seeds\); the limit is 10,000"):
+        load_spec(p, "local", [f"grid.seed=[{', '.join(map(str, range(MAX_CELLS // 2 + 1)))}]"])
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_n_cells_matches_the_plan(path: Path) -> None:
+    from orchestrator.plan import cells
+
+    for profile in ("local", "paper"):
+        spec = load_spec(path, profile)
+        assert spec.grid.n_cells() == len(cells(spec))
+
+
+def test_messages_escape_and_shorten(tmp_path: Path) -> None:
+    """A key with an ANSI escape, a file name with a newline, a 20,000-seed duplicate: one short line each."""
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, BASE.replace("  method: [ours]", "  method: [ours]\n  \"\\e[31mred\\n\": 1")),
+                  "local")
+    msg = str(err.value)
+    assert "\x1b" not in msg and "\n" not in msg and "\\x1b[31mred\\n" in msg, msg
+    odd = tmp_path / "a\nb\x1b.yaml"
+    odd.write_text("name: [")
+    with pytest.raises(SpecError) as err:
+        load_spec(odd, "local")
+    assert "a\\nb\\x1b.yaml" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, BASE), "local", [f"grid.seed=[{', '.join(map(str, range(20_000)))}, 7]"])
+    assert "grid.seed lists 7 twice" in str(err.value) and len(str(err.value)) < 400, str(err.value)
