@@ -23,15 +23,15 @@ import copy
 import hashlib
 import json
 import math
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.inputs import BadInput, check_part, load_yaml, read_bounded, show, show_path
+from orchestrator.spec_sections import (DataConfig, PoolConfig, PretrainConfig, Resources, SearchConfig,  # noqa: F401
+                                        Strict, TeacherTrainConfig, TrainConfig, override_problem)
 from trainables.vocab import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION,  # noqa: F401 - re-exported
                               METHODS_WITHOUT_TEACHER, EvalSuite, Method, did_you_mean)
 
@@ -43,27 +43,6 @@ SEED_BOUND = 2**32          # seeds are 0 <= seed < 2**32 (numpy's RandomState r
 
 class SpecError(BadInput):
     """Bad user input in a sweep file or an override; its message is one line meant for a person."""
-
-
-def _is_number_field(annotation: Any) -> bool:
-    """int, float, or an Optional of them: the fields where YAML's `true` or `"3"` must not pass as a number."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
-        else (annotation,)
-    args = [a for a in args if a is not type(None)]
-    return bool(args) and all(a in (int, float) for a in args)
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan=False: `--set train.lr=.inf` or `nan` is refused wherever a float is read
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _numbers_are_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        """pydantic would read `true` as 1 and `"3"` as 3: both change what the user meant, so refuse them."""
-        if isinstance(v, (bool, str)) and _is_number_field(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"expected a number, got {'true/false' if isinstance(v, bool) else 'text'}")
-        return v
 
 
 def _model_names(role: str) -> list[str]:
@@ -80,7 +59,7 @@ def _check_names(values: list[str], role: str) -> list[str]:
     return values
 
 
-class Grid(_Strict):
+class Grid(Strict):
     """The grid axes. Cells are the product after dropping the axes a method ignores (see `plan.cells`)."""
 
     student: list[str] = Field(default_factory=list)
@@ -172,109 +151,7 @@ class Grid(_Strict):
                 f"{len(self.seed)} seeds")
 
 
-class TrainConfig(_Strict):
-    """Distillation of the student's tail (method.md §2.5 and §3). Every [default] of the method is a knob here."""
-
-    epochs: int = Field(500, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(256, ge=1)
-    dropout: float = Field(0.25, ge=0, lt=1)
-    mc_samples: int = Field(10, ge=1)
-    alpha: float = Field(0.5, ge=0, le=1)      # unclean head: (1-alpha) CE + alpha KD
-    tau: float = Field(1.0, gt=0)              # distillation temperature
-    lam: float = Field(1.0, ge=0)              # head selection: U + lam * KL
-    self_distill: float = Field(0.0, ge=0)     # optional clean-head KL to the original student
-    wise_alpha: float = Field(0.5, ge=0, le=1)  # WiSE-FT interpolation weight
-    full_ft_lr: float = Field(1e-5, gt=0)      # complete fine-tuning touches pretrained weights: smaller step
-    full_ft_epochs: int | None = Field(None, ge=1)  # None: same as `epochs`
-    precise_bn: bool = True                    # recompute BN statistics after short trainings (platform.md)
-    fail_cells: list[str] = Field(default_factory=list)  # fault switch for tests: cell keys (or "*") that raise
-
-
-class TeacherTrainConfig(_Strict):
-    """Robustifying the small teacher with AugMix (+JSD) on clean + DeepAugment images (method.md §2.1)."""
-
-    epochs: int = Field(90, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(256, ge=1)
-    jsd_weight: float = Field(12.0, ge=0)
-    n_images: int | None = Field(None, ge=1)  # clean images (None: the whole clean split)
-    pool_images: int | None = Field(None, ge=1)  # augmented pool images (None: the whole pool)
-    naive_baseline: bool = False               # also train a clean-only teacher (supplement Table 6)
-
-
-class PretrainConfig(_Strict):
-    """`pretrain_student`: only where no weights are given (local profile) — a clean-trained, brittle student."""
-
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(128, ge=1)
-    n_images: int | None = Field(None, ge=1)
-
-
-class PoolConfig(_Strict):
-    """The offline augmented pool of N' images (DeepAugment + Noise2Net, then AugMix), method.md §2.2."""
-
-    n_images: int = Field(2000, ge=1)
-    ae_epochs: int = Field(5, ge=1)
-    augmix_prob: float = Field(0.5, ge=0, le=1)
-    noise2net_share: float = Field(0.5, ge=0, le=1)
-
-
-class DataConfig(_Strict):
-    """Where images come from. `embedded`: MNIST-5k + sklearn digits, shipped in packages; `imagenet`: roots.
-
-    On `imagenet`, n_train / n_test bound the images held in memory (uint8, 150 kB each at 224 px) for the train
-    split and for the val split, every shift set and every transfer set; None reads all of them (not for the
-    1.28M-image train split). `roots.objectnet_mapping` names ObjectNet's {folder: [wnid, ...]} JSON file."""
-
-    source: Literal["embedded", "imagenet"] = "embedded"
-    image_size: int = Field(32, ge=32)
-    n_train: int | None = Field(2000, ge=10)
-    n_test: int | None = Field(500, ge=10)
-    c_per_cell: int | None = Field(100, ge=1)   # test images per (corruption, severity); None: all
-    p_sequences: int = Field(20, ge=1)
-    p_frames: int = Field(10, ge=2)
-    roots: dict[str, str] = Field(default_factory=dict)
-    reference_model: str | None = None          # model whose flip probabilities define FR (AlexNet in the paper)
-
-    @model_validator(mode="after")
-    def _embedded_sizes(self) -> "DataConfig":
-        if self.source == "embedded" and (self.n_train is None or self.n_test is None):
-            raise ValueError("data.n_train and data.n_test must be numbers on source 'embedded' (5,000 images in "
-                             "all); None (all images) is for source 'imagenet'")
-        return self
-
-
-class Resources(_Strict):
-    """Per-trial resources; Ray Train workers get their own placement group (platform.md)."""
-
-    workers_per_trial: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
-    gpus_per_worker: float = Field(0, ge=0)
-    max_concurrent_trials: int | None = Field(None, ge=1)  # None: derived from the cluster
-    max_retries: int = Field(1, ge=0)
-    # Cells sharing one trial (orchestrator/packing.py): None packs cheap cells automatically, 1 turns packing off.
-    cells_per_trial: int | None = Field(None, ge=1)
-
-
-class SearchConfig(_Strict):
-    """Optional Optuna study inside each cell, e.g. {space: {lr: "loguniform(1e-4, 1e-2)"}, trials: 8}."""
-
-    space: dict[str, str] = Field(min_length=1)
-    trials: int = Field(8, ge=1)
-    metric: str = "acc/c"
-
-    @field_validator("space")
-    @classmethod
-    def _space(cls, v: dict[str, str]) -> dict[str, str]:
-        from orchestrator.search import parse_space
-
-        parse_space(v)
-        return v
-
-
-class SweepSpec(_Strict):
+class SweepSpec(Strict):
     """A whole, resolved sweep: one profile merged over the base, overrides applied."""
 
     name: str  # becomes a folder (`<storage>/results/<name>`) and the MLflow experiment: see `_name`
@@ -318,7 +195,7 @@ class SweepSpec(_Strict):
     def _override_values(cls, v: dict[str, dict[str, Any]]) -> dict:
         for model, knobs in v.items():
             for knob, value in knobs.items():
-                if (problem := _override_problem(knob, value)) is not None:
+                if (problem := override_problem(knob, value)) is not None:
                     raise ValueError(f"{model}.{knob} = {show(value)}: {problem}")
         return v
 
@@ -340,25 +217,6 @@ class SweepSpec(_Strict):
 
 
 PROFILE_SECTIONS = frozenset(SweepSpec.model_fields) - {"name", "profile", "reproduces", "description"}
-
-# Library keywords in `model_overrides` whose wrong type or sign would only fail inside a worker, hours later.
-_POSITIVE_INT_KNOBS = frozenset({"patch_size", "depth", "num_heads", "embed_dim", "width", "layers"})
-_POSITIVE_NUMBER_KNOBS = frozenset({"budget_m", "mlp_ratio"})
-_RATE_KNOBS = frozenset({"force_patch_dropout", "drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate",
-                         "pos_drop_rate", "patch_drop_rate"})
-
-
-def _override_problem(knob: str, value: Any) -> str | None:
-    """Why a `model_overrides` value is wrong for its keyword, or None."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if knob in _POSITIVE_INT_KNOBS and not (type(value) is int and 1 <= value <= 4096):
-        return "allowed: a whole number from 1 to 4096"
-    if knob in _POSITIVE_NUMBER_KNOBS and not (is_number and 0 < value < 1e6):
-        return "allowed: a number > 0"
-    if knob in _RATE_KNOBS and not (is_number and 0 <= value < 1):
-        return "allowed: a number in [0, 1)"
-    return None
-
 
 # --------------------------------------------------------------------------------------------------- loading
 
