@@ -3,6 +3,7 @@
 Peak memory is the maximum over time of the summed RSS of every process carrying this run's marker in its
 environment (the CLI, Ray's daemons and workers, the MLflow server), sampled every 0.5 s from /proc.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ def run_measured(args: list[str], env: dict[str, str] | None = None, timeout: fl
     t0 = time.perf_counter()
     t.start()
     try:
-        proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
     finally:
         wall = time.perf_counter() - t0
         stop.set()

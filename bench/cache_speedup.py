@@ -11,6 +11,7 @@ Usage: python -m bench.cache_speedup [--spec sweeps/teacher_vs_student.yaml] [--
        [--skip-naive]
 `--teachers N` runs all three modes on the first N teachers of the grid only (same grid for all three).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,11 @@ def _teachers(spec: Path) -> list[str]:
 
 def _tables(storage: Path, name: str) -> dict[str, bytes]:
     out = storage / "results" / name
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*")) if p.suffix in (".md", ".csv", ".tex")
-            and p.name != "index.md"}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.glob("*"))
+        if p.suffix in (".md", ".csv", ".tex") and p.name != "index.md"
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +54,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_naive:
             wall = peak = 0.0
             for t in teachers:
-                m = run_measured(["orchestrator.sweep", args.spec, "--storage", str(work / f"naive-{t}"),
-                                  "--set", f"grid.teacher=[{t}]", "--no-feature-cache"])
+                m = run_measured(
+                    [
+                        "orchestrator.sweep",
+                        args.spec,
+                        "--storage",
+                        str(work / f"naive-{t}"),
+                        "--set",
+                        f"grid.teacher=[{t}]",
+                        "--no-feature-cache",
+                    ]
+                )
                 assert m.returncode == 0, m.stderr[-2000:]
                 wall, peak = wall + m.wall_s, max(peak, m.peak_rss_gb)
             results["naive"] = {"wall_s": wall, "peak_rss_gb": peak}
@@ -64,14 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         assert warm.returncode == 0, warm.stderr[-2000:]
         results["warm"] = {"wall_s": warm.wall_s, "peak_rss_gb": warm.peak_rss_gb}
         identical = cold_tables == _tables(work / "shared", name) and bool(cold_tables)
-        report = {"spec": args.spec, "teachers": teachers, **results, "tables_byte_identical": identical,
-                  "cold_vs_warm": results["cold"]["wall_s"] / results["warm"]["wall_s"]}
+        report = {
+            "spec": args.spec,
+            "teachers": teachers,
+            **results,
+            "tables_byte_identical": identical,
+            "cold_vs_warm": results["cold"]["wall_s"] / results["warm"]["wall_s"],
+        }
         if "naive" in results:
             report["naive_vs_cold"] = results["naive"]["wall_s"] / results["cold"]["wall_s"]
         write_report(args.out, "cache_speedup", report)
         # keep the cold run's tables beside the report: they are the sweep's result, not just a timing artefact
-        shutil.copytree(work / "shared" / "results" / name, Path(args.out) / f"cache_speedup-{name}-tables",
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            work / "shared" / "results" / name, Path(args.out) / f"cache_speedup-{name}-tables", dirs_exist_ok=True
+        )
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -74,8 +74,17 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    student = create_student(args.student, num_classes=len(CIFAR10_CLASSES), img_size=args.img_size,
-                             class_names=CIFAR10_CLASSES, dropout=0.25).to(device).eval()
+    student = (
+        create_student(
+            args.student,
+            num_classes=len(CIFAR10_CLASSES),
+            img_size=args.img_size,
+            class_names=CIFAR10_CLASSES,
+            dropout=0.25,
+        )
+        .to(device)
+        .eval()
+    )
     x01 = torch.rand(args.batch_size, 3, args.img_size, args.img_size, device=device)
 
     def plain() -> object:
@@ -115,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(f"{result['student']} batch {result['batch_size']}: plain {result['median_plain_s'] * 1e3:.1f} ms, "
-          f"trunk once + predict_all(N={result['n_samples']}) {result['median_ours_s'] * 1e3:.1f} ms "
-          f"(heads only {result['median_heads_only_s'] * 1e3:.1f} ms), "
-          f"ratio {result['ratio_ours_over_plain']:.2f}; wrote {args.out}")
+    print(
+        f"{result['student']} batch {result['batch_size']}: plain {result['median_plain_s'] * 1e3:.1f} ms, "
+        f"trunk once + predict_all(N={result['n_samples']}) {result['median_ours_s'] * 1e3:.1f} ms "
+        f"(heads only {result['median_heads_only_s'] * 1e3:.1f} ms), "
+        f"ratio {result['ratio_ours_over_plain']:.2f}; wrote {args.out}"
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ per cell = (overhead(big) - overhead(small)) / (big - small). `--no-packing` mea
 
 Usage: python -m bench.overhead [--cells 24,96] [--no-packing] [--out bench/out]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,28 @@ def measure(cells: int, packing: bool) -> dict:
     fractions = [round((i + 1) / cells, 4) for i in range(cells)]
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     try:
-        overrides = ["--set", f"grid.data_fraction={fractions}", "--set", "grid.method=[ours]",
-                     "--set", "train.epochs=1", "--set", "eval=[clean]", "--set", "data.n_train=100",
-                     "--set", "data.n_test=40", "--set", "pool.n_images=60", "--set", "pool.ae_epochs=1",
-                     "--set", "teacher_train.n_images=40", "--set", "train.mc_samples=2"]
+        overrides = [
+            "--set",
+            f"grid.data_fraction={fractions}",
+            "--set",
+            "grid.method=[ours]",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval=[clean]",
+            "--set",
+            "data.n_train=100",
+            "--set",
+            "data.n_test=40",
+            "--set",
+            "pool.n_images=60",
+            "--set",
+            "pool.ae_epochs=1",
+            "--set",
+            "teacher_train.n_images=40",
+            "--set",
+            "train.mc_samples=2",
+        ]
         if not packing:
             overrides += ["--set", "resources.cells_per_trial=1"]
         m = run_measured(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(work), *overrides])
@@ -54,11 +73,24 @@ def measure(cells: int, packing: bool) -> dict:
             if "time/start_unix" in d:
                 intervals.append((d["time/start_unix"], d["time/end_unix"]))
         busy = union_seconds(intervals)
-        trials = next((ln.split(" as ")[1].split(" Ray")[0] for ln in m.stdout.splitlines() if " as " in ln
-                       and "Ray Tune trial" in ln), "?")
-        return {"cells": cells, "trials": trials, "wall_s": m.wall_s, "work_union_s": busy,
-                "overhead_s": m.wall_s - busy, "overhead_share": (m.wall_s - busy) / m.wall_s,
-                "n_timed_units": len(intervals), "peak_rss_gb": m.peak_rss_gb}
+        trials = next(
+            (
+                ln.split(" as ")[1].split(" Ray")[0]
+                for ln in m.stdout.splitlines()
+                if " as " in ln and "Ray Tune trial" in ln
+            ),
+            "?",
+        )
+        return {
+            "cells": cells,
+            "trials": trials,
+            "wall_s": m.wall_s,
+            "work_union_s": busy,
+            "overhead_s": m.wall_s - busy,
+            "overhead_share": (m.wall_s - busy) / m.wall_s,
+            "n_timed_units": len(intervals),
+            "peak_rss_gb": m.peak_rss_gb,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

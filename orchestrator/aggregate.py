@@ -8,20 +8,21 @@ Without --tracking-uri it opens the local store `<storage>/mlflow` (default `./r
 server on 127.0.0.1 for the duration. Per table it writes `<id>.md`, `.csv`, `.tex` (and `.png` for figures), plus
 `index.md`; default output folder `<storage>/results/<experiment>`, as the sweep does.
 """
+
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from orchestrator import render
 from orchestrator.checks import MLFLOW_ENV, READ_TRACKING, check_env, check_tracking_uri, make_dir
 from orchestrator.checks import check_storage as check_folder
 from orchestrator.inputs import BadInput, check_part, one_line, report_bug, show
-from trainables.vocab import did_you_mean
 from orchestrator.tables import TABLE_IDS, TABLES, TableResult, build_table
+from trainables.vocab import did_you_mean
 
 SWEEP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -37,8 +38,9 @@ def check_table_ids(ids: Sequence[str] | None) -> list[str] | None:
     """Raise `AggregateError` naming close matches for an unknown table id."""
     for t in ids or []:
         if t not in TABLE_IDS:
-            raise AggregateError(f"unknown table {show(t)}{did_you_mean(t, TABLE_IDS)}; "
-                                 f"allowed: {', '.join(TABLE_IDS)}")
+            raise AggregateError(
+                f"unknown table {show(t)}{did_you_mean(t, TABLE_IDS)}; allowed: {', '.join(TABLE_IDS)}"
+            )
     return list(ids) if ids else None
 
 
@@ -80,8 +82,9 @@ def aggregate_frame(runs, out_dir: str | Path, tables: Sequence[str] | None = No
     return written + [index]
 
 
-def aggregate(uri: str, experiment: str, out_dir: str | Path, tables: Sequence[str] | None = None,
-              sweep_id: str | None = None) -> list[Path]:
+def aggregate(
+    uri: str, experiment: str, out_dir: str | Path, tables: Sequence[str] | None = None, sweep_id: str | None = None
+) -> list[Path]:
     """Read an experiment's finished runs (optionally of one sweep invocation) and render the tables.
 
     Args:
@@ -137,11 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="experiment name (= the sweep's name)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI; default: a server on <storage>/mlflow")
     p.add_argument("--out", help="output folder; default <storage>/results/<experiment>")
-    p.add_argument("--table", action="append", dest="tables", metavar="ID",
-                   help=f"table id, repeatable; default: every table with data ({', '.join(TABLE_IDS)})")
+    p.add_argument(
+        "--table",
+        action="append",
+        dest="tables",
+        metavar="ID",
+        help=f"table id, repeatable; default: every table with data ({', '.join(TABLE_IDS)})",
+    )
     p.add_argument("--sweep-id", help="read only this sweep invocation's runs")
-    p.add_argument("--profile", choices=["local", "paper"], default="local",
-                   help="with --table supp_table5 and paper: count the architectures at paper settings")
+    p.add_argument(
+        "--profile",
+        choices=["local", "paper"],
+        default="local",
+        help="with --table supp_table5 and paper: count the architectures at paper settings",
+    )
     p.add_argument("--storage", default="runs", help="the sweep's storage folder (default ./runs)")
     return p
 
@@ -177,8 +189,7 @@ def _validate(argv: list[str] | None) -> tuple[argparse.Namespace, list[str] | N
         check_part(args.experiment, "--experiment")  # it names the default output folder
     tables = check_table_ids(args.tables)
     if args.sweep_id is not None and not (SWEEP_ID.match(args.sweep_id) and len(args.sweep_id) <= 200):
-        raise AggregateError(f"--sweep-id {show(args.sweep_id)}: allowed: up to 200 characters from "
-                             "[A-Za-z0-9_.:-]")
+        raise AggregateError(f"--sweep-id {show(args.sweep_id)}: allowed: up to 200 characters from [A-Za-z0-9_.:-]")
     if "://" in args.storage:
         raise AggregateError(f"--storage {show(args.storage)}: expected the sweep's local storage folder")
     check_folder(args.storage, flag="--storage", dry_run=True)
@@ -205,8 +216,9 @@ def _from_mlflow(args: argparse.Namespace, tables: list[str] | None) -> list[Pat
         if not uri:
             store = Path(args.storage) / "mlflow"
             if not (store / "mlflow.db").is_file():
-                raise AggregateError(f"no local MLflow store at {store} (run a sweep first, or pass "
-                                     "--tracking-uri / --storage)")
+                raise AggregateError(
+                    f"no local MLflow store at {store} (run a sweep first, or pass --tracking-uri / --storage)"
+                )
             server = LocalMlflowServer(store).start()
             uri = server.uri
         elif (reason := unreachable_reason(uri)) is not None:

@@ -11,6 +11,7 @@ Two processes needing the same missing entry serialise on a file lock (`<root>/c
 the second finds the entry published and does no work. A corrupt entry (a checksum mismatch, a missing file) is
 detected on read, removed, and recomputed by the caller: `get()` raises `CacheCorrupt`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock
 
@@ -51,12 +52,11 @@ def _manifest_for(folder: Path, meta: dict | None) -> dict:
 class Cache:
     """Stage cache rooted at a storage path or URI."""
 
-    def __init__(self, storage: str | os.PathLike, scratch: str | os.PathLike | None = None,
-                 filesystem=None) -> None:
+    def __init__(self, storage: str | os.PathLike, scratch: str | os.PathLike | None = None, filesystem=None) -> None:
         """Args:
-            storage: a folder, or a URI pyarrow understands (s3://bucket/prefix, gs://, hdfs://).
-            scratch: local mirror for entries read from / written to a remote store.
-            filesystem: an explicit `pyarrow.fs.FileSystem` (storage is then a path inside it).
+        storage: a folder, or a URI pyarrow understands (s3://bucket/prefix, gs://, hdfs://).
+        scratch: local mirror for entries read from / written to a remote store.
+        filesystem: an explicit `pyarrow.fs.FileSystem` (storage is then a path inside it).
         """
         storage = str(storage)
         self.remote = filesystem is not None or ("://" in storage and not storage.startswith("file://"))

@@ -5,6 +5,7 @@ nearest existing ancestor, a tracking server by read-only requests (`/health`, o
 address by a TCP connect. Only when every check has passed does the CLI call `make_dir`, the first thing that
 creates anything. Network checks touch only what the user named, with short timeouts, and never run on a dry run.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,20 +14,36 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from orchestrator.inputs import BadInput, show, show_path
+
 # The CLIs import every check from here; the network-facing ones live in orchestrator/netchecks.py.
 from orchestrator.netchecks import (  # noqa: F401 - re-exported
-    CONNECT_TIMEOUT_S, READ_TRACKING, SWEEP_TRACKING, check_tcp, check_tracking_uri, parse_uri, valid_host)
+    CONNECT_TIMEOUT_S,
+    READ_TRACKING,
+    SWEEP_TRACKING,
+    check_tcp,
+    check_tracking_uri,
+    parse_uri,
+    valid_host,
+)
 
 # ------------------------------------------------------------------------------------------------ numbers
 
 
-def finite_number(text: str | float, what: str, *, low: float, high: float, low_open: bool = True,
-                  integer: bool = False, sep: str = " ") -> float:
+def finite_number(
+    text: str | float,
+    what: str,
+    *,
+    low: float,
+    high: float,
+    low_open: bool = True,
+    integer: bool = False,
+    sep: str = " ",
+) -> float:
     """Parse `text` as a finite number in (low, high] (or [low, high] with low_open=False).
 
     Raises:
@@ -59,8 +76,9 @@ class EnvRule:
 
 
 def _int_in(low: int, high: int) -> Callable[[str, str], object]:
-    return lambda name, raw: finite_number(raw, f"environment variable {name}", low=low, high=high,
-                                           low_open=False, integer=True, sep="=")
+    return lambda name, raw: finite_number(
+        raw, f"environment variable {name}", low=low, high=high, low_open=False, integer=True, sep="="
+    )
 
 
 def _positive(high: float) -> Callable[[str, str], object]:
@@ -72,6 +90,7 @@ def _flag(*allowed: str) -> Callable[[str, str], object]:
         if raw.strip().lower() not in allowed:
             raise BadInput(f"environment variable {name}={show(raw)} is not allowed; allowed: {', '.join(allowed)}")
         return raw
+
     return check
 
 
@@ -83,8 +102,9 @@ ENV_RULES: dict[str, EnvRule] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": EnvRule(_int_in(0, 10), "MLflow (at most 10)"),
     "MLFLOW_HTTP_REQUEST_TIMEOUT": EnvRule(_int_in(1, 86_400), "MLflow"),
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": EnvRule(_int_in(0, 120), "MLflow"),
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": EnvRule(lambda n, r: finite_number(
-        r, f"environment variable {n}", low=0, high=3600, low_open=False, sep="="), "MLflow"),
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": EnvRule(
+        lambda n, r: finite_number(r, f"environment variable {n}", low=0, high=3600, low_open=False, sep="="), "MLflow"
+    ),
     "MLFLOW_ENABLE_ASYNC_LOGGING": EnvRule(_flag("true", "false", "1", "0"), "MLflow"),
     # Ray Train reads these in every trial (ray_backend.TRAIN_ENV sets them unless the user did)
     "RAY_TRAIN_V2_ENABLED": EnvRule(_flag("1", "0", "true", "false"), "Ray Train"),
@@ -132,8 +152,9 @@ def storage_path(storage: str) -> Path | None:
     return Path(rest) if scheme.lower() == "file" else None
 
 
-def check_storage(storage: str, *, flag: str = "--storage", dry_run: bool = False,
-                  need_free: bool = True) -> Path | None:
+def check_storage(
+    storage: str, *, flag: str = "--storage", dry_run: bool = False, need_free: bool = True
+) -> Path | None:
     """Judge a storage location without creating it.
 
     Local: the path, or its nearest existing ancestor, must be a folder (not /dev/null, a file, or a path under a
@@ -194,8 +215,10 @@ def _check_free(anchor: Path, shown: str) -> None:
     st = os.statvfs(anchor)
     free = st.f_bavail * st.f_frsize // 2**20
     if free < need:
-        raise BadInput(f"{shown}: {free} MiB free, a sweep needs at least {need} MiB ({MIN_FREE_ENV}); "
-                       "free space or choose another folder")
+        raise BadInput(
+            f"{shown}: {free} MiB free, a sweep needs at least {need} MiB ({MIN_FREE_ENV}); "
+            "free space or choose another folder"
+        )
 
 
 def make_dir(path: Path, flag: str) -> Path:
@@ -219,8 +242,9 @@ def make_dir(path: Path, flag: str) -> Path:
                 p.rmdir()
             except OSError:
                 break
-        raise BadInput(f"{flag} {show(str(path))}: cannot create or write it ({err.strerror or err}); "
-                       "give a writable folder") from None
+        raise BadInput(
+            f"{flag} {show(str(path))}: cannot create or write it ({err.strerror or err}); give a writable folder"
+        ) from None
     return path
 
 
@@ -268,8 +292,10 @@ def check_ray_address(address: str, *, flag: str = "--address", timeout_s: float
     if target is None:
         found = _auto_address()
         if found is None:
-            raise BadInput(f"{flag} auto: no Ray cluster is running on this machine (start one with `ray start "
-                           "--head`, or give host:port)")
+            raise BadInput(
+                f"{flag} auto: no Ray cluster is running on this machine (start one with `ray start "
+                "--head`, or give host:port)"
+            )
         target = parse_ray_address(found, f"{flag} auto ->")
         if target is None:
             return
@@ -300,4 +326,3 @@ def check_cluster(tracking_uri: str | None, address: str | None) -> None:
 def check_positive_seconds(value: float, flag: str, high: float = 7 * 86_400) -> float:
     """A finite, positive number of seconds up to `high` (a week by default)."""
     return finite_number(value, flag, low=0, high=high)
-

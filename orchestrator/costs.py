@@ -8,6 +8,7 @@ Why a table and not a profiler run: `--dry-run` must start nothing. Two sources,
 A training step costs about 3 forwards (forward + backward); what each stage kind does per image is declared
 with the kind (`Kind.cost` in trainables/kinds.py). Numbers are estimates to size a cluster, not promises.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,12 +16,30 @@ from typing import Any
 from trainables.kinds import KINDS, Sizes
 
 LOCAL_MS_PER_IMAGE = {
-    "resnet34": 0.7, "resnet50": 1.1, "resnet101": 1.8, "resnet152": 2.6, "vit_small": 2.9, "vit_base": 10.6,
-    "clip_rn50": 1.4, "clip_rn101": 2.2, "clip_vit_b16": 3.4, "clip_vit_b32": 3.4, "clip_vit_l14_336": 12.0,
+    "resnet34": 0.7,
+    "resnet50": 1.1,
+    "resnet101": 1.8,
+    "resnet152": 2.6,
+    "vit_small": 2.9,
+    "vit_base": 10.6,
+    "clip_rn50": 1.4,
+    "clip_rn101": 2.2,
+    "clip_vit_b16": 3.4,
+    "clip_vit_b32": 3.4,
+    "clip_vit_l14_336": 12.0,
 }
 GFLOPS_PER_IMAGE = {
-    "resnet34": 3.6, "resnet50": 4.1, "resnet101": 7.8, "resnet152": 11.5, "vit_small": 4.6, "vit_base": 17.6,
-    "clip_rn50": 5.4, "clip_rn101": 9.8, "clip_vit_b16": 17.6, "clip_vit_b32": 4.4, "clip_vit_l14_336": 191.0,
+    "resnet34": 3.6,
+    "resnet50": 4.1,
+    "resnet101": 7.8,
+    "resnet152": 11.5,
+    "vit_small": 4.6,
+    "vit_base": 17.6,
+    "clip_rn50": 5.4,
+    "clip_rn101": 9.8,
+    "clip_vit_b16": 17.6,
+    "clip_vit_b32": 4.4,
+    "clip_vit_l14_336": 191.0,
 }
 GPU_EFFECTIVE_TFLOPS = 40.0
 IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES = 1_281_167, 50_000  # sizes when data.n_train / n_test are None
@@ -60,7 +79,9 @@ def estimate(plan) -> dict[str, Any]:
         k["cached"] += int(stage.cached)
         total += hours
         remaining += 0.0 if stage.cached else hours
-    device = "cpu (2 cores, measured table)" if spec.profile == "local" else \
-        f"gpu (assumed {GPU_EFFECTIVE_TFLOPS:g} effective TFLOP/s)"
-    return {"device": device, "per_kind": per_kind, "total_device_hours": total,
-            "remaining_device_hours": remaining}
+    device = (
+        "cpu (2 cores, measured table)"
+        if spec.profile == "local"
+        else f"gpu (assumed {GPU_EFFECTIVE_TFLOPS:g} effective TFLOP/s)"
+    )
+    return {"device": device, "per_kind": per_kind, "total_device_hours": total, "remaining_device_hours": remaining}

@@ -8,6 +8,7 @@ Source of truth for "done": the cache (a published entry) and MLflow (a FINISHED
   checkpoint (deterministic Train run names under the shared storage).
 The bodies that run in Ray workers are in orchestrator/worker.py; this module hands them to the Ray adapter.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,18 @@ from orchestrator.cache import CacheCorrupt
 from orchestrator.costs import stage_seconds
 from orchestrator.packing import pack_cells, pack_key
 from orchestrator.plan import Stage, iter_upstream
-from orchestrator.records import (Outcome, SweepContext, cell_params, fail_cell, finish_cell, log_cached_stage,
-                                  log_teacher_flip_rates, stage_done, stage_name, stage_params)
+from orchestrator.records import (
+    Outcome,
+    SweepContext,
+    cell_params,
+    fail_cell,
+    finish_cell,
+    log_cached_stage,
+    log_teacher_flip_rates,
+    stage_done,
+    stage_name,
+    stage_params,
+)
 from orchestrator.tracking import FAILED, FINISHED
 from trainables.kinds import CELL
 
@@ -85,19 +96,40 @@ def run_stages(sc: SweepContext, outcome: Outcome, only: set[str] | None = None)
         sc.log(f"  computing {len(tasks)} shared stage(s): " + ", ".join(stage_name(plan.stages[k]) for k in tasks))
         deps = {k: {d for d in plan.stages[k].deps.values() if d in tasks} for k in tasks}
         res = plan.spec.resources
-        ray_backend.run_dag(tasks, deps, worker.stage_task, res.cpus_per_worker, sc.gpus_per_worker(),
-                            lambda t, r, e: stage_done(sc, t, r, e, failed, outcome))
+        ray_backend.run_dag(
+            tasks,
+            deps,
+            worker.stage_task,
+            res.cpus_per_worker,
+            sc.gpus_per_worker(),
+            lambda t, r, e: stage_done(sc, t, r, e, failed, outcome),
+        )
     log_teacher_flip_rates(sc)
     return failed
 
 
 def _stage_task(sc: SweepContext, stage: Stage) -> dict[str, Any]:
     """Open the stage's run and describe its Ray task: everything `worker.stage_task` needs, as plain data."""
-    run_id = sc.tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, stage_name(stage),
-                                   {"stage": stage.kind, "cache_hit": "false"}, stage_params(stage))
-    return {"kind": stage.kind, "key": stage.key, "inputs": stage.inputs.payload(), "run_id": run_id,
-            "uri": sc.tracker.uri, "patience_s": sc.tracker.patience_s, "storage": str(sc.storage),
-            "threads": sc.plan.spec.resources.cpus_per_worker, "deps": _deps_of(sc, stage)}
+    run_id = sc.tracker.open_child(
+        sc.parent_id,
+        sc.sweep_id,
+        "stage",
+        stage.key,
+        stage_name(stage),
+        {"stage": stage.kind, "cache_hit": "false"},
+        stage_params(stage),
+    )
+    return {
+        "kind": stage.kind,
+        "key": stage.key,
+        "inputs": stage.inputs.payload(),
+        "run_id": run_id,
+        "uri": sc.tracker.uri,
+        "patience_s": sc.tracker.patience_s,
+        "storage": str(sc.storage),
+        "threads": sc.plan.spec.resources.cpus_per_worker,
+        "deps": _deps_of(sc, stage),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -109,17 +141,29 @@ def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_sta
     if not pending:
         return
     res = sc.plan.spec.resources
-    slots = ray_backend.max_concurrent(sc.cluster, res.workers_per_trial, res.cpus_per_worker,
-                                       sc.gpus_per_worker(), len(pending), res.max_concurrent_trials)
+    slots = ray_backend.max_concurrent(
+        sc.cluster,
+        res.workers_per_trial,
+        res.cpus_per_worker,
+        sc.gpus_per_worker(),
+        len(pending),
+        res.max_concurrent_trials,
+    )
     train_storage = str((sc.storage / "ray_train").resolve())
     packs = _packs(sc, pending, slots, train_storage)
     conc = min(slots, len(packs))
-    sc.log(f"  running {len(pending)} cell(s) as {len(packs)} Ray Tune trial(s), {conc} at a time"
-           + (f" (cheap cells packed, up to {max(len(p['cells']) for p in packs)} per trial)"
-              if len(packs) < len(pending) else ""))
+    sc.log(
+        f"  running {len(pending)} cell(s) as {len(packs)} Ray Tune trial(s), {conc} at a time"
+        + (
+            f" (cheap cells packed, up to {max(len(p['cells']) for p in packs)} per trial)"
+            if len(packs) < len(pending)
+            else ""
+        )
+    )
     name = f"{sc.plan.spec.name}-{sc.sweep_id[:8]}-{int(time.time())}"
-    trials = ray_backend.run_trials(packs, worker.run_trial, name, str((sc.storage / "ray_tune").resolve()), conc,
-                                    sc.cluster.has_driver_resource)
+    trials = ray_backend.run_trials(
+        packs, worker.run_trial, name, str((sc.storage / "ray_tune").resolve()), conc, sc.cluster.has_driver_resource
+    )
     errors = {c: t.error for t in trials for c in t.cells}
     for cfg in pending:
         key = cfg["key"]
@@ -132,8 +176,9 @@ def run_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_sta
             fail_cell(sc, run_ids[key], key, err or "trial ended without a result", outcome)
 
 
-def _pending_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool,
-                   failed_stages: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _pending_cells(
+    sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_stages: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Sort every cell by its run's status: FINISHED or previously FAILED ones are counted, cached ones logged,
     ones whose upstream failed are failed; the rest come back as work for the trials, with their run ids."""
     plan, tracker = sc.plan, sc.tracker
@@ -153,12 +198,18 @@ def _pending_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool,
             if status == FAILED:
                 outcome.skipped_failed.append(key)
             continue
-        run_ids[key] = tracker.open_child(sc.parent_id, sc.sweep_id, "cell", key, cell.label(), {},
-                                          cell_params(plan, cell))
+        run_ids[key] = tracker.open_child(
+            sc.parent_id, sc.sweep_id, "cell", key, cell.label(), {}, cell_params(plan, cell)
+        )
         bad = [d for d in stage.deps.values() if d in failed_stages]
         if bad:
-            fail_cell(sc, run_ids[key], key, f"upstream stage {plan.stages[bad[0]].kind} failed: "
-                      f"{failed_stages[bad[0]]}", outcome)
+            fail_cell(
+                sc,
+                run_ids[key],
+                key,
+                f"upstream stage {plan.stages[bad[0]].kind} failed: {failed_stages[bad[0]]}",
+                outcome,
+            )
         elif verified(sc, stage):
             finish_cell(sc, run_ids[key], key, cached=True)
             outcome.cached.append(key)
@@ -170,9 +221,17 @@ def _pending_cells(sc: SweepContext, outcome: Outcome, rerun_failed: bool,
 
 def _cell_work(sc: SweepContext, stage: Stage, label: str, run_id: str, fail_cells: list[str]) -> dict[str, Any]:
     """Everything `worker.run_cell` needs for one cell, as plain data."""
-    return {"key": stage.key, "label": label, "inputs": stage.inputs.payload(), "run_id": run_id,
-            "uri": sc.tracker.uri, "patience_s": sc.tracker.patience_s, "storage": str(sc.storage),
-            "deps": _deps_of(sc, stage), "fail_cells": fail_cells}
+    return {
+        "key": stage.key,
+        "label": label,
+        "inputs": stage.inputs.payload(),
+        "run_id": run_id,
+        "uri": sc.tracker.uri,
+        "patience_s": sc.tracker.patience_s,
+        "storage": str(sc.storage),
+        "deps": _deps_of(sc, stage),
+        "fail_cells": fail_cells,
+    }
 
 
 def _packs(sc: SweepContext, pending: list[dict[str, Any]], slots: int, train_storage: str) -> list[dict]:
@@ -181,8 +240,17 @@ def _packs(sc: SweepContext, pending: list[dict[str, Any]], slots: int, train_st
     by_key = {c["key"]: c for c in pending}
     for key in by_key:  # a stale error from an earlier attempt must not fail a cell that now succeeds
         worker.error_file(train_storage, key).unlink(missing_ok=True)
-    groups = pack_cells([(k, stage_seconds(sc.plan.stages[k], sc.plan.spec)) for k in by_key], slots,
-                        res.cells_per_trial)
-    return [{"key": pack_key(g), "cells": [by_key[k] for k in g], "resources": res.model_dump(),
-             "use_gpus": sc.gpus_per_worker() > 0, "train_storage": train_storage, "threads": res.cpus_per_worker}
-            for g in groups]
+    groups = pack_cells(
+        [(k, stage_seconds(sc.plan.stages[k], sc.plan.spec)) for k in by_key], slots, res.cells_per_trial
+    )
+    return [
+        {
+            "key": pack_key(g),
+            "cells": [by_key[k] for k in g],
+            "resources": res.model_dump(),
+            "use_gpus": sc.gpus_per_worker() > 0,
+            "train_storage": train_storage,
+            "threads": res.cpus_per_worker,
+        }
+        for g in groups
+    ]

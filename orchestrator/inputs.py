@@ -10,6 +10,7 @@ Why `show`: a key, a value or a file name typed by a person can hold a newline, 
 message must stay one line on a terminal, so every echoed value passes through `show` (repr-style escapes,
 shortened with an ellipsis) and every final message through `one_line`.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,11 +25,11 @@ from typing import Any
 import yaml
 
 # Limits (documented in README.md, "The CLI"). The largest shipped sweep file is ~2 KB and ~150 YAML nodes.
-MAX_SPEC_BYTES = 256 * 1024   # a sweep file, and each `--set` value
-MAX_YAML_NODES = 100_000      # scalars + lists + mappings, counting an alias's target each time it is used
-MAX_YAML_DEPTH = 32           # nesting, through aliases too
-MAX_SHOWN = 80                # characters of a value echoed in a message
-MAX_LINE = 1000               # characters of a whole message
+MAX_SPEC_BYTES = 256 * 1024  # a sweep file, and each `--set` value
+MAX_YAML_NODES = 100_000  # scalars + lists + mappings, counting an alias's target each time it is used
+MAX_YAML_DEPTH = 32  # nesting, through aliases too
+MAX_SHOWN = 80  # characters of a value echoed in a message
+MAX_LINE = 1000  # characters of a whole message
 
 SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SAFE_PART_RULE = "1-100 characters from [A-Za-z0-9._-], starting with a letter or digit"
@@ -51,8 +52,9 @@ class DuplicateKey(BadInput):
 
 def escape(text: str) -> str:
     """Control, format and separator characters (newline, ESC, U+2028, a lone surrogate) as repr-style escapes."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for ch in text)
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in text
+    )
 
 
 def clip(text: str, limit: int) -> str:
@@ -86,7 +88,7 @@ def show_path(path: str | Path, limit: int = 120) -> str:
     if len(text) <= limit:
         return text
     head = limit // 3
-    return text[:head] + "…" + text[-(limit - head - 1):]
+    return text[:head] + "…" + text[-(limit - head - 1) :]
 
 
 def one_line(message: str, limit: int = MAX_LINE) -> str:
@@ -105,8 +107,11 @@ def report_bug(err: BaseException) -> int:
         where = name
     except OSError:
         pass
-    print(f"error: {one_line(f'{type(err).__name__}: {err}', 300)} (an internal error, not a problem with your "
-          f"input; traceback: {where})", file=sys.stderr)
+    print(
+        f"error: {one_line(f'{type(err).__name__}: {err}', 300)} (an internal error, not a problem with your "
+        f"input; traceback: {where})",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -163,21 +168,25 @@ class BoundedLoader(yaml.SafeLoader):
                 except TypeError:
                     continue  # unhashable key: SafeConstructor raises its own error below
                 if dup:
-                    raise DuplicateKey(f"duplicate key {show(key)} at line {key_node.start_mark.line + 1} "
-                                       "(YAML would keep only the last one; remove the other)")
+                    raise DuplicateKey(
+                        f"duplicate key {show(key)} at line {key_node.start_mark.line + 1} "
+                        "(YAML would keep only the last one; remove the other)"
+                    )
         return super().construct_mapping(node, deep)
 
 
 # YAML 1.1 (PyYAML) reads `1e-3` and `1e30` as strings; YAML 1.2 and people read them as numbers.
-BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                                    list("-+0123456789"))
+BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _measure(node: yaml.Node, memo: dict[int, int], stack: set[int], depth: int) -> int:
     """Expanded node count below `node` (aliases counted at every use); raises past the bounds."""
     if depth > MAX_YAML_DEPTH:
-        raise YamlTooBig(f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded "
-                         f"(line {node.start_mark.line + 1})")
+        raise YamlTooBig(
+            f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded (line {node.start_mark.line + 1})"
+        )
     key = id(node)
     if key in memo:
         return memo[key]
@@ -190,8 +199,10 @@ def _measure(node: yaml.Node, memo: dict[int, int], stack: set[int], depth: int)
         for child in children:
             size += _measure(child, memo, stack, depth + 1)
             if size > MAX_YAML_NODES:
-                raise YamlTooBig(f"more than {MAX_YAML_NODES:,} values once aliases are expanded "
-                                 f"(line {node.start_mark.line + 1}); an alias bomb?")
+                raise YamlTooBig(
+                    f"more than {MAX_YAML_NODES:,} values once aliases are expanded "
+                    f"(line {node.start_mark.line + 1}); an alias bomb?"
+                )
         stack.discard(key)
     memo[key] = size
     return size
@@ -233,8 +244,10 @@ def read_bounded(path: Path, limit: int = MAX_SPEC_BYTES) -> str:
     if not regular:
         raise BadInput("not a regular file (a folder, a device or a pipe?)")
     if len(data) > limit:
-        raise BadInput(f"larger than {limit // 1024} KiB, the limit for a sweep file (a sweep file holds values "
-                       "only; is this the right file?)")
+        raise BadInput(
+            f"larger than {limit // 1024} KiB, the limit for a sweep file (a sweep file holds values "
+            "only; is this the right file?)"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

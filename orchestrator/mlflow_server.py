@@ -3,6 +3,7 @@
 Kept apart from `orchestrator.tracking` (the MLflow adapter) so that the sweep can launch the server before it
 imports MLflow, torch and Ray: the server boots while they load.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,26 +58,38 @@ class LocalMlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 90.0) -> "LocalMlflowServer":
+    def start(self, timeout_s: float = 90.0) -> LocalMlflowServer:
         return self.launch().wait(timeout_s)
 
-    def launch(self) -> "LocalMlflowServer":
+    def launch(self) -> LocalMlflowServer:
         """Start the process and return at once; `wait()` for it (the sweep boots Ray meanwhile)."""
         self.root = Path(self.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "artifacts").mkdir(exist_ok=True)
         self.port = self.port or _free_port()
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         return self
 
-    def wait(self, timeout_s: float = 90.0) -> "LocalMlflowServer":
+    def wait(self, timeout_s: float = 90.0) -> LocalMlflowServer:
         if not wait_healthy(self.uri, timeout_s):
             self.stop()
             tail = (self.root / "server.log").read_text(errors="replace")[-400:]
@@ -96,7 +109,7 @@ class LocalMlflowServer:
             self.proc.wait(timeout=5)
         self.proc = None
 
-    def __enter__(self) -> "LocalMlflowServer":
+    def __enter__(self) -> LocalMlflowServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

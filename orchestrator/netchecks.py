@@ -4,6 +4,7 @@ Read-only and short: a tracking server is asked `/health` and one experiment sea
 connect, each with a few seconds' timeout, and only what the user named is contacted (orchestrator/checks.py
 calls these before anything is created).
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,12 +31,18 @@ SWEEP_TRACKING = ("http", "https")
 # aggregate only reads: a server, or the database behind one (with its SQLAlchemy driver importable).
 READ_TRACKING = ("http", "https", "sqlite", "postgresql", "mysql", "mssql")
 # SQLAlchemy's default driver per dialect, and the driver module each `dialect+driver` needs -> pip package
-_DB_DRIVERS = {("postgresql", ""): ("psycopg2", "psycopg2-binary"), ("postgresql", "psycopg2"): ("psycopg2",
-               "psycopg2-binary"), ("postgresql", "psycopg"): ("psycopg", "psycopg[binary]"),
-               ("postgresql", "pg8000"): ("pg8000", "pg8000"), ("mysql", ""): ("MySQLdb", "mysqlclient"),
-               ("mysql", "mysqldb"): ("MySQLdb", "mysqlclient"), ("mysql", "pymysql"): ("pymysql", "pymysql"),
-               ("mssql", ""): ("pyodbc", "pyodbc"), ("mssql", "pyodbc"): ("pyodbc", "pyodbc"),
-               ("mssql", "pymssql"): ("pymssql", "pymssql")}
+_DB_DRIVERS = {
+    ("postgresql", ""): ("psycopg2", "psycopg2-binary"),
+    ("postgresql", "psycopg2"): ("psycopg2", "psycopg2-binary"),
+    ("postgresql", "psycopg"): ("psycopg", "psycopg[binary]"),
+    ("postgresql", "pg8000"): ("pg8000", "pg8000"),
+    ("mysql", ""): ("MySQLdb", "mysqlclient"),
+    ("mysql", "mysqldb"): ("MySQLdb", "mysqlclient"),
+    ("mysql", "pymysql"): ("pymysql", "pymysql"),
+    ("mssql", ""): ("pyodbc", "pyodbc"),
+    ("mssql", "pyodbc"): ("pyodbc", "pyodbc"),
+    ("mssql", "pymssql"): ("pymssql", "pymssql"),
+}
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?")
 
@@ -67,8 +74,10 @@ def parse_uri(uri: str, flag: str, kinds: tuple[str, ...], what: str) -> Uri:
     """
     allowed = ", ".join(f"{k}://" for k in kinds)
     if not uri or any(c.isspace() or not c.isprintable() for c in uri):
-        raise BadInput(f"{flag} {show(uri, 120)}: expected {what} URI ({allowed}); it is empty or holds a space or "
-                       "a control character")
+        raise BadInput(
+            f"{flag} {show(uri, 120)}: expected {what} URI ({allowed}); it is empty or holds a space or "
+            "a control character"
+        )
     try:
         parts = urllib.parse.urlsplit(uri)
         port = parts.port  # ValueError: not a number, or outside 0-65535
@@ -78,8 +87,10 @@ def parse_uri(uri: str, flag: str, kinds: tuple[str, ...], what: str) -> Uri:
     shown = _redacted(uri, parts)
     scheme, _, driver = parts.scheme.lower().partition("+")
     if scheme not in kinds:
-        raise BadInput(f"{flag} {shown}: expected {what} URI; allowed: {allowed}"
-                       + (" (a bare path is not a tracking URI)" if not parts.scheme else ""))
+        raise BadInput(
+            f"{flag} {shown}: expected {what} URI; allowed: {allowed}"
+            + (" (a bare path is not a tracking URI)" if not parts.scheme else "")
+        )
     if scheme == "sqlite":
         if not parts.path or parts.path == "/" or parts.netloc:
             raise BadInput(f"{flag} {shown}: expected sqlite:///path/to/mlflow.db")
@@ -104,8 +115,14 @@ def valid_host(host: str) -> bool:
         return bool(_HOST.fullmatch(host)) and not re.fullmatch(r"[0-9.]+", host)
 
 
-def check_tracking_uri(uri: str, *, flag: str = "--tracking-uri", kinds: tuple[str, ...] = SWEEP_TRACKING,
-                       reach: bool = True, timeout_s: float = CONNECT_TIMEOUT_S) -> Uri:
+def check_tracking_uri(
+    uri: str,
+    *,
+    flag: str = "--tracking-uri",
+    kinds: tuple[str, ...] = SWEEP_TRACKING,
+    reach: bool = True,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+) -> Uri:
     """A tracking URI of an allowed kind that (with `reach`) answers as an MLflow store, read-only.
 
     http(s): `/health` answers 200 and `/api/2.0/mlflow/experiments/search` answers JSON (it is MLflow, not some
@@ -118,14 +135,17 @@ def check_tracking_uri(uri: str, *, flag: str = "--tracking-uri", kinds: tuple[s
     u = parse_uri(uri, flag, kinds, "an MLflow tracking")
     if u.scheme == "sqlite":
         if not Path(u.path).is_file():
-            raise BadInput(f"{flag} {u.shown}: no SQLite store at {show_path(u.path)} (MLflow would create an "
-                           "empty one)")
+            raise BadInput(
+                f"{flag} {u.shown}: no SQLite store at {show_path(u.path)} (MLflow would create an empty one)"
+            )
         return u
     if u.scheme in _DB_PORTS:
         module, package = _DB_DRIVERS.get((u.scheme, u.driver), (u.driver, u.driver))
         if not module or find_spec(module) is None:
-            raise BadInput(f"{flag} {u.shown}: the {u.scheme} driver {show(module)} is not installed; "
-                           f"pip install {package} (or use the MLflow server's http:// URI)")
+            raise BadInput(
+                f"{flag} {u.shown}: the {u.scheme} driver {show(module)} is not installed; "
+                f"pip install {package} (or use the MLflow server's http:// URI)"
+            )
     if reach:
         if u.scheme in ("http", "https"):
             _check_mlflow_http(uri, flag, u, timeout_s)
@@ -142,8 +162,9 @@ def _check_mlflow_http(uri: str, flag: str, u: Uri, timeout_s: float) -> None:
     base = f"{u.scheme}://{host}:{u.port}{parts.path.rstrip('/')}"
     headers = {}
     if parts.username is not None:
-        token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
-                                 f"{urllib.parse.unquote(parts.password or '')}".encode()).decode()
+        token = base64.b64encode(
+            f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}".encode()
+        ).decode()
         headers["Authorization"] = f"Basic {token}"
 
     def get(path: str) -> bytes:
@@ -156,13 +177,16 @@ def _check_mlflow_http(uri: str, flag: str, u: Uri, timeout_s: float) -> None:
     try:
         get("/health")
     except (OSError, ValueError) as err:  # refused, timed out, DNS, TLS, HTTP 4xx/5xx (HTTPError is an OSError)
-        raise BadInput(f"{flag} {u.shown}: no MLflow server answers there ({_reason(err)}); start one, or omit "
-                       f"{flag} for a local server") from None
+        raise BadInput(
+            f"{flag} {u.shown}: no MLflow server answers there ({_reason(err)}); start one, or omit "
+            f"{flag} for a local server"
+        ) from None
     try:  # read-only: the tracking store is left exactly as it was
         json.loads(get("/api/2.0/mlflow/experiments/search?max_results=1") or b"{}")
     except (OSError, ValueError) as err:
-        raise BadInput(f"{flag} {u.shown}: the server answers /health but is not an MLflow tracking server "
-                       f"({_reason(err)})") from None
+        raise BadInput(
+            f"{flag} {u.shown}: the server answers /health but is not an MLflow tracking server ({_reason(err)})"
+        ) from None
 
 
 def _reason(err: BaseException) -> str:

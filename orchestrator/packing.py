@@ -10,12 +10,13 @@ cache entry, checkpoints (marked with its key) and failure.
 
 Pure functions of (cell key, estimated seconds): the estimates come from `orchestrator.costs`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 
-TRIAL_STARTUP_S = 20.0   # start-up of one trial's actors and worker group (measured, 2-core machine)
+TRIAL_STARTUP_S = 20.0  # start-up of one trial's actors and worker group (measured, 2-core machine)
 MAX_STARTUP_SHARE = 0.1  # auto packing: a trial's start-up at most this share of its estimated work
 
 

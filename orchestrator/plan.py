@@ -8,20 +8,41 @@ changed input changes exactly the keys downstream of it.
 Stage kinds (what each one is, its version, inputs, upstream roles and cost) are declared once, in
 `trainables/kinds.py`; this module only decides which stages a spec needs and wires their keys.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from orchestrator.costs import estimate
 from orchestrator.spec import SweepSpec
-from trainables.kinds import (CELL, KINDS, Cell, CellInputs, EvalSetsInputs, FeaturesInputs, FullFinetuneInputs,
-                              ModelRef, PoolInputs, PretrainInputs, StageInputs, TargetsInputs, TeacherInputs)
-from trainables.vocab import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION, METHODS_WITHOUT_TEACHER,
-                              EvalSuite, Method)
+from trainables.kinds import (
+    CELL,
+    KINDS,
+    Cell,
+    CellInputs,
+    EvalSetsInputs,
+    FeaturesInputs,
+    FullFinetuneInputs,
+    ModelRef,
+    PoolInputs,
+    PretrainInputs,
+    StageInputs,
+    TargetsInputs,
+    TeacherInputs,
+)
+from trainables.vocab import (
+    METHODS_WITHOUT_FEATURE_CACHE,
+    METHODS_WITHOUT_FRACTION,
+    METHODS_WITHOUT_TEACHER,
+    EvalSuite,
+    Method,
+)
+
 
 def content_key(payload: Any) -> str:
     """sha256 of canonical JSON: equal inputs give equal keys on every machine and Python version."""
@@ -41,16 +62,21 @@ class Stage:
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.kind, "key": self.key, "cached": self.cached, "deps": self.deps,
-                **({"note": self.note} if self.note else {})}
+        return {
+            "name": self.kind,
+            "key": self.key,
+            "cached": self.cached,
+            "deps": self.deps,
+            **({"note": self.note} if self.note else {}),
+        }
 
 
 @dataclass
 class Plan:
     spec: SweepSpec
     cells: list[Cell]
-    stages: dict[str, Stage]          # key -> stage (insertion order is a valid topological order)
-    cell_stage: dict[Cell, str]       # cell -> key of its `cell` stage
+    stages: dict[str, Stage]  # key -> stage (insertion order is a valid topological order)
+    cell_stage: dict[Cell, str]  # cell -> key of its `cell` stage
     references: dict[int, str] = field(default_factory=dict)  # seed -> key of the flip-rate reference stage
 
     def by_kind(self, kind: str) -> list[Stage]:
@@ -111,9 +137,17 @@ class _Builder:
     def student_weights(self, student: str) -> dict[str, str]:
         if self.spec.weights.get(student):
             return {}  # given weights: the weights string is part of every downstream key via the ModelRef
-        return {"student": self.add("pretrain_student", PretrainInputs(
-            _model_ref(self.spec, student), _data_inputs(self.spec), self.spec.pretrain.model_dump(mode="json"),
-            self.spec.train.dropout))}
+        return {
+            "student": self.add(
+                "pretrain_student",
+                PretrainInputs(
+                    _model_ref(self.spec, student),
+                    _data_inputs(self.spec),
+                    self.spec.pretrain.model_dump(mode="json"),
+                    self.spec.train.dropout,
+                ),
+            )
+        }
 
     def _teacher(self, teacher: str, seed: int) -> TeacherInputs:
         cfg = self.spec.teacher_train.model_dump(mode="json")
@@ -137,8 +171,9 @@ class _Builder:
 
     def features(self, student: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.student_weights(student)}
-        return self.add("extract_features", FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout),
-                        deps)
+        return self.add(
+            "extract_features", FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout), deps
+        )
 
     def targets(self, teacher: str, seed: int) -> str:
         deps = {"teacher": self.robust_teacher(teacher, seed), "pool": self.pool(seed)}
@@ -148,14 +183,21 @@ class _Builder:
         deps = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed), **self.student_weights(c.student)}
         train = self.spec.train.model_dump(mode="json")
         inputs = FullFinetuneInputs(
-            _model_ref(self.spec, c.student), _data_inputs(self.spec), c.data_fraction, c.seed,
-            {k: train[k] for k in ("full_ft_epochs", "epochs", "batch_size", "full_ft_lr", "dropout")})
+            _model_ref(self.spec, c.student),
+            _data_inputs(self.spec),
+            c.data_fraction,
+            c.seed,
+            {k: train[k] for k in ("full_ft_epochs", "epochs", "batch_size", "full_ft_lr", "dropout")},
+        )
         return self.add("full_finetune", inputs, deps, note="complete fine-tuning cannot use cached student features")
 
     def cell(self, c: Cell) -> str:
         m = Method(c.method)
-        deps: dict[str, str] = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed),
-                                **self.student_weights(c.student)}
+        deps: dict[str, str] = {
+            "pool": self.pool(c.seed),
+            "eval": self.eval_sets(c.seed),
+            **self.student_weights(c.student),
+        }
         note = ""
         if m in METHODS_WITHOUT_FEATURE_CACHE:
             note = f"{m.value} trains the frozen part too: it cannot use cached student features"
@@ -166,9 +208,14 @@ class _Builder:
             deps.update(self._teacher_deps(c.teacher, c.seed))
         train = self.spec.train.model_dump(mode="json")
         train.pop("fail_cells")  # a fault switch must not change what a cell *is*
-        inputs = CellInputs(c, train, _model_ref(self.spec, c.student), _data_inputs(self.spec),
-                            sorted(s.value for s in self.spec.eval),
-                            self.spec.search.model_dump(mode="json") if self.spec.search else None)
+        inputs = CellInputs(
+            c,
+            train,
+            _model_ref(self.spec, c.student),
+            _data_inputs(self.spec),
+            sorted(s.value for s in self.spec.eval),
+            self.spec.search.model_dump(mode="json") if self.spec.search else None,
+        )
         return self.add(CELL, inputs, deps, note=note)
 
     def _teacher_deps(self, teacher: str, seed: int) -> dict[str, str]:
@@ -249,10 +296,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("stages (unique; cached/total):")
     for kind, ss in kinds.items():
         lines.append(f"  {kind:<18} {sum(s['cached'] for s in ss)}/{len(ss)}")
-        lines.extend(f"    note: {n}" for n in sorted({s['note'] for s in ss if s.get('note')}))
+        lines.extend(f"    note: {n}" for n in sorted({s["note"] for s in ss if s.get("note")}))
     cost = report["cost"]
-    lines.append(f"estimated cost on '{cost['device']}': {cost['total_device_hours']:.3f} device-hours "
-                 f"({cost['remaining_device_hours']:.3f} not cached)")
+    lines.append(
+        f"estimated cost on '{cost['device']}': {cost['total_device_hours']:.3f} device-hours "
+        f"({cost['remaining_device_hours']:.3f} not cached)"
+    )
     for kind, c in cost["per_kind"].items():
         lines.append(f"  {kind:<18} x{c['count']:<3} {c['device_hours']:.3f} h")
     return "\n".join(lines)

@@ -10,13 +10,15 @@
 The adapter knows nothing of stages, cells or MLflow: it takes the bodies to run as callables
 (orchestrator/worker.py provides them, orchestrator/driver.py passes them) and returns their results.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import ray
 import ray.train
@@ -31,8 +33,11 @@ TRIAL_DRIVER = "trial_driver"
 # The health-check interval is also how often the controller drains each worker's one-slot result queue, so a
 # `ray.train.report` issued sooner than that after the previous one blocks until the next poll; at Ray's default
 # of 2 s, a packed cell or an epoch of a few seconds spent up to half its time waiting there (bench/overhead.py).
-TRAIN_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
-             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+TRAIN_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
 
 
 @dataclass
@@ -48,14 +53,22 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     for k, v in TRAIN_ENV.items():
         os.environ.setdefault(k, v)
-    quiet = {"log_to_driver": bool(os.environ.get("ROBUSTIFY_RAY_LOGS")), "configure_logging": True,
-             "logging_level": "ERROR"}
+    quiet = {
+        "log_to_driver": bool(os.environ.get("ROBUSTIFY_RAY_LOGS")),
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
     if address:  # the cluster's daemons were started without our environment: hand it to this job's workers
         ray.init(address=address, runtime_env={"env_vars": {k: os.environ[k] for k in TRAIN_ENV}}, **quiet)
         started = False
     else:
-        ray.init(num_cpus=num_cpus, resources={TRIAL_DRIVER: 1000}, include_dashboard=True,
-                 dashboard_host="127.0.0.1", **quiet)
+        ray.init(
+            num_cpus=num_cpus,
+            resources={TRIAL_DRIVER: 1000},
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            **quiet,
+        )
         started = True
     res = ray.cluster_resources()
     return ClusterInfo(res.get("CPU", 0.0), res.get("GPU", 0.0), TRIAL_DRIVER in res, started)
@@ -73,8 +86,9 @@ def uses_gpus(info: ClusterInfo, gpus_per_worker: float) -> bool:
     return gpus_per_worker > 0 and (info.gpus > 0 or not info.started_here)
 
 
-def max_concurrent(info: ClusterInfo, workers: int, cpus: float, gpus: float, n_cells: int,
-                   explicit: int | None) -> int:
+def max_concurrent(
+    info: ClusterInfo, workers: int, cpus: float, gpus: float, n_cells: int, explicit: int | None
+) -> int:
     """How many trials fit at once: GPU-bound on a GPU cluster, CPU-bound otherwise. A joined cluster with no GPU
     up yet gets every trial at once, so the autoscaler sees the whole demand (it scales to its own maximum)."""
     if explicit:
@@ -89,8 +103,14 @@ def max_concurrent(info: ClusterInfo, workers: int, cpus: float, gpus: float, n_
 # ------------------------------------------------------------------------------------------------ stage tasks
 
 
-def run_dag(tasks: dict[str, dict[str, Any]], deps: dict[str, set[str]], fn: Callable[[dict[str, Any]], Any],
-            cpus: float, gpus: float, on_done: Callable[[dict[str, Any], Any, BaseException | None], None]) -> None:
+def run_dag(
+    tasks: dict[str, dict[str, Any]],
+    deps: dict[str, set[str]],
+    fn: Callable[[dict[str, Any]], Any],
+    cpus: float,
+    gpus: float,
+    on_done: Callable[[dict[str, Any], Any, BaseException | None], None],
+) -> None:
     """Run `fn(task)` for every task as a Ray task as soon as the tasks it depends on have finished (not wave by
     wave: a slow student pretraining must not hold back the teachers). `on_done(task, result, error)` is called
     as each finishes; a task whose upstream failed is reported with an error and never started."""
@@ -158,8 +178,10 @@ class TrainSession:
 def _bound(fn: Callable[[Any, dict], None], body: Any, name: str) -> Callable[[dict], None]:
     """`config -> fn(body, config)` as a named function: Tune and Train name and inspect the functions they run,
     which a `functools.partial` does not support everywhere."""
+
     def run(config: dict[str, Any]) -> None:
         fn(body, config)
+
     run.__name__ = run.__qualname__ = name
     return run
 
@@ -168,8 +190,7 @@ def _train_worker(body: Callable[[dict, TrainSession], dict], config: dict[str, 
     """Train loop of every worker of one trial: `body(config, session)`, then one report of what it returns."""
     ctx = ray.train.get_context()
     device = rtt.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    session = TrainSession(ctx.get_world_rank(), ctx.get_world_size(), device,
-                           ray.get_runtime_context().get_node_id())
+    session = TrainSession(ctx.get_world_rank(), ctx.get_world_size(), device, ray.get_runtime_context().get_node_id())
     ray.train.report(body(config, session))
 
 
@@ -183,40 +204,53 @@ def _trial_driver(body: Callable[[dict, TrainSession], dict], config: dict[str, 
         _bound(_train_worker, body, "train_worker"),
         train_loop_config=pack,
         torch_config=TorchConfig(backend="nccl" if use_gpu and torch.cuda.is_available() else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=res["workers_per_trial"], use_gpu=use_gpu,
-                                               resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res["workers_per_trial"], use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
         run_config=ray.train.RunConfig(
-            name=f"train-{pack['key']}", storage_path=pack["train_storage"],
+            name=f"train-{pack['key']}",
+            storage_path=pack["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=res["max_retries"], controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()]),
+            callbacks=[TuneReportCallback()],
+        ),
     )
     trainer.fit()
 
 
 @dataclass
 class TrialOutcome:
-    key: str            # the pack's key (a lone cell's own key)
+    key: str  # the pack's key (a lone cell's own key)
     cells: list[str]
-    error: str | None   # the trial's error; a cell's own error, if it failed alone, is in its error file
+    error: str | None  # the trial's error; a cell's own error, if it failed alone, is in its error file
 
 
-def run_trials(packs: list[dict[str, Any]], body: Callable[[dict, TrainSession], dict], experiment: str,
-               tune_storage: str, concurrency: int, use_driver_resource: bool) -> list[TrialOutcome]:
+def run_trials(
+    packs: list[dict[str, Any]],
+    body: Callable[[dict, TrainSession], dict],
+    experiment: str,
+    tune_storage: str,
+    concurrency: int,
+    use_driver_resource: bool,
+) -> list[TrialOutcome]:
     """One Tune experiment with a trial per pack (a grid over their configs); every Train worker of a trial runs
     `body(pack, session)`. Returns each trial's outcome."""
     if not packs:
         return []
     log = Path(tune_storage).parent / "logs" / "ray_tune.log"
     _quiet_tune_logs(log)
-    driver = tune.with_resources(_bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0})
+    driver = tune.with_resources(
+        _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0}
+    )
     tuner = tune.Tuner(
         driver,
         param_space={"pack": tune.grid_search(packs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
-                                    trial_dirname_creator=lambda t: _trial_dirname(t.config["pack"]["key"])),
-        run_config=tune.RunConfig(name=experiment, storage_path=tune_storage, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency, trial_dirname_creator=lambda t: _trial_dirname(t.config["pack"]["key"])
+        ),
+        run_config=tune.RunConfig(
+            name=experiment, storage_path=tune_storage, verbose=0, failure_config=tune.FailureConfig(max_failures=0)
+        ),
     )
     with open(log, "a") as f, contextlib.redirect_stdout(f):  # Tune prints its experiment box at any verbosity
         grid = tuner.fit()

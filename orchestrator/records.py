@@ -4,11 +4,13 @@ Why on the driver: some numbers of a run need other runs' results, which only th
 `time/pipeline_s` adds the upstream stages its method pays for (main paper Figure 1), and flip *rates* divide by
 the reference model's flip probabilities (Table 6, Figure 4), which may finish after the stage being logged.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator import ray_backend
 from orchestrator.cache import Cache
@@ -79,9 +81,13 @@ def stage_name(stage: Stage) -> str:
 def cell_params(plan: Plan, cell: Cell) -> dict[str, Any]:
     """A cell run's params: every axis (filterable in the UI's runs table) and the train config."""
     ax = cell.axes()
-    params = {"student": ax["student"], "teacher": ax["teacher"] or "none",
-              "data_fraction": "none" if ax["data_fraction"] is None else ax["data_fraction"],
-              "method": ax["method"], "seed": ax["seed"]}
+    params = {
+        "student": ax["student"],
+        "teacher": ax["teacher"] or "none",
+        "data_fraction": "none" if ax["data_fraction"] is None else ax["data_fraction"],
+        "method": ax["method"],
+        "seed": ax["seed"],
+    }
     spec = plan.spec
     params.update({f"train.{k}": v for k, v in spec.train.model_dump(mode="json").items() if k != "fail_cells"})
     params.update({"profile": spec.profile, "eval": ",".join(s.value for s in spec.eval)})
@@ -91,8 +97,14 @@ def cell_params(plan: Plan, cell: Cell) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ stage runs
 
 
-def stage_done(sc: SweepContext, task: dict, result: dict | None, err: BaseException | None,
-               failed: dict[str, str], outcome: Outcome) -> None:
+def stage_done(
+    sc: SweepContext,
+    task: dict,
+    result: dict | None,
+    err: BaseException | None,
+    failed: dict[str, str],
+    outcome: Outcome,
+) -> None:
     """`run_dag`'s callback: close the stage's run as FINISHED with its metrics, or FAILED with one error line."""
     logger = sc.tracker.logger(task["run_id"])
     if err is not None:
@@ -109,8 +121,15 @@ def stage_done(sc: SweepContext, task: dict, result: dict | None, err: BaseExcep
 
 def log_cached_stage(sc: SweepContext, stage: Stage) -> None:
     """A stage this sweep found in the cache still gets its run (tag `cache_hit=true`), so every table can name it."""
-    run_id = sc.tracker.open_child(sc.parent_id, sc.sweep_id, "stage", stage.key, stage_name(stage),
-                                   {"stage": stage.kind, "cache_hit": "true"}, stage_params(stage))
+    run_id = sc.tracker.open_child(
+        sc.parent_id,
+        sc.sweep_id,
+        "stage",
+        stage.key,
+        stage_name(stage),
+        {"stage": stage.kind, "cache_hit": "true"},
+        stage_params(stage),
+    )
     logger = sc.tracker.logger(run_id)
     logger.set_tags({"cache_hit": "true"})
     logger.log_metrics(sc.metrics(stage), step=0)
@@ -175,4 +194,3 @@ def fail_cell(sc: SweepContext, run_id: str, key: str, error: str, outcome: Outc
     logger.finish(FAILED)
     outcome.failed[key] = error
     sc.log(f"  cell {key[:10]} FAILED: {error}")
-

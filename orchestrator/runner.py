@@ -1,4 +1,5 @@
 """The sweep's life cycle once the input is known to be good: services up, execute, tables, services down."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,13 @@ from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, Tra
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -33,8 +39,8 @@ def _say(msg: str) -> None:
 
 def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServer | None) -> int:
     """Args:
-        server: our own MLflow server (no `--tracking-uri`), already launched by `sweep._run`, which stops it;
-            None with `--tracking-uri`.
+    server: our own MLflow server (no `--tracking-uri`), already launched by `sweep._run`, which stops it;
+        None with `--tracking-uri`.
     """
     storage = Path(args.storage).resolve()
     t0 = time.perf_counter()
@@ -65,36 +71,50 @@ def _start_ray(args: argparse.Namespace, stack: ExitStack) -> ray_backend.Cluste
     return info
 
 
-def _execute(spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float,
-             info: ray_backend.ClusterInfo | None) -> int:
+def _execute(
+    spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, t0: float, info: ray_backend.ClusterInfo | None
+) -> int:
     """Ray is already up (`info`); the parent run is opened only now."""
     cache = Cache(storage)
     plan = build_plan(spec, cache.has, feature_cache=not args.no_feature_cache)
     sweep_id = spec.content_hash()
     tracker = SweepTracker(uri, spec.name, patience_s=args.mlflow_patience)
     parent_id, resumed = tracker.open_parent(
-        sweep_id, {"spec_hash": spec.content_hash(), "profile": spec.profile, "git_commit": git_commit()},
-        run_name=f"{spec.name}-{spec.profile}")
+        sweep_id,
+        {"spec_hash": spec.content_hash(), "profile": spec.profile, "git_commit": git_commit()},
+        run_name=f"{spec.name}-{spec.profile}",
+    )
     parent = tracker.logger(parent_id)
     if not resumed:
         parent.log_text(spec.model_dump_json(indent=1), "spec.json")
     n_orphans = tracker.mark_orphans(sweep_id, keep=[parent_id])
-    _say(f"sweep {spec.name}: {len(plan.cells)} cells, {len(plan.stages) - len(plan.cells)} shared stages "
-         f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
-         + (" (resumed)" if resumed else "") + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else ""))
+    _say(
+        f"sweep {spec.name}: {len(plan.cells)} cells, {len(plan.stages) - len(plan.cells)} shared stages "
+        f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
+        + (" (resumed)" if resumed else "")
+        + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else "")
+    )
     info = info or _start_ray(args, stack)
     sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info, log=_say)
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed)
     files = _tables(spec, uri, storage, sweep_id, parent_id)
     wall = time.perf_counter() - t0
-    parent.log_metrics({"time/sweep_s": wall, "cells/finished": len(outcome.finished),
-                        "cells/failed": len(outcome.failed) + len(outcome.skipped_failed)}, step=0)
+    parent.log_metrics(
+        {
+            "time/sweep_s": wall,
+            "cells/finished": len(outcome.finished),
+            "cells/failed": len(outcome.failed) + len(outcome.skipped_failed),
+        },
+        step=0,
+    )
     parent.set_tags({"failed_cells": ",".join(sorted(outcome.failed) + outcome.skipped_failed) or "none"})
     parent.finish(FINISHED)
     driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
-    _say(f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
-         f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
-         f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached")
+    _say(
+        f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
+        f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
+        f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached"
+    )
     for f in files:
         _say(f"  {f}")
     return 0 if not outcome.failed else 1

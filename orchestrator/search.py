@@ -8,13 +8,15 @@ over. The cell's result is its best trial; every trial is recorded in the cell's
 Space syntax (values only, validated with the spec): `loguniform(lo, hi)`, `uniform(lo, hi)`, `int(lo, hi)`,
 `choice(a, b, ...)`; keys are `train` fields, e.g. `{lr: "loguniform(1e-4, 1e-2)", alpha: "uniform(0.2, 0.8)"}`.
 """
+
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainables.common import read_metrics
 
@@ -41,8 +43,10 @@ def parse_dist(text: str) -> Dist:
     """Parse one search-space entry; raises ValueError with what is allowed."""
     m = _DIST.match(str(text))
     if not m:
-        raise ValueError(f"{text!r} is not a distribution; allowed: loguniform(lo, hi), uniform(lo, hi), "
-                         "int(lo, hi), choice(a, b, ...)")
+        raise ValueError(
+            f"{text!r} is not a distribution; allowed: loguniform(lo, hi), uniform(lo, hi), "
+            "int(lo, hi), choice(a, b, ...)"
+        )
     kind, body = m.group(1), [a.strip() for a in m.group(2).split(",") if a.strip()]
     try:
         if kind == "choice":
@@ -67,9 +71,16 @@ def parse_space(space: dict[str, str]) -> dict[str, Dist]:
     return out
 
 
-def run_study(storage: Path, key: str, space: dict[str, str], trials: int, metric: str,
-              train_once: Callable[[dict[str, Any], Path], dict[str, float]], out: Path,
-              log: Callable[[dict[str, float], int], None]) -> dict[str, float]:
+def run_study(
+    storage: Path,
+    key: str,
+    space: dict[str, str],
+    trials: int,
+    metric: str,
+    train_once: Callable[[dict[str, Any], Path], dict[str, float]],
+    out: Path,
+    log: Callable[[dict[str, float], int], None],
+) -> dict[str, float]:
     """Run (or continue) the cell's study; copy the best trial's outputs into `out` and return its metrics."""
     import optuna
     from optuna.storages import JournalStorage
@@ -78,28 +89,45 @@ def run_study(storage: Path, key: str, space: dict[str, str], trials: int, metri
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = storage / "optuna"
     folder.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=key, direction="maximize", load_if_exists=True,
-                                storage=JournalStorage(JournalFileBackend(str(folder / f"{key}.log"))))
+    study = optuna.create_study(
+        study_name=key,
+        direction="maximize",
+        load_if_exists=True,
+        storage=JournalStorage(JournalFileBackend(str(folder / f"{key}.log"))),
+    )
     dists = parse_space(space)
-    trial_dirs = folder / key
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     for _ in range(max(0, trials - len(done))):
-        trial = study.ask()
-        params = {k: d.suggest(trial, k) for k, d in dists.items()}
-        tdir = trial_dirs / f"trial-{trial.number}"
-        shutil.rmtree(tdir, ignore_errors=True)
-        tdir.mkdir(parents=True)
-        metrics = train_once(params, tdir)
-        value = float(metrics.get(metric, float("nan")))
-        study.tell(trial, value if value == value else float("-inf"))
-        log({"optuna/value": value, **{f"optuna/{k}": float(v) for k, v in params.items()
-                                       if isinstance(v, (int, float))}}, trial.number)
+        _one_trial(study, dists, folder / key, train_once, metric, log)
+    return _best(study, folder / key, out)
+
+
+def _one_trial(study, dists: dict[str, Dist], trial_dirs: Path, train_once, metric: str, log) -> None:
+    """Ask, train in a fresh folder, tell (a NaN metric counts as the worst value), log the trial on the cell."""
+    trial = study.ask()
+    params = {k: d.suggest(trial, k) for k, d in dists.items()}
+    tdir = trial_dirs / f"trial-{trial.number}"
+    shutil.rmtree(tdir, ignore_errors=True)
+    tdir.mkdir(parents=True)
+    metrics = train_once(params, tdir)
+    value = float(metrics.get(metric, float("nan")))
+    study.tell(trial, value if value == value else float("-inf"))
+    numbers = {f"optuna/{k}": float(v) for k, v in params.items() if isinstance(v, (int, float))}
+    log({"optuna/value": value, **numbers}, trial.number)
+
+
+def _best(study, trial_dirs: Path, out: Path) -> dict[str, float]:
+    """Copy the best trial's outputs into the cell's folder; its metrics plus the study's summary."""
     best = study.best_trial
-    src = trial_dirs / f"trial-{best.number}"
-    for f in src.iterdir():
+    for f in (trial_dirs / f"trial-{best.number}").iterdir():
         shutil.copy2(f, out / f.name)
     metrics = read_metrics(out)
-    metrics.update({"optuna/best_value": float(best.value), "optuna/n_trials": float(len(study.trials)),
-                    "optuna/best_trial": float(best.number),
-                    **{f"optuna/best/{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))}})
+    metrics.update(
+        {
+            "optuna/best_value": float(best.value),
+            "optuna/n_trials": float(len(study.trials)),
+            "optuna/best_trial": float(best.number),
+            **{f"optuna/best/{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))},
+        }
+    )
     return metrics

@@ -17,6 +17,7 @@ Layout of a sweep file (values only, no code)::
 A profile is a partial override of the base sections; `--set a.b=v` overrides the merged result. The resolved
 document is validated as a whole, so an override can never smuggle in an unknown key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,18 +28,34 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.inputs import BadInput, check_part, load_yaml, read_bounded, show, show_path
-from orchestrator.spec_sections import (DataConfig, PoolConfig, PretrainConfig, Resources, SearchConfig,  # noqa: F401
-                                        Strict, TeacherTrainConfig, TrainConfig, override_problem)
-from trainables.vocab import (METHODS_WITHOUT_FEATURE_CACHE, METHODS_WITHOUT_FRACTION,  # noqa: F401 - re-exported
-                              METHODS_WITHOUT_TEACHER, EvalSuite, Method, did_you_mean)
+from orchestrator.spec_errors import first_error, lookup, unknown_key_msg
+from orchestrator.spec_sections import (  # noqa: F401
+    DataConfig,
+    PoolConfig,
+    PretrainConfig,
+    Resources,
+    SearchConfig,
+    Strict,
+    TeacherTrainConfig,
+    TrainConfig,
+    override_problem,
+)
+from trainables.vocab import (  # noqa: F401 - re-exported
+    METHODS_WITHOUT_FEATURE_CACHE,
+    METHODS_WITHOUT_FRACTION,
+    METHODS_WITHOUT_TEACHER,
+    EvalSuite,
+    Method,
+    did_you_mean,
+)
 
 # Limits (documented in README.md, "The CLI"); the YAML bounds live in orchestrator/inputs.py.
-MAX_CELLS = 10_000          # cells of one sweep: computed from the axis lengths, before the product is expanded
-MIN_FRACTION = 1e-6         # a data fraction below this selects no image of any real split
-SEED_BOUND = 2**32          # seeds are 0 <= seed < 2**32 (numpy's RandomState range)
+MAX_CELLS = 10_000  # cells of one sweep: computed from the axis lengths, before the product is expanded
+MIN_FRACTION = 1e-6  # a data fraction below this selects no image of any real split
+SEED_BOUND = 2**32  # seeds are 0 <= seed < 2**32 (numpy's RandomState range)
 
 
 class SpecError(BadInput):
@@ -95,8 +112,9 @@ class Grid(Strict):
             if not math.isfinite(a) or not 0.0 < a <= 1.0:
                 raise ValueError(f"data fraction {show(a)} is outside (0, 1]")
             if a < MIN_FRACTION:
-                raise ValueError(f"data fraction {show(a)} is below {MIN_FRACTION:g}; allowed: (0, 1], "
-                                 f"at least {MIN_FRACTION:g}")
+                raise ValueError(
+                    f"data fraction {show(a)} is below {MIN_FRACTION:g}; allowed: (0, 1], at least {MIN_FRACTION:g}"
+                )
         return v
 
     @field_validator("seed", mode="before")
@@ -110,12 +128,14 @@ class Grid(Strict):
         return v
 
     @model_validator(mode="after")
-    def _teacher_needed(self) -> "Grid":
+    def _teacher_needed(self) -> Grid:
         if self.pairs and (self.student or self.teacher):
             raise ValueError("give either grid.pairs or grid.student/grid.teacher, not both")
         if not self.pairs and not self.student and not self.teacher:
-            raise ValueError("the grid is empty: give grid.student (and grid.teacher), grid.pairs, "
-                             "or only grid.teacher for a teacher-only sweep")
+            raise ValueError(
+                "the grid is empty: give grid.student (and grid.teacher), grid.pairs, "
+                "or only grid.teacher for a teacher-only sweep"
+            )
         needs_teacher = any(m not in METHODS_WITHOUT_TEACHER for m in self.method)
         if self.student and needs_teacher and not self.teacher:
             raise ValueError("methods 'ours' and 'wo_kd' need at least one teacher in grid.teacher")
@@ -124,11 +144,14 @@ class Grid(Strict):
             if len(set(map(str, vals))) != len(vals):
                 seen: set[str] = set()
                 dup = next(v for v in vals if str(v) in seen or seen.add(str(v)))
-                raise ValueError(f"grid.{axis} lists {show(getattr(dup, 'value', dup))} twice; "
-                                 "each value may appear once")
+                raise ValueError(
+                    f"grid.{axis} lists {show(getattr(dup, 'value', dup))} twice; each value may appear once"
+                )
         if (n := self.n_cells()) > MAX_CELLS:
-            raise ValueError(f"the grid has {n:,} cells ({self._shape()}); the limit is {MAX_CELLS:,} cells per "
-                             "sweep: split it into several sweep files")
+            raise ValueError(
+                f"the grid has {n:,} cells ({self._shape()}); the limit is {MAX_CELLS:,} cells per "
+                "sweep: split it into several sweep files"
+            )
         return self
 
     def n_cells(self) -> int:
@@ -145,10 +168,12 @@ class Grid(Strict):
         return total
 
     def _shape(self) -> str:
-        who = f"{len(self.pairs)} pairs" if self.pairs else \
-            f"{len(self.student)} students x {max(len(self.teacher), 1)} teachers"
-        return (f"{who} x {len(self.method)} methods x {len(self.data_fraction)} fractions x "
-                f"{len(self.seed)} seeds")
+        who = (
+            f"{len(self.pairs)} pairs"
+            if self.pairs
+            else f"{len(self.student)} students x {max(len(self.teacher), 1)} teachers"
+        )
+        return f"{who} x {len(self.method)} methods x {len(self.data_fraction)} fractions x {len(self.seed)} seeds"
 
 
 class SweepSpec(Strict):
@@ -171,7 +196,7 @@ class SweepSpec(Strict):
     profile: str = "local"
 
     @model_validator(mode="after")
-    def _search_single_worker(self) -> "SweepSpec":
+    def _search_single_worker(self) -> SweepSpec:
         if self.search is not None and self.resources.workers_per_trial != 1:
             raise ValueError("search (Optuna inside a cell) runs on one worker: set resources.workers_per_trial: 1")
         return self
@@ -241,8 +266,7 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
     raw = _read_yaml(path, src)
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
-        raise SpecError(f"{src}: key 'profiles': expected a mapping of profile name -> overrides, "
-                        f"got {show(profiles)}")
+        raise SpecError(f"{src}: key 'profiles': expected a mapping of profile name -> overrides, got {show(profiles)}")
     if profile not in profiles:
         allowed = ", ".join(sorted(show(p, 40) for p in profiles)) or "(none defined)"
         raise SpecError(f"{src}: --profile {show(profile)} is not defined under 'profiles'; allowed: {allowed}")
@@ -251,7 +275,7 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
         raise SpecError(f"{src}: key 'profiles.{show(profile)[1:-1]}': expected a mapping, got {show(body)}")
     for key in body:
         if key not in PROFILE_SECTIONS:
-            raise SpecError(_unknown_key_msg(src, f"profiles.{profile}.{key}", key, sorted(PROFILE_SECTIONS)))
+            raise SpecError(unknown_key_msg(src, f"profiles.{profile}.{key}", key, sorted(PROFILE_SECTIONS)))
     merged = _deep_merge(raw, body)
     merged["profile"] = profile
     for item in overrides:
@@ -259,7 +283,7 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
     try:
         return SweepSpec.model_validate(merged)
     except ValidationError as err:
-        msg = _first_error(src, err, merged)
+        msg = first_error(src, err, merged, SweepSpec)
         raise SpecError(_with_origin(msg, err, body, profile, overrides)) from None
 
 
@@ -271,7 +295,7 @@ def _with_origin(msg: str, err: ValidationError, body: dict, profile: str, overr
         key = item.partition("=")[0].strip()
         if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
             return f"{msg} (from --set {show(item)})"
-    if loc and _lookup(body, tuple(loc[:1])) is not None and _present(body, loc):
+    if loc and lookup(body, tuple(loc[:1])) is not None and _present(body, loc):
         return f"{msg} (from profiles.{show(profile)[1:-1]}.{show(dotted)[1:-1]})"
     return msg
 
@@ -311,8 +335,10 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 # Top-level keys `--set` may not touch: they choose *which* values apply rather than being values themselves.
-_NOT_SETTABLE = {"profile": "choose the profile with --profile NAME, not --set",
-                 "profiles": "profiles are edited in the sweep file; choose one with --profile NAME"}
+_NOT_SETTABLE = {
+    "profile": "choose the profile with --profile NAME, not --set",
+    "profiles": "profiles are edited in the sweep file; choose one with --profile NAME",
+}
 
 
 def _apply_override(src: str, doc: dict, item: str) -> None:
@@ -321,8 +347,7 @@ def _apply_override(src: str, doc: dict, item: str) -> None:
     if not sep or not key.strip() or any(not part for part in parts):
         raise SpecError(f"{src}: --set {show(item)}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
     if parts[0] in _NOT_SETTABLE:
-        raise SpecError(f"{src}: --set {show(item)}: {show(parts[0])} is not a spec value; "
-                        f"{_NOT_SETTABLE[parts[0]]}")
+        raise SpecError(f"{src}: --set {show(item)}: {show(parts[0])} is not a spec value; {_NOT_SETTABLE[parts[0]]}")
     if len(parts) > 8:
         raise SpecError(f"{src}: --set {show(item)}: the key has {len(parts)} parts; spec keys have at most 8")
     try:
@@ -330,8 +355,9 @@ def _apply_override(src: str, doc: dict, item: str) -> None:
     except BadInput as err:
         raise SpecError(f"{src}: --set {show(item)}: {err}") from None
     except yaml.YAMLError:
-        raise SpecError(f"{src}: --set {show(item)}: the value {show(value)} is not a valid YAML scalar or "
-                        "list") from None
+        raise SpecError(
+            f"{src}: --set {show(item)}: the value {show(value)} is not a valid YAML scalar or list"
+        ) from None
     node = doc
     for i, part in enumerate(parts[:-1]):
         nxt = node.get(part)
@@ -342,52 +368,3 @@ def _apply_override(src: str, doc: dict, item: str) -> None:
             raise SpecError(f"{src}: --set {show(item)}: key {show(where)} holds a value, not a section")
         node = nxt
     node[parts[-1]] = parsed
-
-
-def _unknown_key_msg(src: str, dotted: str, key: Any, allowed: list[str]) -> str:
-    return f"{src}: unknown key {show(dotted, 120)}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
-
-
-def _lookup(doc: Any, loc: tuple) -> Any:
-    node = doc
-    for part in loc:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return node
-
-
-def _first_error(src: str, err: ValidationError, doc: dict) -> str:
-    """Turn pydantic's first error into the one line the user sees."""
-    e = err.errors(include_url=False)[0]
-    loc = tuple(e["loc"])
-    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-    if e["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        allowed = sorted(model.model_fields) if model is not None else []
-        return _unknown_key_msg(src, dotted, str(loc[-1]), allowed)
-    value = _lookup(doc, loc) if e["type"] != "missing" else None
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "missing":
-        return f"{src}: missing required key {show(dotted, 120)}"
-    if e["type"] == "enum":
-        allowed = e.get("ctx", {}).get("expected", "")
-        hint = did_you_mean(value, [a.strip(" '") for a in allowed.replace(" or ", ",").split(",")], n=1)
-        return f"{src}: key {show(dotted, 120)}: {show(value)} is not allowed{hint}; allowed: {allowed}"
-    shown = f" {show(value)}" if value is not None and not isinstance(value, (dict, list)) else ""
-    return f"{src}: key {show(dotted, 120)}:{shown} {msg}"
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = SweepSpec
-    for part in loc:
-        if model is None or isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return model

@@ -5,6 +5,7 @@ the plain value objects, so they can be read (and extended) without the loading 
 every section: unknown keys, non-finite floats and numbers given as text or booleans are refused there, once, for
 every field.
 """
+
 from __future__ import annotations
 
 import types
@@ -13,10 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+
 def _is_number_field(annotation: Any) -> bool:
     """int, float, or an Optional of them: the fields where YAML's `true` or `"3"` must not pass as a number."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
         else (annotation,)
+    )
     args = [a for a in args if a is not type(None)]
     return bool(args) and all(a in (int, float) for a in args)
 
@@ -42,14 +47,14 @@ class TrainConfig(Strict):
     batch_size: int = Field(256, ge=1)
     dropout: float = Field(0.25, ge=0, lt=1)
     mc_samples: int = Field(10, ge=1)
-    alpha: float = Field(0.5, ge=0, le=1)      # unclean head: (1-alpha) CE + alpha KD
-    tau: float = Field(1.0, gt=0)              # distillation temperature
-    lam: float = Field(1.0, ge=0)              # head selection: U + lam * KL
-    self_distill: float = Field(0.0, ge=0)     # optional clean-head KL to the original student
+    alpha: float = Field(0.5, ge=0, le=1)  # unclean head: (1-alpha) CE + alpha KD
+    tau: float = Field(1.0, gt=0)  # distillation temperature
+    lam: float = Field(1.0, ge=0)  # head selection: U + lam * KL
+    self_distill: float = Field(0.0, ge=0)  # optional clean-head KL to the original student
     wise_alpha: float = Field(0.5, ge=0, le=1)  # WiSE-FT interpolation weight
-    full_ft_lr: float = Field(1e-5, gt=0)      # complete fine-tuning touches pretrained weights: smaller step
+    full_ft_lr: float = Field(1e-5, gt=0)  # complete fine-tuning touches pretrained weights: smaller step
     full_ft_epochs: int | None = Field(None, ge=1)  # None: same as `epochs`
-    precise_bn: bool = True                    # recompute BN statistics after short trainings (platform.md)
+    precise_bn: bool = True  # recompute BN statistics after short trainings (platform.md)
     fail_cells: list[str] = Field(default_factory=list)  # fault switch for tests: cell keys (or "*") that raise
 
 
@@ -62,7 +67,7 @@ class TeacherTrainConfig(Strict):
     jsd_weight: float = Field(12.0, ge=0)
     n_images: int | None = Field(None, ge=1)  # clean images (None: the whole clean split)
     pool_images: int | None = Field(None, ge=1)  # augmented pool images (None: the whole pool)
-    naive_baseline: bool = False               # also train a clean-only teacher (supplement Table 6)
+    naive_baseline: bool = False  # also train a clean-only teacher (supplement Table 6)
 
 
 class PretrainConfig(Strict):
@@ -94,17 +99,19 @@ class DataConfig(Strict):
     image_size: int = Field(32, ge=32)
     n_train: int | None = Field(2000, ge=10)
     n_test: int | None = Field(500, ge=10)
-    c_per_cell: int | None = Field(100, ge=1)   # test images per (corruption, severity); None: all
+    c_per_cell: int | None = Field(100, ge=1)  # test images per (corruption, severity); None: all
     p_sequences: int = Field(20, ge=1)
     p_frames: int = Field(10, ge=2)
     roots: dict[str, str] = Field(default_factory=dict)
-    reference_model: str | None = None          # model whose flip probabilities define FR (AlexNet in the paper)
+    reference_model: str | None = None  # model whose flip probabilities define FR (AlexNet in the paper)
 
     @model_validator(mode="after")
-    def _embedded_sizes(self) -> "DataConfig":
+    def _embedded_sizes(self) -> DataConfig:
         if self.source == "embedded" and (self.n_train is None or self.n_test is None):
-            raise ValueError("data.n_train and data.n_test must be numbers on source 'embedded' (5,000 images in "
-                             "all); None (all images) is for source 'imagenet'")
+            raise ValueError(
+                "data.n_train and data.n_test must be numbers on source 'embedded' (5,000 images in "
+                "all); None (all images) is for source 'imagenet'"
+            )
         return self
 
 
@@ -139,8 +146,17 @@ class SearchConfig(Strict):
 # Library keywords in `model_overrides` whose wrong type or sign would only fail inside a worker, hours later.
 _POSITIVE_INT_KNOBS = frozenset({"patch_size", "depth", "num_heads", "embed_dim", "width", "layers"})
 _POSITIVE_NUMBER_KNOBS = frozenset({"budget_m", "mlp_ratio"})
-_RATE_KNOBS = frozenset({"force_patch_dropout", "drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate",
-                         "pos_drop_rate", "patch_drop_rate"})
+_RATE_KNOBS = frozenset(
+    {
+        "force_patch_dropout",
+        "drop_rate",
+        "drop_path_rate",
+        "attn_drop_rate",
+        "proj_drop_rate",
+        "pos_drop_rate",
+        "patch_drop_rate",
+    }
+)
 
 
 def override_problem(knob: str, value: Any) -> str | None:
@@ -153,5 +169,3 @@ def override_problem(knob: str, value: Any) -> str | None:
     if knob in _RATE_KNOBS and not (is_number and 0 <= value < 1):
         return "allowed: a number in [0, 1)"
     return None
-
-

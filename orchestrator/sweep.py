@@ -4,6 +4,7 @@ Read top to bottom, `main` is the whole story: validate everything (exit 2 on ba
 plan (`--dry-run` stops here) -> start MLflow (unless `--tracking-uri`) and Ray -> run the shared stages and the
 cells -> aggregate the tables into `<storage>/results/<sweep>/` and onto the parent run -> stop what we started.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,19 @@ import sys
 from pathlib import Path
 
 from orchestrator import checks
-from orchestrator.checks import (MIN_FREE_ENV, SWEEP_TRACKING, check_cluster, check_env,  # noqa: F401
-                                 check_positive_seconds, check_ray_address, check_tracking_uri, make_dir,
-                                 parse_ray_address, parse_uri, storage_path)
+from orchestrator.checks import (  # noqa: F401
+    MIN_FREE_ENV,
+    SWEEP_TRACKING,
+    check_cluster,
+    check_env,
+    check_positive_seconds,
+    check_ray_address,
+    check_tracking_uri,
+    make_dir,
+    parse_ray_address,
+    parse_uri,
+    storage_path,
+)
 from orchestrator.inputs import BadInput, one_line, report_bug, show, show_path
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 
@@ -29,23 +40,38 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m orchestrator.sweep",
-                description="Run a robustification sweep (Ray Tune x Ray Train, tracked in MLflow).")
+    p = _Parser(
+        prog="python -m orchestrator.sweep",
+        description="Run a robustification sweep (Ray Tune x Ray Train, tracked in MLflow).",
+    )
     p.add_argument("spec", help="sweep YAML, e.g. sweeps/teacher_vs_student.yaml")
     p.add_argument("--profile", default="local", help="profile defined in the sweep file (local | paper)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the resolved spec, e.g. --set train.epochs=3")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the resolved spec, e.g. --set train.epochs=3",
+    )
     p.add_argument("--dry-run", action="store_true", help="print cells, stages, cache state and cost; start nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     p.add_argument("--tracking-uri", help="MLflow tracking server (default: a local server over <storage>/mlflow)")
     p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store (default ./runs)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--rerun-failed", action="store_true", help="rerun only the cells whose runs FAILED")
-    p.add_argument("--no-feature-cache", action="store_true",
-                   help="encode images with the full student every batch (benchmark baseline)")
+    p.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="encode images with the full student every batch (benchmark baseline)",
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--mlflow-patience", type=float, default=300.0,
-                   help="seconds to keep retrying an unreachable MLflow before stopping the sweep")
+    p.add_argument(
+        "--mlflow-patience",
+        type=float,
+        default=300.0,
+        help="seconds to keep retrying an unreachable MLflow before stopping the sweep",
+    )
     return p
 
 
@@ -68,8 +94,10 @@ def check_flags(args: argparse.Namespace) -> None:
 def check_storage(storage: str, dry_run: bool = False) -> None:
     """An unusable, unwritable or full storage is bad input: say so before anything starts, creating nothing."""
     if checks.check_storage(storage, dry_run=dry_run) is None and not dry_run:
-        raise SpecError(f"--storage {show(storage)}: a sweep run needs a local or shared (NFS) folder; object "
-                        "stores hold the stage cache only (orchestrator/cache.py) and are read by --dry-run only")
+        raise SpecError(
+            f"--storage {show(storage)}: a sweep run needs a local or shared (NFS) folder; object "
+            "stores hold the stage cache only (orchestrator/cache.py) and are read by --dry-run only"
+        )
 
 
 def check_services(args: argparse.Namespace) -> None:
@@ -91,25 +119,41 @@ def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
     try:
         problems = check_roots(spec.data.roots, needed)
         mapping = spec.data.roots.get("objectnet_mapping")
-        if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (mapping and
-                                                                                   Path(mapping).is_file()):
-            problems.append(f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for "
-                            f"its 113 ImageNet classes; got {show(mapping) if mapping else 'nothing'}")
+        if any(s.value in ("objectnet", "objectnet_c") for s in spec.eval) and not (
+            mapping and Path(mapping).is_file()
+        ):
+            problems.append(
+                f"ObjectNet needs objectnet_mapping: a JSON file {{objectnet folder: [wnid, ...]}} for "
+                f"its 113 ImageNet classes; got {show(mapping) if mapping else 'nothing'}"
+            )
     except (OSError, ValueError) as err:  # a name too long, a NUL byte, a loop of symlinks: not a usable path
-        raise SpecError(f"{where}: a root is not a usable path ({getattr(err, 'strerror', None) or err}): "
-                        f"{show(getattr(err, 'filename', None) or '')}") from None
+        raise SpecError(
+            f"{where}: a root is not a usable path ({getattr(err, 'strerror', None) or err}): "
+            f"{show(getattr(err, 'filename', None) or '')}"
+        ) from None
     if problems:
         raise SpecError(f"{where}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
 def _needed_roots(spec: SweepSpec) -> list[str]:
-    suite_roots = {"clean": "imagenet", "c": "imagenet_c", "p": "imagenet_p", "v2": "imagenet_v2",
-                   "r": "imagenet_r", "sketch": "imagenet_sketch", "a": "imagenet_a", "objectnet": "objectnet",
-                   "objectnet_c": "objectnet"}
+    suite_roots = {
+        "clean": "imagenet",
+        "c": "imagenet_c",
+        "p": "imagenet_p",
+        "v2": "imagenet_v2",
+        "r": "imagenet_r",
+        "sketch": "imagenet_sketch",
+        "a": "imagenet_a",
+        "objectnet": "objectnet",
+        "objectnet_c": "objectnet",
+    }
     needed = ["imagenet"] + [suite_roots[s.value] for s in spec.eval if s.value in suite_roots]
     if any(s.value == "transfer" for s in spec.eval):
-        needed += [k for k in spec.data.roots if k in ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100",
-                                                       "fgvc_aircraft", "sun397")] or ["tiny_imagenet"]
+        needed += [
+            k
+            for k in spec.data.roots
+            if k in ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100", "fgvc_aircraft", "sun397")
+        ] or ["tiny_imagenet"]
     return list(dict.fromkeys(needed))
 
 

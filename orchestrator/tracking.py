@@ -12,13 +12,15 @@ runners), so every call is fenced here. Layout (design.md, "MLflow layout"):
 Workers never rely on MLflow's implicit state (`set_experiment`, active runs, the cwd-relative default URI):
 they get an explicit http:// URI and a run id, and talk through `RunLogger`.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -28,7 +30,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # our own retry l
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
@@ -115,27 +116,40 @@ class RunLogger:
         existing = self.client.get_run(self.run_id).data.params
         fresh = {k: v for k, v in flatten(params).items() if k not in existing}
         for i in range(0, len(fresh), 90):
-            chunk = dict(list(fresh.items())[i: i + 90])
-            retrying(lambda c=chunk: self.client.log_batch(self.run_id, params=_params(c), synchronous=True),
-                     patience_s=self.patience_s, what="logging params")
+            chunk = dict(list(fresh.items())[i : i + 90])
+            retrying(
+                lambda c=chunk: self.client.log_batch(self.run_id, params=_params(c), synchronous=True),
+                patience_s=self.patience_s,
+                what="logging params",
+            )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         rt = [RunTag(k, str(v)) for k, v in tags.items()]
-        retrying(lambda: self.client.log_batch(self.run_id, tags=rt, synchronous=True),
-                 patience_s=self.patience_s, what="setting tags")
+        retrying(
+            lambda: self.client.log_batch(self.run_id, tags=rt, synchronous=True),
+            patience_s=self.patience_s,
+            what="setting tags",
+        )
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        retrying(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
-                 patience_s=self.patience_s, what=f"uploading {path}")
+        retrying(
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+            patience_s=self.patience_s,
+            what=f"uploading {path}",
+        )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        retrying(lambda: self.client.log_text(self.run_id, text, artifact_file),
-                 patience_s=self.patience_s, what=f"uploading {artifact_file}")
+        retrying(
+            lambda: self.client.log_text(self.run_id, text, artifact_file),
+            patience_s=self.patience_s,
+            what=f"uploading {artifact_file}",
+        )
 
     def finish(self, status: str = FINISHED) -> None:
         self.flush()
-        retrying(lambda: self.client.set_terminated(self.run_id, status),
-                 patience_s=self.patience_s, what="closing the run")
+        retrying(
+            lambda: self.client.set_terminated(self.run_id, status), patience_s=self.patience_s, what="closing the run"
+        )
 
 
 # ------------------------------------------------------------------------------------------- sweep tracker
@@ -157,15 +171,20 @@ class SweepTracker:
             return exp.experiment_id
         try:
             # "custom model development": the UI then opens on training runs, not the GenAI trace overview
-            return self.client.create_experiment(self.experiment,
-                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+            return self.client.create_experiment(
+                self.experiment, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
         except MlflowException:  # created concurrently by another driver
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     def _search(self, filter_string: str, max_results: int = 5000) -> list:
-        return retrying(lambda: self.client.search_runs([self.experiment_id], filter_string,
-                                                        max_results=max_results, order_by=["attributes.start_time DESC"]),
-                        patience_s=self.patience_s, what="searching runs")
+        return retrying(
+            lambda: self.client.search_runs(
+                [self.experiment_id], filter_string, max_results=max_results, order_by=["attributes.start_time DESC"]
+            ),
+            patience_s=self.patience_s,
+            what="searching runs",
+        )
 
     def open_parent(self, sweep_id: str, tags: dict[str, str], run_name: str) -> tuple[str, bool]:
         """Resume the unfinished parent run of this sweep id, or start a new one. Returns (run_id, resumed)."""
@@ -175,8 +194,11 @@ class SweepTracker:
                 return run.info.run_id, True
             break
         all_tags = {"sweep_id": sweep_id, "kind": "sweep", **tags}
-        run = retrying(lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name),
-                       patience_s=self.patience_s, what="creating the parent run")
+        run = retrying(
+            lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name),
+            patience_s=self.patience_s,
+            what="creating the parent run",
+        )
         return run.info.run_id, False
 
     def child_runs(self, sweep_id: str, kind: str) -> dict[str, Any]:
@@ -190,8 +212,16 @@ class SweepTracker:
                 out[key] = run
         return out
 
-    def open_child(self, parent_id: str, sweep_id: str, kind: str, key: str, name: str,
-                   tags: dict[str, str], params: dict[str, Any]) -> str:
+    def open_child(
+        self,
+        parent_id: str,
+        sweep_id: str,
+        kind: str,
+        key: str,
+        name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+    ) -> str:
         """Create (or reopen, after a crash) the child run for one cell or stage. Params are logged once."""
         existing = self.child_runs(sweep_id, kind).get(key)
         if existing is not None and existing.info.status != FINISHED:
@@ -199,8 +229,11 @@ class SweepTracker:
             return existing.info.run_id
         key_tag = "cell" if kind == "cell" else "stage_key"
         all_tags = {"mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "kind": kind, key_tag: key, **tags}
-        run = retrying(lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=name),
-                       patience_s=self.patience_s, what=f"creating run {name}")
+        run = retrying(
+            lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=name),
+            patience_s=self.patience_s,
+            what=f"creating run {name}",
+        )
         RunLogger(self.uri, run.info.run_id, self.patience_s).log_params(params)
         return run.info.run_id
 
@@ -230,11 +263,21 @@ def runs_dataframe(uri: str, experiment: str, filter_string: str = "", finished_
     clauses = [c for c in (filter_string, "attributes.status = 'FINISHED'" if finished_only else "") if c]
     rows, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
+        page = client.search_runs(
+            [exp.experiment_id],
+            " and ".join(clauses),
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
         for r in page:
-            row = {"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
-                   "end_time": r.info.end_time, "run_name": r.info.run_name}
+            row = {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "start_time": r.info.start_time,
+                "end_time": r.info.end_time,
+                "run_name": r.info.run_name,
+            }
             row.update({f"params.{k}": v for k, v in r.data.params.items()})
             row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
             row.update({f"tags.{k}": v for k, v in r.data.tags.items()})

@@ -5,6 +5,7 @@ Ray itself is reached only through the `TrainSession` the adapter hands in (orch
 module holds the *policy* (seeding, cache publication, per-cell checkpoints and resume, in-place retries of
 packed cells, fault injection) and the adapter holds the mechanics.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,9 @@ import json
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -139,12 +141,14 @@ def resume_state(session: TrainSession, train_storage: str, key: str) -> dict | 
 
 def checkpointer(session: TrainSession, key: str) -> Callable[[dict, int, dict], None]:
     """Per-epoch hook of cell `key`: every rank reports; rank 0 attaches the state and the cell marker."""
+
     def checkpoint(state: dict, epoch: int, metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             if session.rank == 0:
                 torch.save(state, Path(d) / "state.pt")
                 (Path(d) / CELL_MARKER).write_text(json.dumps({"cell": key, "epoch": epoch}))
             session.report({**metrics, "epoch": epoch}, Path(d) if session.rank == 0 else None)
+
     return checkpoint
 
 
@@ -155,14 +159,22 @@ def run_trial(pack: dict[str, Any], session: TrainSession) -> dict[str, float]:
     """Body of every Train worker of one trial (what the adapter calls): the pack's cells, then the trial's one
     report (every report waits for the controller's next poll, so packs report once, at their end)."""
     torch.set_num_threads(max(1, int(pack["threads"])))
-    results = run_pack(pack, session, resume_for=lambda key: resume_state(session, pack["train_storage"], key),
-                       checkpoint_for=lambda key: checkpointer(session, key))
+    results = run_pack(
+        pack,
+        session,
+        resume_for=lambda key: resume_state(session, pack["train_storage"], key),
+        checkpoint_for=lambda key: checkpointer(session, key),
+    )
     numbers = {k: v for k, v in (results[-1][1] or {}).items() if isinstance(v, (int, float))}
     return {**numbers, "cells_done": len(results), "done": 1}
 
 
-def run_pack(pack: dict[str, Any], session: TrainSession, resume_for: Callable[[str], dict | None],
-             checkpoint_for: Callable[[str], Callable | None]) -> list[tuple[str, dict | None]]:
+def run_pack(
+    pack: dict[str, Any],
+    session: TrainSession,
+    resume_for: Callable[[str], dict | None],
+    checkpoint_for: Callable[[str], Callable | None],
+) -> list[tuple[str, dict | None]]:
     """The pack's cells one after another (orchestrator/packing.py).
 
     Each cell is still a cell: seeded from its own key, its own MLflow run, cache entry and checkpoints (marked
@@ -209,8 +221,16 @@ def run_cell(cfg: dict[str, Any], session: TrainSession, resume: dict | None, ch
     _fail_switch(cfg["fail_cells"], cfg["key"])
     deps = _deps(cache, cfg["deps"])
     logger = RunLogger(cfg["uri"], cfg["run_id"], cfg["patience_s"]) if session.rank == 0 else NullReporter()
-    ctx = StageContext(reporter=logger, device=session.device, rank=session.rank, world_size=session.world,
-                       wrap_model=session.wrap, checkpoint=checkpoint, resume=resume, threads=cfg["threads"])
+    ctx = StageContext(
+        reporter=logger,
+        device=session.device,
+        rank=session.rank,
+        world_size=session.world,
+        wrap_model=session.wrap,
+        checkpoint=checkpoint,
+        resume=resume,
+        threads=cfg["threads"],
+    )
     inputs = CellInputs.from_payload(cfg["inputs"])
     out = cache.staging(CELL, cfg["key"]) if session.rank == 0 else Path(tempfile.mkdtemp())
     start = time.time()
@@ -237,5 +257,13 @@ def _search_cell(cfg: dict, inputs: CellInputs, deps: dict, out: Path, ctx: Stag
         trial_ctx = dataclasses.replace(ctx, checkpoint=None, resume=None, reporter=NullReporter())
         return run_stage(CELL, trial_inputs, deps, tdir, trial_ctx)
 
-    return run_study(Path(cfg["storage"]), cfg["key"], search["space"], search["trials"], search["metric"],
-                     train_once, out, lambda m, step: ctx.reporter.log_metrics(m, step))
+    return run_study(
+        Path(cfg["storage"]),
+        cfg["key"],
+        search["space"],
+        search["trials"],
+        search["metric"],
+        train_once,
+        out,
+        lambda m, step: ctx.reporter.log_metrics(m, step),
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures: a real MLflow server on 127.0.0.1 and one real smoke sweep per test session."""
+
 from __future__ import annotations
 
 import uuid
@@ -35,8 +36,11 @@ def smoke_sweep(tmp_path_factory) -> SmokeSweep:
     server = LocalMlflowServer(storage / "mlflow").start()
     mark = uuid.uuid4().hex
     try:
-        proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage),
-                        "--tracking-uri", server.uri], mark=mark, timeout=1500)
+        proc = run_cli(
+            ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage), "--tracking-uri", server.uri],
+            mark=mark,
+            timeout=1500,
+        )
         yield SmokeSweep(storage, server.uri, "smoke", proc.stdout, proc.stderr, proc.returncode)
     finally:
         kill_marked(mark)

@@ -4,6 +4,7 @@ Every process a test starts carries a unique marker in its environment; Ray's da
 dashboard, workers) inherit it, even after they are re-parented. `kill_marked` finds them in /proc and kills
 them by PID, so a failed or killed sweep never leaves Ray behind for the next test.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,18 +54,31 @@ def kill_marked(mark: str, timeout: float = 10.0) -> list[int]:
     return pids
 
 
-def run_cli(args: list[str], mark: str | None = None, timeout: float = 1200, env: dict | None = None,
-            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], mark: str | None = None, timeout: float = 1200, env: dict | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     """Run `python -m <args>` to completion, then kill anything it left behind."""
     mark = mark or uuid.uuid4().hex
     try:
-        return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=marked_env(mark, env),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=cwd,
+            env=marked_env(mark, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     finally:
         kill_marked(mark)
 
 
 def start_cli(args: list[str], mark: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=marked_env(mark, env),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=marked_env(mark, env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )

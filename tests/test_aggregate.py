@@ -1,6 +1,7 @@
 """Every table spec against synthetic sweeps logged through tracking.py to a real MLflow server and read back by
 the aggregator: each value lands in its row and column, the paper's value beside it; duplicates, failed re-runs and
 sweep ids are handled; the CLI answers bad input with exit code 2 and one line."""
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,7 @@ class R:
     params: dict
     metrics: tuple[str, ...]
     stage: str | None = None
-    key: str | None = None          # content key; runs sharing one are re-runs of the same cell
+    key: str | None = None  # content key; runs sharing one are re-runs of the same cell
     status: str = "FINISHED"
     scale: dict = field(default_factory=dict)
 
@@ -42,15 +43,37 @@ class R:
         return {m: value(self.name, m) * self.scale.get(m, 1.0) for m in self.metrics}
 
 
-def _cell(name: str, student: str, teacher: str, method: str, metrics: tuple[str, ...], seed: int = 0,
-          fraction: str = "0.5", **kw) -> R:
-    return R(name, {"student": student, "teacher": teacher, "method": method, "seed": seed,
-                    "data_fraction": "none" if method == "original" else fraction}, metrics, **kw)
+def _cell(
+    name: str,
+    student: str,
+    teacher: str,
+    method: str,
+    metrics: tuple[str, ...],
+    seed: int = 0,
+    fraction: str = "0.5",
+    **kw,
+) -> R:
+    return R(
+        name,
+        {
+            "student": student,
+            "teacher": teacher,
+            "method": method,
+            "seed": seed,
+            "data_fraction": "none" if method == "original" else fraction,
+        },
+        metrics,
+        **kw,
+    )
 
 
 RULE_METRICS = tuple(f"{k}/{r}/{s}" for k in ("acc", "f_correct") for r in RULES for s in ("clean", "c"))
-PAIRS = (("resnet101", "resnet34"), ("clip_rn101", "resnet101"), ("clip_vit_b16", "vit_small"),
-         ("clip_vit_b32", "vit_small"))
+PAIRS = (
+    ("resnet101", "resnet34"),
+    ("clip_rn101", "resnet101"),
+    ("clip_vit_b16", "vit_small"),
+    ("clip_vit_b32", "vit_small"),
+)
 T4_TEACHERS = ("resnet34", "resnet50", "resnet101", "vit_small", "resnet152", "vit_base")
 T6_TEACHERS = ("resnet34", "resnet50", "resnet101", "vit_small")
 TIME = {"time/pipeline_s": 1000.0, "time/train_s": 1000.0}
@@ -60,54 +83,95 @@ PARAMS = {"params/tuned": 1e7, "params/total": 1e8}
 def sweeps() -> dict[tuple[str, str], list[R]]:
     """(experiment, sweep id) -> runs, shaped like the sweeps in sweeps/*.yaml."""
     big = ("clip_vit_l14_336", "vit_base")
-    t3 = [_cell(f"kd-{s}-{m}", s, t, m, ("acc/c", "acc/clean"), key=f"kd-{s}-{m}") for s, t in PAIRS
-          for m in ("wo_kd", "ours")]
+    t3 = [
+        _cell(f"kd-{s}-{m}", s, t, m, ("acc/c", "acc/clean"), key=f"kd-{s}-{m}")
+        for s, t in PAIRS
+        for m in ("wo_kd", "ours")
+    ]
     # the RN-101 ← RN-34 ours cell ran again (newer FINISHED run wins), then a third time and failed (ignored)
-    t3 += [_cell("kd-rerun", "resnet101", "resnet34", "ours", ("acc/c",), key="kd-resnet101-ours"),
-           _cell("kd-failed", "resnet101", "resnet34", "ours", ("acc/c",), key="kd-resnet101-ours", status=FAILED)]
+    t3 += [
+        _cell("kd-rerun", "resnet101", "resnet34", "ours", ("acc/c",), key="kd-resnet101-ours"),
+        _cell("kd-failed", "resnet101", "resnet34", "ours", ("acc/c",), key="kd-resnet101-ours", status=FAILED),
+    ]
     return {
         ("ablations", "abl"): [
-            *(_cell(f"abl-ours-{s}", *big, "ours", RULE_METRICS + ("acc/c", "acc/transfer/digits"), seed=s)
-              for s in (0, 1)),
-            *(_cell(f"abl-wokd-{s}", *big, "wo_kd", ("acc/ours/clean", "acc/ours/c", "acc/transfer/digits"), seed=s)
-              for s in (0, 1))],
+            *(
+                _cell(f"abl-ours-{s}", *big, "ours", RULE_METRICS + ("acc/c", "acc/transfer/digits"), seed=s)
+                for s in (0, 1)
+            ),
+            *(
+                _cell(f"abl-wokd-{s}", *big, "wo_kd", ("acc/ours/clean", "acc/ours/c", "acc/transfer/digits"), seed=s)
+                for s in (0, 1)
+            ),
+        ],
         ("ablations", "abl-old"): [_cell("abl-old", *big, "ours", RULE_METRICS, seed=0)],
         ("kd_pairs", "kd"): t3,
         ("teacher_vs_student", "tvs"): [
-            _cell(f"tvs-{t}", "clip_vit_b16", t, "ours",
-                  ("acc/c", "acc/clean", "teacher/acc/c", "teacher/acc/clean", "original/acc/c"))
-            for t in T4_TEACHERS],
+            _cell(
+                f"tvs-{t}",
+                "clip_vit_b16",
+                t,
+                "ours",
+                ("acc/c", "acc/clean", "teacher/acc/c", "teacher/acc/clean", "original/acc/c"),
+            )
+            for t in T4_TEACHERS
+        ],
         ("params", "par"): [
-            *(_cell(f"par-{s}", s, "none", "original", tuple(PARAMS), scale=PARAMS)
-              for s in ("resnet101", "vit_small", "clip_vit_b16")),
-            _cell("par-ft", "resnet101", "none", "full_ft", tuple(PARAMS), scale={"params/tuned": 1e9})],
+            *(
+                _cell(f"par-{s}", s, "none", "original", tuple(PARAMS), scale=PARAMS)
+                for s in ("resnet101", "vit_small", "clip_vit_b16")
+            ),
+            _cell("par-ft", "resnet101", "none", "full_ft", tuple(PARAMS), scale={"params/tuned": 1e9}),
+        ],
         ("teacher_mfr", "tm"): [
-            *(R(f"tm-{st}-{t}", {"model": t, "seed": 0}, ("mfr", "acc/c"), stage=st)
-              for t in T6_TEACHERS for st in ("naive_teacher", "robustify_teacher")),
-            R("tm-pool", {"seed": 0}, ("time/train_s",), stage="build_pool")],
+            *(
+                R(f"tm-{st}-{t}", {"model": t, "seed": 0}, ("mfr", "acc/c"), stage=st)
+                for t in T6_TEACHERS
+                for st in ("naive_teacher", "robustify_teacher")
+            ),
+            R("tm-pool", {"seed": 0}, ("time/train_s",), stage="build_pool"),
+        ],
         ("data_fraction", "df"): [
             _cell(f"df-{m}-{a}", "resnet101", "none" if m == "apt" else "resnet34", m, ("acc/c",), fraction=a)
-            for a in ("0.25", "0.5", "1.0") for m in ("apt", "ours")],
-        ("transfer", "tr"): [_cell(f"tr-{m}", *big, m, ("acc/transfer/digits", "acc/c"))
-                             for m in ("original", "full_ft", "ours")],
+            for a in ("0.25", "0.5", "1.0")
+            for m in ("apt", "ours")
+        ],
+        ("transfer", "tr"): [
+            _cell(f"tr-{m}", *big, m, ("acc/transfer/digits", "acc/c")) for m in ("original", "full_ft", "ours")
+        ],
         ("multimodal", "mm"): [
             _cell(f"mm-{s}-{t}", s, t, "apt" if t == "none" else "ours", ("acc/c", "acc/clean"))
-            for s in ("clip_rn50", "clip_vit_b16") for t in ("none", "resnet101", "vit_small")],
+            for s in ("clip_rn50", "clip_vit_b16")
+            for t in ("none", "resnet101", "vit_small")
+        ],
         ("students_mfr", "sm"): [
             _cell(f"sm-{s}-{t}", s, t, "apt" if t == "none" else "ours", ("mfr", "fp/mean"))
-            for s in ("clip_rn50", "clip_rn101") for t in ("none", "resnet50")],
+            for s in ("clip_rn50", "clip_rn101")
+            for t in ("none", "resnet50")
+        ],
         ("efficiency", "eff"): [
-            _cell(f"eff-{s}-{m}", s, "vit_small" if m == "ours" else "none", m,
-                  ("acc/c", "acc/clean", *TIME), scale=TIME)
-            for s in ("clip_rn50", "clip_vit_b16") for m in ("ours", "full_ft", "wise_ft")],
+            _cell(
+                f"eff-{s}-{m}", s, "vit_small" if m == "ours" else "none", m, ("acc/c", "acc/clean", *TIME), scale=TIME
+            )
+            for s in ("clip_rn50", "clip_vit_b16")
+            for m in ("ours", "full_ft", "wise_ft")
+        ],
     }
 
 
-SOURCE = {"supp_table1": ("ablations", "abl"), "supp_table2": ("ablations", "abl"), "supp_table3": ("kd_pairs", "kd"),
-          "supp_table4": ("teacher_vs_student", "tvs"), "supp_table5": ("params", "par"),
-          "supp_table6": ("teacher_mfr", "tm"), "supp_fig1": ("data_fraction", "df"),
-          "supp_fig2": ("transfer", "tr"), "supp_fig3": ("multimodal", "mm"), "supp_fig4": ("students_mfr", "sm"),
-          "main_fig1": ("efficiency", "eff")}
+SOURCE = {
+    "supp_table1": ("ablations", "abl"),
+    "supp_table2": ("ablations", "abl"),
+    "supp_table3": ("kd_pairs", "kd"),
+    "supp_table4": ("teacher_vs_student", "tvs"),
+    "supp_table5": ("params", "par"),
+    "supp_table6": ("teacher_mfr", "tm"),
+    "supp_fig1": ("data_fraction", "df"),
+    "supp_fig2": ("transfer", "tr"),
+    "supp_fig3": ("multimodal", "mm"),
+    "supp_fig4": ("students_mfr", "sm"),
+    "main_fig1": ("efficiency", "eff"),
+}
 
 
 def _mean(runs: list[str], metric: str, scale: float = 100.0, factor: float = 1.0) -> float:
@@ -118,61 +182,123 @@ def expected(tid: str) -> dict[tuple[str, str], float]:
     """(row, column) -> value, written from what each run is, not from the spec's filters."""
     seeds = lambda stem: [f"{stem}-0", f"{stem}-1"]  # noqa: E731
     if tid == "supp_table1":
-        out = {(lbl, col): _mean(seeds("abl-ours"), f"acc/{r}/{s}") for r, lbl in RULES.items()
-               for col, s in (("IN", "clean"), ("C", "c"))}
-        out.update({("w/o KD", "IN"): _mean(seeds("abl-wokd"), "acc/ours/clean"),
-                    ("w/o KD", "C"): _mean(seeds("abl-wokd"), "acc/ours/c"),
-                    ("w/o KD", "Digits (local transfer)"): _mean(seeds("abl-wokd"), "acc/transfer/digits"),
-                    **{(lbl, "Digits (local transfer)"): _mean(seeds("abl-ours"), "acc/transfer/digits")
-                       for lbl in RULES.values()}})
+        out = {
+            (lbl, col): _mean(seeds("abl-ours"), f"acc/{r}/{s}")
+            for r, lbl in RULES.items()
+            for col, s in (("IN", "clean"), ("C", "c"))
+        }
+        out.update(
+            {
+                ("w/o KD", "IN"): _mean(seeds("abl-wokd"), "acc/ours/clean"),
+                ("w/o KD", "C"): _mean(seeds("abl-wokd"), "acc/ours/c"),
+                ("w/o KD", "Digits (local transfer)"): _mean(seeds("abl-wokd"), "acc/transfer/digits"),
+                **{
+                    (lbl, "Digits (local transfer)"): _mean(seeds("abl-ours"), "acc/transfer/digits")
+                    for lbl in RULES.values()
+                },
+            }
+        )
         return out
     if tid == "supp_table2":
-        return {(lbl, col): _mean(seeds("abl-ours"), f"f_correct/{r}/{s}", scale=1.0)
-                for r, lbl in RULES.items() if r != "max_logit" for col, s in (("IN", "clean"), ("C", "c"))}
+        return {
+            (lbl, col): _mean(seeds("abl-ours"), f"f_correct/{r}/{s}", scale=1.0)
+            for r, lbl in RULES.items()
+            if r != "max_logit"
+            for col, s in (("IN", "clean"), ("C", "c"))
+        }
     if tid == "supp_table3":
-        lbl = {"resnet101": "RN-101 ← RN-34", "clip_rn101": "CLIP RN-101 ← RN-101",
-               "clip_vit_b16": "CLIP ViT-B/16 ← ViT-S", "clip_vit_b32": "CLIP ViT-B/32 ← ViT-S"}
-        out = {(lbl[s], col): _mean([f"kd-{s}-{m}"], "acc/c") for s, _ in PAIRS
-               for col, m in (("w/o KD", "wo_kd"), ("ours", "ours"))}
+        lbl = {
+            "resnet101": "RN-101 ← RN-34",
+            "clip_rn101": "CLIP RN-101 ← RN-101",
+            "clip_vit_b16": "CLIP ViT-B/16 ← ViT-S",
+            "clip_vit_b32": "CLIP ViT-B/32 ← ViT-S",
+        }
+        out = {
+            (lbl[s], col): _mean([f"kd-{s}-{m}"], "acc/c")
+            for s, _ in PAIRS
+            for col, m in (("w/o KD", "wo_kd"), ("ours", "ours"))
+        }
         out[("RN-101 ← RN-34", "ours")] = _mean(["kd-rerun"], "acc/c")
         return out
     if tid == "supp_table4":
         lbl = dict(zip(T4_TEACHERS, ("RN-34", "RN-50", "RN-101", "ViT-S", "RN-152", "ViT-B")))
-        return {(lbl[t], col): _mean([f"tvs-{t}"], m) for t in T4_TEACHERS
-                for col, m in (("Teacher C acc", "teacher/acc/c"), ("Student C acc", "acc/c"),
-                               ("Teacher clean acc", "teacher/acc/clean"), ("Student clean acc", "acc/clean"),
-                               ("Original student C acc", "original/acc/c"))}
+        return {
+            (lbl[t], col): _mean([f"tvs-{t}"], m)
+            for t in T4_TEACHERS
+            for col, m in (
+                ("Teacher C acc", "teacher/acc/c"),
+                ("Student C acc", "acc/c"),
+                ("Teacher clean acc", "teacher/acc/clean"),
+                ("Student clean acc", "acc/clean"),
+                ("Original student C acc", "original/acc/c"),
+            )
+        }
     if tid == "supp_table5":
         lbl = {"resnet101": "RN-101", "vit_small": "ViT-S", "clip_vit_b16": "CLIP ViT-B/16"}
-        return {(lbl[s], col): _mean([f"par-{s}"], m, scale=1e-6, factor=PARAMS[m]) for s in lbl
-                for col, m in (("tuned (M)", "params/tuned"), ("total (M)", "params/total"))}
+        return {
+            (lbl[s], col): _mean([f"par-{s}"], m, scale=1e-6, factor=PARAMS[m])
+            for s in lbl
+            for col, m in (("tuned (M)", "params/tuned"), ("total (M)", "params/total"))
+        }
     if tid == "supp_table6":
         lbl = dict(zip(T6_TEACHERS, ("RN-34", "RN-50", "RN-101", "ViT-S")))
-        return {(lbl[t], f"{col}{suffix}"): _mean([f"tm-{st}-{t}"], m) for t in T6_TEACHERS
-                for col, st in (("naive", "naive_teacher"), ("AugMix+DA", "robustify_teacher"))
-                for suffix, m in (("", "mfr"), (" C acc", "acc/c"))}
+        return {
+            (lbl[t], f"{col}{suffix}"): _mean([f"tm-{st}-{t}"], m)
+            for t in T6_TEACHERS
+            for col, st in (("naive", "naive_teacher"), ("AugMix+DA", "robustify_teacher"))
+            for suffix, m in (("", "mfr"), (" C acc", "acc/c"))
+        }
     if tid == "supp_fig1":
-        return {(a, col): _mean([f"df-{m}-{a}"], "acc/c") for a in ("0.25", "0.5", "1.0")
-                for col, m in (("APT", "apt"), ("ours", "ours"))}
+        return {
+            (a, col): _mean([f"df-{m}-{a}"], "acc/c")
+            for a in ("0.25", "0.5", "1.0")
+            for col, m in (("APT", "apt"), ("ours", "ours"))
+        }
     if tid == "supp_fig2":
-        return {("Digits (local transfer)", col): _mean([f"tr-{m}"], "acc/transfer/digits")
-                for col, m in (("original", "original"), ("complete FT", "full_ft"), ("ours", "ours"))}
+        return {
+            ("Digits (local transfer)", col): _mean([f"tr-{m}"], "acc/transfer/digits")
+            for col, m in (("original", "original"), ("complete FT", "full_ft"), ("ours", "ours"))
+        }
     if tid == "supp_fig3":
-        lbl = {"clip_rn50": "CLIP RN-50", "clip_vit_b16": "CLIP ViT-B/16", "none": "none (APT)",
-               "resnet101": "RN-101", "vit_small": "ViT-S"}
-        return {(f"{lbl[s]} ← {lbl[t]}", col): _mean([f"mm-{s}-{t}"], m) for s in ("clip_rn50", "clip_vit_b16")
-                for t in ("none", "resnet101", "vit_small") for col, m in (("IN-C", "acc/c"), ("clean", "acc/clean"))}
+        lbl = {
+            "clip_rn50": "CLIP RN-50",
+            "clip_vit_b16": "CLIP ViT-B/16",
+            "none": "none (APT)",
+            "resnet101": "RN-101",
+            "vit_small": "ViT-S",
+        }
+        return {
+            (f"{lbl[s]} ← {lbl[t]}", col): _mean([f"mm-{s}-{t}"], m)
+            for s in ("clip_rn50", "clip_vit_b16")
+            for t in ("none", "resnet101", "vit_small")
+            for col, m in (("IN-C", "acc/c"), ("clean", "acc/clean"))
+        }
     if tid == "supp_fig4":
         lbl = {"clip_rn50": "CLIP RN-50", "clip_rn101": "CLIP RN-101", "none": "none (APT)", "resnet50": "RN-50"}
-        return {(f"{lbl[s]} ← {lbl[t]}", col): _mean([f"sm-{s}-{t}"], m) for s in ("clip_rn50", "clip_rn101")
-                for t in ("none", "resnet50") for col, m in (("mFR", "mfr"), ("mean FP", "fp/mean"))}
-    lbl = {"clip_rn50": "CLIP RN-50", "clip_vit_b16": "CLIP ViT-B/16", "ours": "ours", "full_ft": "complete FT",
-           "wise_ft": "WiSE-FT"}
-    return {(f"{lbl[s]} {lbl[m]}", col): _mean([f"eff-{s}-{m}"], metric, scale=sc, factor=f)
-            for s in ("clip_rn50", "clip_vit_b16") for m in ("ours", "full_ft", "wise_ft")
-            for col, metric, sc, f in (("C acc", "acc/c", 100.0, 1.0), ("clean acc", "acc/clean", 100.0, 1.0),
-                                       ("training time (s)", "time/pipeline_s", 1.0, 1000.0),
-                                       ("cell training (s)", "time/train_s", 1.0, 1000.0))}
+        return {
+            (f"{lbl[s]} ← {lbl[t]}", col): _mean([f"sm-{s}-{t}"], m)
+            for s in ("clip_rn50", "clip_rn101")
+            for t in ("none", "resnet50")
+            for col, m in (("mFR", "mfr"), ("mean FP", "fp/mean"))
+        }
+    lbl = {
+        "clip_rn50": "CLIP RN-50",
+        "clip_vit_b16": "CLIP ViT-B/16",
+        "ours": "ours",
+        "full_ft": "complete FT",
+        "wise_ft": "WiSE-FT",
+    }
+    return {
+        (f"{lbl[s]} {lbl[m]}", col): _mean([f"eff-{s}-{m}"], metric, scale=sc, factor=f)
+        for s in ("clip_rn50", "clip_vit_b16")
+        for m in ("ours", "full_ft", "wise_ft")
+        for col, metric, sc, f in (
+            ("C acc", "acc/c", 100.0, 1.0),
+            ("clean acc", "acc/clean", 100.0, 1.0),
+            ("training time (s)", "time/pipeline_s", 1.0, 1000.0),
+            ("cell training (s)", "time/train_s", 1.0, 1000.0),
+        )
+    }
 
 
 def _log(tracker: SweepTracker, parent: str, sweep_id: str, run: R) -> None:
@@ -221,10 +347,14 @@ def test_table_reads_the_runs_logged_for_it(server, tmp_path: Path, tid: str) ->
     want = expected(tid)
     for (row, col), v in want.items():
         assert float(table[row][col]) == pytest.approx(v, rel=1e-5), (tid, row, col)
-    filled = {(r, c) for r, line in table.items() for c in line if not c.endswith((" std", " n", " paper"))
-              and c != "row" and line[c] != "" and not c.startswith("Avg ")}
+    filled = {
+        (r, c)
+        for r, line in table.items()
+        for c in line
+        if not c.endswith((" std", " n", " paper")) and c != "row" and line[c] != "" and not c.startswith("Avg ")
+    }
     assert filled == set(want), f"{tid}: cells with data that no run was logged for: {filled - set(want)}"
-    for (row, col), p in TABLES[tid].paper.items():              # the paper's value sits beside ours
+    for (row, col), p in TABLES[tid].paper.items():  # the paper's value sits beside ours
         assert float(table[row][f"{col} paper"]) == p
         assert f"({p:.{_digits(tid, col)}f})".replace("(0.", "(.") in _md_row(md, row), (row, col)
     assert "Warnings" not in md
@@ -239,7 +369,7 @@ def test_missing_columns_are_dashes_beside_the_paper(server, tmp_path: Path) -> 
     srv, _ = server
     aggregate(srv.uri, "ablations", tmp_path, tables=["supp_table1"], sweep_id="abl")
     row = _md_row((tmp_path / "supp_table1.md").read_text(encoding="utf-8"), "ours")
-    assert "| — (79.1) | — (89.9) |" in row and "— (75.6)" in row     # V2, R, Avg shifts: no data locally
+    assert "| — (79.1) | — (89.9) |" in row and "— (75.6)" in row  # V2, R, Avg shifts: no data locally
 
 
 def test_sweep_id_selects_one_invocation(server, tmp_path: Path) -> None:
@@ -287,15 +417,21 @@ def _exit2(capsys, argv: list[str], needle: str) -> None:
 
 def test_cli_bad_input_exits_2_with_one_line(server, tmp_path: Path, capsys, monkeypatch) -> None:
     srv, _ = server
-    _exit2(capsys, ["--experiment", "ablations", "--table", "supp_tabel4", "--tracking-uri", srv.uri],
-           "did you mean 'supp_table4'")
+    _exit2(
+        capsys,
+        ["--experiment", "ablations", "--table", "supp_tabel4", "--tracking-uri", srv.uri],
+        "did you mean 'supp_table4'",
+    )
     _exit2(capsys, ["--experiment", "nope", "--tracking-uri", srv.uri], "no experiment 'nope'")
-    _exit2(capsys, ["--experiment", "x", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"],
-           "no MLflow server answers there")
+    _exit2(
+        capsys,
+        ["--experiment", "x", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"],
+        "no MLflow server answers there",
+    )
     _exit2(capsys, ["--experiment", "x", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"], "no SQLite store")
     _exit2(capsys, ["--table", "supp_table4"], "--experiment NAME is required")
     _exit2(capsys, ["--experiment", "x", "--bogus"], "unrecognized arguments: --bogus")
-    monkeypatch.chdir(tmp_path)                                          # no ./runs/mlflow here
+    monkeypatch.chdir(tmp_path)  # no ./runs/mlflow here
     _exit2(capsys, ["--experiment", "x"], "no local MLflow store at runs/mlflow")
 
 
@@ -310,8 +446,12 @@ def test_cli_reads_the_default_local_store(server, tmp_path: Path, capsys, monke
 
 
 def test_module_entry_point_exit_code() -> None:
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.aggregate", "--experiment", "x", "--table", "tabel1"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.aggregate", "--experiment", "x", "--table", "tabel1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown table 'tabel1'")
     assert len(proc.stderr.strip().splitlines()) == 1
 

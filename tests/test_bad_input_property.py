@@ -6,6 +6,7 @@ each (alias bombs, depth, size, control characters, URIs, environment variables,
 names, storage, grid size, flags) and call `main` in-process from an empty temporary working directory; every
 case must exit 2 with exactly one printable line, leave the directory tree exactly as it was, leave no child
 process and no bug report behind, never reach the run phase, and never contact a non-loopback address."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,47 @@ from orchestrator.sweep import main
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["ours", "clip_vit_b16", "resnet34", "1e-3", "[]", "{}"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=6)
-KEYS = ["name", "grid", "grid.student", "grid.teacher", "grid.method", "grid.data_fraction", "grid.seed",
-        "grid.pairs", "eval", "train", "train.epochs", "train.lr", "train.dropout", "data.image_size",
-        "data.source", "data.roots", "resources.workers_per_trial", "model_overrides", "weights", "search",
-        "reproduces", "profiles", "profiles.local", "profiles.local.train", "pool.n_images", "nonsense.key"]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["ours", "clip_vit_b16", "resnet34", "1e-3", "[]", "{}"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
+KEYS = [
+    "name",
+    "grid",
+    "grid.student",
+    "grid.teacher",
+    "grid.method",
+    "grid.data_fraction",
+    "grid.seed",
+    "grid.pairs",
+    "eval",
+    "train",
+    "train.epochs",
+    "train.lr",
+    "train.dropout",
+    "data.image_size",
+    "data.source",
+    "data.roots",
+    "resources.workers_per_trial",
+    "model_overrides",
+    "weights",
+    "search",
+    "reproduces",
+    "profiles",
+    "profiles.local",
+    "profiles.local.train",
+    "pool.n_images",
+    "nonsense.key",
+]
 
 
 def _set(doc: dict, dotted: str, value) -> dict:
@@ -81,7 +114,9 @@ def test_adversarial_spec_documents(tmp_path: Path, key: str, value) -> None:
 @given(key=st.one_of(st.sampled_from(KEYS), st.text(max_size=15)), raw=st.text(max_size=20))
 def test_adversarial_overrides(tmp_path: Path, key: str, raw: str) -> None:
     storage = tmp_path / "runs"
-    code, err = _run([str(ROOT / "sweeps" / "smoke.yaml"), "--dry-run", "--set", f"{key}={raw}", "--storage", str(storage)])
+    code, err = _run(
+        [str(ROOT / "sweeps" / "smoke.yaml"), "--dry-run", "--set", f"{key}={raw}", "--storage", str(storage)]
+    )
     _check(code, err, storage)
 
 
@@ -112,14 +147,14 @@ import pytest  # noqa: E402
 from orchestrator import aggregate as aggregate_cli  # noqa: E402
 from orchestrator import sweep as sweep_cli  # noqa: E402
 from orchestrator.checks import ENV_RULES, MLFLOW_ENV  # noqa: E402
-from orchestrator.inputs import (MAX_LINE, MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, SAFE_PART,  # noqa: E402
-                                 BadInput, load_yaml)
+from orchestrator.inputs import MAX_LINE, MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, SAFE_PART, BadInput, load_yaml  # noqa: E402
 from orchestrator.spec import MAX_CELLS, MIN_FRACTION, SEED_BOUND  # noqa: E402
 
 SMOKE = str(ROOT / "sweeps" / "smoke.yaml")
 SMOKE_TEXT = (ROOT / "sweeps" / "smoke.yaml").read_text()
-FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-                database=None)
+FAST = settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], database=None
+)
 
 
 # ------------------------------------------------------------------------------------------------ harness
@@ -192,11 +227,14 @@ def _refused(argv: list[str], root: Path, env: dict[str, str] | None = None, cli
     """Run a CLI in-process on `argv`; assert the refusal contract; return the line (without `error: `)."""
     before, kids, bugs = _tree(root), _children(), _bug_reports()
     err = io.StringIO()
-    with mock.patch.dict(os.environ, env or {}), \
-            mock.patch.object(sweep_cli, "_run", side_effect=AssertionError("bad input reached the run phase")), \
-            mock.patch.object(socket, "getaddrinfo", _getaddrinfo_loopback_only), \
-            mock.patch.object(socket.socket, "connect", _connect_loopback_only), \
-            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        mock.patch.dict(os.environ, env or {}),
+        mock.patch.object(sweep_cli, "_run", side_effect=AssertionError("bad input reached the run phase")),
+        mock.patch.object(socket, "getaddrinfo", _getaddrinfo_loopback_only),
+        mock.patch.object(socket.socket, "connect", _connect_loopback_only),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         code = cli(argv)
     text = err.getvalue()
     assert code == 2, (code, text)
@@ -253,8 +291,12 @@ def test_alias_bombs_are_refused_before_they_expand(levels: int, width: int, whe
 
 
 @settings(FAST, max_examples=15)
-@given(depth=st.integers(MAX_YAML_DEPTH + 1, 150_000), opener=st.sampled_from(["[", "{a: ", "- "]),
-       closed=st.booleans(), via=st.sampled_from(["file", "--set"]))
+@given(
+    depth=st.integers(MAX_YAML_DEPTH + 1, 150_000),
+    opener=st.sampled_from(["[", "{a: ", "- "]),
+    closed=st.booleans(),
+    via=st.sampled_from(["file", "--set"]),
+)
 def test_deep_nesting_is_refused_without_recursion(depth: int, opener: str, closed: bool, via: str) -> None:
     closer = {"[": "]", "{a: ": "}", "- ": ""}[opener]
     value = opener * depth + "x" + (closer * depth if closed else "")
@@ -269,11 +311,15 @@ def test_deep_nesting_is_refused_without_recursion(depth: int, opener: str, clos
 
 
 @settings(FAST, max_examples=8)
-@given(size=st.integers(MAX_SPEC_BYTES + 1, 4 * MAX_SPEC_BYTES), fill=st.sampled_from(["comment", "string", "keys"]),
-       via=st.sampled_from(["file", "--set"]))
+@given(
+    size=st.integers(MAX_SPEC_BYTES + 1, 4 * MAX_SPEC_BYTES),
+    fill=st.sampled_from(["comment", "string", "keys"]),
+    via=st.sampled_from(["file", "--set"]),
+)
 def test_oversize_input_is_refused_with_a_bounded_read(size: int, fill: str, via: str) -> None:
-    pad = {"comment": "#" * size, "string": "x" * size,
-           "keys": "".join(f"k{i}: {i}\n" for i in range(size // 8 + 1))}[fill]
+    pad = {"comment": "#" * size, "string": "x" * size, "keys": "".join(f"k{i}: {i}\n" for i in range(size // 8 + 1))}[
+        fill
+    ]
     with _sandbox() as root:
         spec = root / "big.yaml"
         if via == "file":
@@ -293,7 +339,10 @@ def test_grid_size_is_refused_from_the_axis_lengths(seeds: int, fractions: int, 
     from trainables.vocab import METHODS_WITHOUT_FRACTION, Method
 
     n = seeds * sum(1 if Method(m) in METHODS_WITHOUT_FRACTION else fractions for m in ("ours", "apt"))
-    grid = {"grid__seed": list(range(seeds)), "grid__data_fraction": [round(0.1 * (i + 1), 2) for i in range(fractions)]}
+    grid = {
+        "grid__seed": list(range(seeds)),
+        "grid__data_fraction": [round(0.1 * (i + 1), 2) for i in range(fractions)],
+    }
     with _sandbox() as root:
         spec = root / "huge.yaml"
         if via == "file":
@@ -301,8 +350,14 @@ def test_grid_size_is_refused_from_the_axis_lengths(seeds: int, fractions: int, 
             argv = [str(spec), "--dry-run"]
         else:
             spec.write_text(SMOKE_TEXT)
-            argv = [str(spec), "--dry-run", "--set", f"grid.seed={grid['grid__seed']}",
-                    "--set", f"grid.data_fraction={grid['grid__data_fraction']}"]
+            argv = [
+                str(spec),
+                "--dry-run",
+                "--set",
+                f"grid.seed={grid['grid__seed']}",
+                "--set",
+                f"grid.data_fraction={grid['grid__data_fraction']}",
+            ]
         line = _refused(argv, root)
     assert n > MAX_CELLS
     assert f"the grid has {n:,} cells" in line and f"the limit is {MAX_CELLS:,}" in line, line
@@ -316,8 +371,24 @@ NASTY = st.builds(lambda a, c, b: a + c + b, _PLAIN, CONTROL, _PLAIN)  # at leas
 
 
 @settings(FAST, max_examples=200)
-@given(nasty=NASTY, where=st.sampled_from(["key", "name", "file", "--profile", "--set-key", "--set-value", "--storage",
-                                           "--tracking-uri", "--address", "--experiment", "--table"]))
+@given(
+    nasty=NASTY,
+    where=st.sampled_from(
+        [
+            "key",
+            "name",
+            "file",
+            "--profile",
+            "--set-key",
+            "--set-value",
+            "--storage",
+            "--tracking-uri",
+            "--address",
+            "--experiment",
+            "--table",
+        ]
+    ),
+)
 def test_control_characters_are_escaped_in_the_one_line(nasty: str, where: str) -> None:
     with _sandbox() as root:
         spec = root / "s.yaml"
@@ -364,12 +435,20 @@ def test_a_huge_duplicate_is_shortened(n: int, dup: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ 3. types, names
 
-BAD_SEEDS = st.one_of(st.booleans(), st.text(max_size=6), st.floats(allow_nan=True, allow_infinity=True),
-                      st.integers(max_value=-1), st.integers(min_value=SEED_BOUND, max_value=2**80))
-BAD_FRACTIONS = st.one_of(st.booleans(), st.text(max_size=6), st.integers().filter(lambda i: i != 1),
-                          st.floats(allow_nan=True, allow_infinity=True).filter(
-                              lambda x: not MIN_FRACTION <= x <= 1.0),
-                          st.floats(min_value=1e-320, max_value=MIN_FRACTION, exclude_max=True))
+BAD_SEEDS = st.one_of(
+    st.booleans(),
+    st.text(max_size=6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(max_value=-1),
+    st.integers(min_value=SEED_BOUND, max_value=2**80),
+)
+BAD_FRACTIONS = st.one_of(
+    st.booleans(),
+    st.text(max_size=6),
+    st.integers().filter(lambda i: i != 1),
+    st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not MIN_FRACTION <= x <= 1.0),
+    st.floats(min_value=1e-320, max_value=MIN_FRACTION, exclude_max=True),
+)
 
 
 def _bad_seed(v: object) -> bool:
@@ -381,8 +460,12 @@ def _bad_fraction(v: object) -> bool:
 
 
 @settings(FAST, max_examples=120)
-@given(axis=st.sampled_from(["seed", "data_fraction"]), data=st.data(), pos=st.integers(0, 2),
-       via=st.sampled_from(["file", "--set"]))
+@given(
+    axis=st.sampled_from(["seed", "data_fraction"]),
+    data=st.data(),
+    pos=st.integers(0, 2),
+    via=st.sampled_from(["file", "--set"]),
+)
 def test_bools_strings_and_odd_floats_are_not_seeds_or_fractions(axis: str, data, pos: int, via: str) -> None:
     bad = data.draw(BAD_SEEDS if axis == "seed" else BAD_FRACTIONS)
     good = [0, 1] if axis == "seed" else [0.5, 1.0]
@@ -402,9 +485,28 @@ def test_bools_strings_and_odd_floats_are_not_seeds_or_fractions(axis: str, data
     assert f"grid.{axis}" in line, line
 
 
-UNSAFE = st.one_of(st.sampled_from([".", "..", "../evil", "../../evil", "a/b", "/abs", "-x", "_x", ".hidden",
-                                    "a" * 101, "", " x", "x ", "a\\b", "a:b"]),
-                   st.text(max_size=110).filter(lambda t: not SAFE_PART.fullmatch(t)))
+UNSAFE = st.one_of(
+    st.sampled_from(
+        [
+            ".",
+            "..",
+            "../evil",
+            "../../evil",
+            "a/b",
+            "/abs",
+            "-x",
+            "_x",
+            ".hidden",
+            "a" * 101,
+            "",
+            " x",
+            "x ",
+            "a\\b",
+            "a:b",
+        ]
+    ),
+    st.text(max_size=110).filter(lambda t: not SAFE_PART.fullmatch(t)),
+)
 
 
 @settings(FAST, max_examples=100)
@@ -431,12 +533,39 @@ def test_names_that_become_paths_are_single_safe_parts(name: str, where: str) ->
 
 # ------------------------------------------------------------------------------------------------ 4. flags, env
 
-SCHEMES = ["http", "https", "HTTP", "ftp", "garbage", "", "file", "sqlite", "postgresql", "mysql+pymysql", "mssql",
-           "s3", "ray", "http+unix"]
-HOSTS = ["127.0.0.1", "localhost", "[::1]", "[::1", "::1]", "", "a..b", "-x", "bad_host..", "%41", "127.0.0.1 ",
-         "user:pw@127.0.0.1", "[fe80::1%eth0", "999.1.1.1.1"]
-PORTS = st.one_of(st.sampled_from(["abc", "0", "70000", "-1", "", "99999999999", "1e3", " 1"]),
-                  st.just("CLOSED"))
+SCHEMES = [
+    "http",
+    "https",
+    "HTTP",
+    "ftp",
+    "garbage",
+    "",
+    "file",
+    "sqlite",
+    "postgresql",
+    "mysql+pymysql",
+    "mssql",
+    "s3",
+    "ray",
+    "http+unix",
+]
+HOSTS = [
+    "127.0.0.1",
+    "localhost",
+    "[::1]",
+    "[::1",
+    "::1]",
+    "",
+    "a..b",
+    "-x",
+    "bad_host..",
+    "%41",
+    "127.0.0.1 ",
+    "user:pw@127.0.0.1",
+    "[fe80::1%eth0",
+    "999.1.1.1.1",
+]
+PORTS = st.one_of(st.sampled_from(["abc", "0", "70000", "-1", "", "99999999999", "1e3", " 1"]), st.just("CLOSED"))
 PATHS = ["", "/", "/x", "?q=1", "#f", "/a b", "/api//"]
 
 
@@ -446,8 +575,13 @@ def _uri(scheme: str, host: str, port: str, path: str) -> str:
 
 
 @settings(FAST, max_examples=150)
-@given(scheme=st.sampled_from(SCHEMES), host=st.sampled_from(HOSTS), port=PORTS, path=st.sampled_from(PATHS),
-       cli=st.sampled_from(["sweep", "aggregate"]))
+@given(
+    scheme=st.sampled_from(SCHEMES),
+    host=st.sampled_from(HOSTS),
+    port=PORTS,
+    path=st.sampled_from(PATHS),
+    cli=st.sampled_from(["sweep", "aggregate"]),
+)
 def test_tracking_uris_malformed_or_unreachable(scheme: str, host: str, port: str, path: str, cli: str) -> None:
     uri = _uri(scheme, host, port, path)
     with _sandbox() as root:
@@ -458,12 +592,32 @@ def test_tracking_uris_malformed_or_unreachable(scheme: str, host: str, port: st
     assert "--tracking-uri" in line and "secret" not in line, line
 
 
-ADDRESSES = st.one_of(st.sampled_from(["", "nonsense", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:abc",
-                                       "127.0.0.1:70000", "http://127.0.0.1:6379", "ray://", "ray://127.0.0.1",
-                                       "[::1", "a..b:6379", "127.0.0.1:6379/x", "u@127.0.0.1:6379"]),
-                      st.builds(lambda p, ray_: f"{'ray://' if ray_ else ''}127.0.0.1:{p}",
-                                st.just(0).map(lambda _: _closed_port()), st.booleans()),
-                      st.text(max_size=20))
+ADDRESSES = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "nonsense",
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:abc",
+            "127.0.0.1:70000",
+            "http://127.0.0.1:6379",
+            "ray://",
+            "ray://127.0.0.1",
+            "[::1",
+            "a..b:6379",
+            "127.0.0.1:6379/x",
+            "u@127.0.0.1:6379",
+        ]
+    ),
+    st.builds(
+        lambda p, ray_: f"{'ray://' if ray_ else ''}127.0.0.1:{p}",
+        st.just(0).map(lambda _: _closed_port()),
+        st.booleans(),
+    ),
+    st.text(max_size=20),
+)
 
 
 @settings(FAST, max_examples=100)
@@ -484,9 +638,30 @@ def _env_rejects(name: str, raw: str) -> bool:
         return True
 
 
-ENV_VALUES = st.one_of(st.sampled_from(["garbage", "", " ", "nan", "inf", "-inf", "-1", "1e999", "1.5", "0",
-                                        "99999999999999999999999", "1e3", "0x10", "yes", "TRUE", "2", "11"]),
-                       st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10))
+ENV_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "garbage",
+            "",
+            " ",
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "1e999",
+            "1.5",
+            "0",
+            "99999999999999999999999",
+            "1e3",
+            "0x10",
+            "yes",
+            "TRUE",
+            "2",
+            "11",
+        ]
+    ),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10),
+)
 
 
 @settings(FAST, max_examples=150)
@@ -503,8 +678,10 @@ def test_environment_variables_are_parsed_up_front(name: str, raw: str, cli: str
 
 
 @settings(FAST, max_examples=30)
-@given(flag=st.sampled_from(["--mlflow-patience", "--num-cpus"]),
-       value=st.sampled_from(["nan", "inf", "-inf", "0", "-1", "1e300", "abc", "", "5000", "1.5", "0x2"]))
+@given(
+    flag=st.sampled_from(["--mlflow-patience", "--num-cpus"]),
+    value=st.sampled_from(["nan", "inf", "-inf", "0", "-1", "1e300", "abc", "", "5000", "1.5", "0x2"]),
+)
 def test_numeric_flags(flag: str, value: str) -> None:
     assume((flag, value) not in {("--mlflow-patience", "1.5"), ("--mlflow-patience", "5000")})  # valid ones
     with _sandbox() as root:
@@ -515,8 +692,22 @@ def test_numeric_flags(flag: str, value: str) -> None:
 # ------------------------------------------------------------------------------------------------ 5. storage
 
 
-STORAGES = ["/dev/null", "{root}/file", "{root}/file/sub", "garbage://x/y", "s3://", "s3:///x", "file://relative",
-            "", " runs", "ftp://h/x", "a" * 5000, "{root}/" + "b" * 300 + "/c", "gs://-bad bucket/x", "x\x00y"]
+STORAGES = [
+    "/dev/null",
+    "{root}/file",
+    "{root}/file/sub",
+    "garbage://x/y",
+    "s3://",
+    "s3:///x",
+    "file://relative",
+    "",
+    " runs",
+    "ftp://h/x",
+    "a" * 5000,
+    "{root}/" + "b" * 300 + "/c",
+    "gs://-bad bucket/x",
+    "x\x00y",
+]
 
 
 @settings(FAST, max_examples=40)
@@ -535,16 +726,20 @@ def test_storage_is_judged_without_creating_it(storage: str, dry_run: bool) -> N
 def test_real_runs_refuse_object_stores_and_full_disks(where: str, via: str) -> None:
     with _sandbox() as root:
         (root / "existing").mkdir()
-        storage = "s3://bucket/prefix" if via == "s3" else str(root / {"new": "r", "existing": "existing",
-                                                                      "nested": "a/b/c"}[where])
+        storage = (
+            "s3://bucket/prefix"
+            if via == "s3"
+            else str(root / {"new": "r", "existing": "existing", "nested": "a/b/c"}[where])
+        )
         line = _refused([SMOKE, f"--storage={storage}"], root, env={"ROBUSTIFY_MIN_FREE_MIB": str(2**40)})
     assert ("local or shared (NFS) folder" in line) if via == "s3" else ("MiB free" in line), line
 
 
 @settings(FAST, max_examples=20)
-@given(out=st.sampled_from(["{root}/file", "{root}/file/sub", "/dev/null", "s3://b/x", "{root}/" + "o" * 300,
-                            "x\x00y"]),
-       which=st.sampled_from(["--out", "--storage"]))
+@given(
+    out=st.sampled_from(["{root}/file", "{root}/file/sub", "/dev/null", "s3://b/x", "{root}/" + "o" * 300, "x\x00y"]),
+    which=st.sampled_from(["--out", "--storage"]),
+)
 def test_aggregate_output_folders(out: str, which: str) -> None:
     with _sandbox() as root:
         (root / "file").write_text("not a folder")
@@ -600,41 +795,59 @@ def fake_mlflow():
         thread.join(5)
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--address", "127.0.0.1:{port}"], "--address"),
-    (["--address", "not an address"], "--address"),
-    (["--mlflow-patience", "nan"], "--mlflow-patience"),
-    (["--storage", "/dev/null"], "--storage"),
-    (["--set", "profile=paper"], "--profile"),
-    (["--profile", "paper"], "data.roots"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--address", "127.0.0.1:{port}"], "--address"),
+        (["--address", "not an address"], "--address"),
+        (["--mlflow-patience", "nan"], "--mlflow-patience"),
+        (["--storage", "/dev/null"], "--storage"),
+        (["--set", "profile=paper"], "--profile"),
+        (["--profile", "paper"], "data.roots"),
+    ],
+)
 def test_a_refusal_leaves_the_tracking_store_as_it_was(fake_mlflow: str, extra: list[str], needle: str) -> None:
     """With a live (fake) server: only the read-only /health and search requests, or none; no run, no ./mlruns."""
     port = str(_closed_port())
     with _sandbox() as root:
         line = _refused([SMOKE, "--tracking-uri", fake_mlflow, *[a.replace("{port}", port) for a in extra]], root)
     assert needle in line, line
-    assert all(m == "GET" and (p == "/health" or p.startswith("/api/2.0/mlflow/experiments/search"))
-               for m, p in _FakeMlflow.seen), _FakeMlflow.seen
+    assert all(
+        m == "GET" and (p == "/health" or p.startswith("/api/2.0/mlflow/experiments/search"))
+        for m, p in _FakeMlflow.seen
+    ), _FakeMlflow.seen
 
 
 def test_aggregate_makes_no_output_folder_for_a_missing_experiment(fake_mlflow: str) -> None:
     with _sandbox() as root:
-        line = _refused(["--experiment", "nope", "--tracking-uri", fake_mlflow, "--out", str(root / "o")], root,
-                        cli=aggregate_cli.main)
+        line = _refused(
+            ["--experiment", "nope", "--tracking-uri", fake_mlflow, "--out", str(root / "o")],
+            root,
+            cli=aggregate_cli.main,
+        )
     assert "no experiment 'nope'" in line, line
     assert all(m == "GET" for m, _ in _FakeMlflow.seen), _FakeMlflow.seen
 
 
 def test_a_web_server_that_is_not_mlflow_is_refused(fake_mlflow: str) -> None:
-    with _sandbox() as root, mock.patch.object(_FakeMlflow, "do_GET", lambda self: (  # /health only
-            self.seen.append(("GET", self.path)), self._reply(200 if self.path == "/health" else 404, "no"))):
+    with (
+        _sandbox() as root,
+        mock.patch.object(
+            _FakeMlflow,
+            "do_GET",
+            lambda self: (  # /health only
+                self.seen.append(("GET", self.path)),
+                self._reply(200 if self.path == "/health" else 404, "no"),
+            ),
+        ),
+    ):
         line = _refused([SMOKE, "--tracking-uri", fake_mlflow], root)
     assert "not an MLflow tracking server" in line, line
 
 
-@pytest.mark.parametrize("name, raw", [("ROBUSTIFY_MIN_FREE_MIB", "garbage"),
-                                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "garbage")])
+@pytest.mark.parametrize(
+    "name, raw", [("ROBUSTIFY_MIN_FREE_MIB", "garbage"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "garbage")]
+)
 def test_the_issues_environment_examples(name: str, raw: str) -> None:
     with _sandbox() as root:
         line = _refused([SMOKE, *_down()], root, env={name: raw})
@@ -660,8 +873,17 @@ def test_a_million_cell_grid_is_refused_in_seconds() -> None:
     fractions = ", ".join(f"{(i + 1) / 500:.4f}" for i in range(500))
     with _sandbox() as root:
         t0 = time.perf_counter()
-        line = _refused([SMOKE, "--dry-run", "--set", f"grid.seed=[{', '.join(map(str, range(1000)))}]",
-                         "--set", f"grid.data_fraction=[{fractions}]"], root)
+        line = _refused(
+            [
+                SMOKE,
+                "--dry-run",
+                "--set",
+                f"grid.seed=[{', '.join(map(str, range(1000)))}]",
+                "--set",
+                f"grid.data_fraction=[{fractions}]",
+            ],
+            root,
+        )
         assert time.perf_counter() - t0 < 10
     assert "the grid has 1,000,000 cells" in line, line
 
@@ -671,9 +893,12 @@ def test_a_dry_run_on_an_object_store_stays_offline() -> None:
     local mirror (~/.cache/robustify), nothing in the working directory."""
     mirror = Path.home() / ".cache" / "robustify"
     had_mirror = sorted(mirror.iterdir()) if mirror.exists() else None
-    with _sandbox() as root, mock.patch.object(socket, "getaddrinfo", _getaddrinfo_loopback_only), \
-            mock.patch.object(socket.socket, "connect", _connect_loopback_only), \
-            contextlib.redirect_stdout(io.StringIO()) as out:
+    with (
+        _sandbox() as root,
+        mock.patch.object(socket, "getaddrinfo", _getaddrinfo_loopback_only),
+        mock.patch.object(socket.socket, "connect", _connect_loopback_only),
+        contextlib.redirect_stdout(io.StringIO()) as out,
+    ):
         assert sweep_cli.main([SMOKE, "--dry-run", "--storage", "s3://bucket/prefix"]) == 0
         assert not any(root.iterdir())
     assert "2 cells" in out.getvalue()
@@ -681,9 +906,13 @@ def test_a_dry_run_on_an_object_store_stays_offline() -> None:
 
 
 @settings(FAST, max_examples=30)
-@given(root_value=st.one_of(st.sampled_from(["a\x00b", "a" * 5000, "/dev/null/x", "", "~nobody/x"]),
-                            st.text(st.characters(codec="utf-8"), max_size=300)),
-       key=st.sampled_from(["imagenet", "imagenet_c", "objectnet_mapping"]))
+@given(
+    root_value=st.one_of(
+        st.sampled_from(["a\x00b", "a" * 5000, "/dev/null/x", "", "~nobody/x"]),
+        st.text(st.characters(codec="utf-8"), max_size=300),
+    ),
+    key=st.sampled_from(["imagenet", "imagenet_c", "objectnet_mapping"]),
+)
 def test_data_roots_that_are_not_usable_paths(root_value: str, key: str) -> None:
     """The paper profile checks its data roots before anything starts; odd paths are refused, not crashed on."""
     with _sandbox() as root:
@@ -695,6 +924,7 @@ def test_data_roots_that_are_not_usable_paths(root_value: str, key: str) -> None
 
 def test_a_closed_stdout_is_not_a_bug() -> None:
     """`--dry-run | head`: the reader went away; exit 141 quietly, no traceback file."""
+
     class Closed(io.StringIO):
         def write(self, _text: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")

@@ -1,4 +1,5 @@
 """The content-addressed cache: atomic publish, one producer per entry, corruption detection."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ def _worker(root: str, counter: str) -> None:
         with open(counter, "a") as f:
             f.write("+")
         return produce_slowly(folder)
+
     Cache(root).compute("stage", "k1", produce)
 
 
@@ -43,6 +45,7 @@ def test_failed_producer_leaves_nothing_visible(tmp_path: Path) -> None:
     def boom(folder: Path) -> dict:
         (folder / "half").write_text("x")
         raise RuntimeError("crash mid-write")
+
     with pytest.raises(RuntimeError):
         cache.compute("s", "k", boom)
     assert not cache.has("s", "k") and not (tmp_path / "cache" / "s" / "k").exists()

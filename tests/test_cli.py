@@ -1,4 +1,5 @@
 """The CLI on bad input: exit code 2, one short line, no traceback, nothing started; dry run starts nothing."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,11 @@ def test_full_storage(tmp_path: Path) -> None:
     st = os.statvfs(tmp_path)
     need = st.f_bavail * st.f_frsize // 2**20 + 1024
     storage = tmp_path / "r"
-    proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage)], timeout=120,
-                   env={"ROBUSTIFY_MIN_FREE_MIB": str(need)})
+    proc = run_cli(
+        ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage)],
+        timeout=120,
+        env={"ROBUSTIFY_MIN_FREE_MIB": str(need)},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "MiB free" in proc.stderr and str(storage) in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -61,21 +65,45 @@ def test_full_storage(tmp_path: Path) -> None:
 
 
 def test_dry_run_json_teacher_vs_student(tmp_path: Path) -> None:
-    proc = run_cli(["orchestrator.sweep", "sweeps/teacher_vs_student.yaml", "--dry-run", "--json",
-                    "--storage", str(tmp_path / "r")], timeout=120)
+    proc = run_cli(
+        [
+            "orchestrator.sweep",
+            "sweeps/teacher_vs_student.yaml",
+            "--dry-run",
+            "--json",
+            "--storage",
+            str(tmp_path / "r"),
+        ],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert len(report["cells"]) == 6
-    assert {c["teacher"] for c in report["cells"]} == {"resnet34", "resnet50", "resnet101", "vit_small",
-                                                        "resnet152", "vit_base"}
+    assert {c["teacher"] for c in report["cells"]} == {
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "vit_small",
+        "resnet152",
+        "vit_base",
+    }
     assert all(c["student"] == "clip_vit_b16" and c["data_fraction"] == 0.5 for c in report["cells"])
     assert report["stages"] and report["cost"]["per_kind"]["robustify_teacher"]["count"] == 6
     assert not (tmp_path / "r").exists()
 
 
 def test_paper_profile_missing_roots_reported_at_plan_time(tmp_path: Path) -> None:
-    proc = run_cli(["orchestrator.sweep", "sweeps/teacher_vs_student.yaml", "--profile", "paper",
-                    "--storage", str(tmp_path / "r")], timeout=120)
+    proc = run_cli(
+        [
+            "orchestrator.sweep",
+            "sweeps/teacher_vs_student.yaml",
+            "--profile",
+            "paper",
+            "--storage",
+            str(tmp_path / "r"),
+        ],
+        timeout=120,
+    )
     assert proc.returncode == 2 and "data.roots" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "mlflow").exists()
 
@@ -92,14 +120,18 @@ def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--profile", "paper"], "data.roots"),                                      # used to create ./runs
-    (["--dry-run", "--storage", "/dev/null"], "is not a folder"),                # used to be NotADirectoryError
-    (["--dry-run", "--storage", "garbage://x/y"], "unknown storage scheme"),     # used to be ArrowInvalid
-    (["--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow server answers"),  # used to be exit 1, after start
-    (["--address", "127.0.0.1:{port}"], "nothing answers"),                      # left a RUNNING parent, ./mlruns
-    (["--mlflow-patience", "nan"], "--mlflow-patience"),                         # used to hang
-], ids=["paper-roots", "dev-null", "garbage-scheme", "tracking-down", "address-down", "patience-nan"])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--profile", "paper"], "data.roots"),  # used to create ./runs
+        (["--dry-run", "--storage", "/dev/null"], "is not a folder"),  # used to be NotADirectoryError
+        (["--dry-run", "--storage", "garbage://x/y"], "unknown storage scheme"),  # used to be ArrowInvalid
+        (["--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow server answers"),  # used to be exit 1, after start
+        (["--address", "127.0.0.1:{port}"], "nothing answers"),  # left a RUNNING parent, ./mlruns
+        (["--mlflow-patience", "nan"], "--mlflow-patience"),  # used to hang
+    ],
+    ids=["paper-roots", "dev-null", "garbage-scheme", "tracking-down", "address-down", "patience-nan"],
+)
 def test_refusals_create_nothing_in_the_working_directory(tmp_path: Path, extra: list[str], needle: str) -> None:
     """The real entry point, run from an empty folder: exit 2, one line, and the folder is still empty."""
     port = str(_closed_port())
@@ -115,8 +147,18 @@ def test_dry_run_reads_the_cache_without_creating_it_and_summarises_cells(tmp_pa
     storage = tmp_path / "r"
     storage.mkdir()
     seeds = ", ".join(map(str, range(40)))
-    proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--dry-run", "--storage", str(storage),
-                    "--set", f"grid.seed=[{seeds}]"], timeout=120)
+    proc = run_cli(
+        [
+            "orchestrator.sweep",
+            "sweeps/smoke.yaml",
+            "--dry-run",
+            "--storage",
+            str(storage),
+            "--set",
+            f"grid.seed=[{seeds}]",
+        ],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert _tree(tmp_path) == ["r"]
     lines = proc.stdout.splitlines()

@@ -4,10 +4,10 @@ The sweep CLI joins the cluster with --address, like `ray job submit` on a real 
 on the head (they only reserve the head's `trial_driver` resource), training workers and shared stages on the GPU
 nodes, trials spread over both GPU nodes, and a worker node removed mid-trial costs a restart from the last
 checkpoint, not the sweep."""
+
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -36,8 +36,20 @@ def cluster():
 
 
 def _args(storage: Path, address: str, *extra: str) -> list[str]:
-    return ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage), "--address", address, *MICRO,
-            "--set", "resources.gpus_per_worker=1", "--set", "resources.cpus_per_worker=1", *extra]
+    return [
+        "orchestrator.sweep",
+        "sweeps/smoke.yaml",
+        "--storage",
+        str(storage),
+        "--address",
+        address,
+        *MICRO,
+        "--set",
+        "resources.gpus_per_worker=1",
+        "--set",
+        "resources.cpus_per_worker=1",
+        *extra,
+    ]
 
 
 def _placements(storage: Path) -> list[dict]:
@@ -60,14 +72,25 @@ def test_trials_spread_over_gpu_nodes_drivers_on_head(cluster, tmp_path: Path) -
 
 
 def test_node_loss_mid_trial_restarts_from_checkpoint(cluster, tmp_path: Path) -> None:
-    import ray
     from ray.util.state import list_actors
 
     c, gpu_nodes = cluster
     storage = tmp_path / "runs"
     mark = uuid.uuid4().hex
-    proc = start_cli(_args(storage, c.address, "--set", "train.epochs=8", "--set", "grid.method=[ours]",
-                           "--set", "resources.max_retries=2"), mark, log=tmp_path / "sweep.log")
+    proc = start_cli(
+        _args(
+            storage,
+            c.address,
+            "--set",
+            "train.epochs=8",
+            "--set",
+            "grid.method=[ours]",
+            "--set",
+            "resources.max_retries=2",
+        ),
+        mark,
+        log=tmp_path / "sweep.log",
+    )
     try:
         wait_for(lambda: any((storage / "ray_train").glob("train-*/checkpoint_*")), 900, "a checkpoint", proc)
         workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]

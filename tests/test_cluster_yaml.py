@@ -1,4 +1,5 @@
 """cluster.yaml passes Ray's own validator (offline) and keeps the properties the sweep relies on."""
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,7 @@ def test_node_types(config: dict) -> None:
     head = types[config["head_node_type"]]
     assert head["resources"]["trial_driver"] > 0 and "GPU" not in head["resources"]
     gpu_types = [t for n, t in types.items() if n != config["head_node_type"]]
-    assert gpu_types and all(isinstance(t["resources"]["GPU"], int) and t["resources"]["GPU"] >= 1
-                             for t in gpu_types)
+    assert gpu_types and all(isinstance(t["resources"]["GPU"], int) and t["resources"]["GPU"] >= 1 for t in gpu_types)
     assert all(isinstance(v, int) for t in types.values() for v in t["resources"].values())
 
 

@@ -2,6 +2,7 @@
 
 Packing and `--dry-run` size work by these estimates, so a silent change in a formula changes how cells share
 trials; these tests pin the formulas on the smoke sweep's local sizes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,11 @@ def plan():
 
 
 def _one(plan, kind: str, **where):
-    return next(s for s in plan.stages.values()
-                if s.kind == kind and all(getattr(s.inputs.cell, k) == v for k, v in where.items()))
+    return next(
+        s
+        for s in plan.stages.values()
+        if s.kind == kind and all(getattr(s.inputs.cell, k) == v for k, v in where.items())
+    )
 
 
 def test_sizes_at_the_local_profile(plan) -> None:

@@ -1,4 +1,5 @@
 """Embedded data, augmentations and shifts: real data, reproducible for a seed, and doing what they claim."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -114,9 +115,14 @@ def test_check_roots_reports_missing_and_empty(tmp_path: Path) -> None:
     good.mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(good / "a.JPEG")
     (tmp_path / "empty").mkdir()
-    problems = data.check_roots({"imagenet": str(tmp_path / "imagenet"), "imagenet_r": str(tmp_path / "empty"),
-                                 "imagenet_a": str(tmp_path / "nope")}, ["imagenet", "imagenet_r", "imagenet_a",
-                                                                         "imagenet_c"])
+    problems = data.check_roots(
+        {
+            "imagenet": str(tmp_path / "imagenet"),
+            "imagenet_r": str(tmp_path / "empty"),
+            "imagenet_a": str(tmp_path / "nope"),
+        },
+        ["imagenet", "imagenet_r", "imagenet_a", "imagenet_c"],
+    )
     assert len(problems) == 3
     assert any("no images" in p and "imagenet_r" in p for p in problems)
     assert any("does not exist" in p for p in problems) and any("no root given" in p for p in problems)

@@ -2,6 +2,7 @@
 cells become work, which are counted, skipped, finished from the cache or failed; no Ray is started.
 
 MLflow here is the real client on a SQLite store in the test's folder (no server needed for these calls)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,16 @@ def sc(tmp_path: Path) -> SweepContext:
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "smoke")
     sweep_id = spec.content_hash()
     parent, _ = tracker.open_parent(sweep_id, {"profile": "local"}, run_name="smoke-local")
-    return SweepContext(plan, cache, tmp_path, tracker, parent, sweep_id,
-                        ClusterInfo(cpus=2, gpus=0, has_driver_resource=True, started_here=True), log=lambda m: None)
+    return SweepContext(
+        plan,
+        cache,
+        tmp_path,
+        tracker,
+        parent,
+        sweep_id,
+        ClusterInfo(cpus=2, gpus=0, has_driver_resource=True, started_here=True),
+        log=lambda m: None,
+    )
 
 
 def _cell_keys(sc: SweepContext) -> dict[str, str]:

@@ -192,36 +192,57 @@ def _linear_head(w: list[list[float]]) -> nn.Module:
 
 def _crafted_heads() -> nn.ModuleDict:
     l9, l15 = math.log(9), math.log(1.5)
-    return nn.ModuleDict({
-        "clean": _linear_head([[l9, l15], [0.0, 0.0]]),
-        "unclean": _linear_head([[0.0, 0.0], [l15, l9]]),
-        "combined": _linear_head([[0.0, l15], [l15, 0.0]]),
-    })
+    return nn.ModuleDict(
+        {
+            "clean": _linear_head([[l9, l15], [0.0, 0.0]]),
+            "unclean": _linear_head([[0.0, 0.0], [l15, l9]]),
+            "combined": _linear_head([[0.0, l15], [l15, 0.0]]),
+        }
+    )
 
 
 def test_predict_all_routes_each_rule_to_its_chosen_head() -> None:
     out = predict_all(_crafted_heads(), torch.eye(2), n_samples=3)
     assert {k: v.tolist() for k, v in out["chosen"].items()} == {
-        "ours": [1, 0], "wo_kld": [0, 1], "wo_umc": [1, 0], "max_logit": [0, 1],
+        "ours": [1, 0],
+        "wo_kld": [0, 1],
+        "wo_umc": [1, 0],
+        "max_logit": [0, 1],
     }
     assert {k: v.tolist() for k, v in out["head_pred"].items()} == {
-        "clean": [0, 0], "unclean": [1, 1], "combined": [1, 0],
+        "clean": [0, 0],
+        "unclean": [1, 1],
+        "combined": [1, 0],
     }
     assert {k: v.tolist() for k, v in out["pred"].items()} == {
-        "ours": [1, 0], "wo_kld": [0, 1], "wo_umc": [1, 0], "max_logit": [0, 1],
+        "ours": [1, 0],
+        "wo_kld": [0, 1],
+        "wo_umc": [1, 0],
+        "max_logit": [0, 1],
     }
 
 
 def test_evaluate_heads_metric_names_and_values() -> None:
     # y = [1, 0]: ours/wo_umc predict [1,0] (acc 1), wo_kld/max_logit [0,1] (acc 0);
     # heads: clean [0,0] -> .5, unclean [1,1] -> .5, combined [1,0] -> 1. Each rule sends one of two to unclean.
-    metrics = evaluate_heads(_crafted_heads(), torch.eye(2), torch.tensor([1, 0]), expected_head="unclean",
-                             n_samples=2, lam=1.0)
-    assert metrics == pytest.approx({
-        "acc/ours": 1.0, "acc/wo_kld": 0.0, "acc/wo_umc": 1.0, "acc/max_logit": 0.0,
-        "f_correct/ours": 0.5, "f_correct/wo_kld": 0.5, "f_correct/wo_umc": 0.5, "f_correct/max_logit": 0.5,
-        "acc/head_clean": 0.5, "acc/head_unclean": 0.5, "acc/head_combined": 1.0,
-    })
+    metrics = evaluate_heads(
+        _crafted_heads(), torch.eye(2), torch.tensor([1, 0]), expected_head="unclean", n_samples=2, lam=1.0
+    )
+    assert metrics == pytest.approx(
+        {
+            "acc/ours": 1.0,
+            "acc/wo_kld": 0.0,
+            "acc/wo_umc": 1.0,
+            "acc/max_logit": 0.0,
+            "f_correct/ours": 0.5,
+            "f_correct/wo_kld": 0.5,
+            "f_correct/wo_umc": 0.5,
+            "f_correct/max_logit": 0.5,
+            "acc/head_clean": 0.5,
+            "acc/head_unclean": 0.5,
+            "acc/head_combined": 1.0,
+        }
+    )
 
 
 def test_predict_all_needs_all_three_heads() -> None:

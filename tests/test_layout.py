@@ -6,6 +6,7 @@
 - no import circle between the project's modules, and no project import hidden inside a function (the usual way
   to dodge one).
 """
+
 from __future__ import annotations
 
 import ast
@@ -80,9 +81,11 @@ def _under_type_checking(tree: ast.Module, target: ast.AST) -> bool:
 def test_module_and_function_sizes(name: str) -> None:
     lines = MODULES[name].read_text().count("\n")
     assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines (at most {MAX_MODULE_LINES})"
-    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})" for n in ast.walk(_tree(name))
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    long = [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
+        for n in ast.walk(_tree(name))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
+    ]
     assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
 
 
@@ -113,7 +116,7 @@ def test_no_import_circle() -> None:
         state[m] = 1
         path.append(m)
         for d in sorted(graph[m]):
-            assert state.get(d) != 1, "import circle: " + " -> ".join(path[path.index(d):] + [d])
+            assert state.get(d) != 1, "import circle: " + " -> ".join(path[path.index(d) :] + [d])
             if d not in state:
                 visit(d)
         path.pop()

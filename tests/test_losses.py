@@ -181,8 +181,8 @@ def _three_head_inputs() -> dict:
     # One clean image (label 0) and one augmented image (label 1); entries a head does not use are None.
     return dict(
         head_logits={
-            "clean": (t([[LN3, 0.0]]), None),          # sees clean: p = [3/4, 1/4]
-            "unclean": (None, t([[0.0, 0.0]])),        # sees augmented: p = [1/2, 1/2]
+            "clean": (t([[LN3, 0.0]]), None),  # sees clean: p = [3/4, 1/4]
+            "unclean": (None, t([[0.0, 0.0]])),  # sees augmented: p = [1/2, 1/2]
             "combined": (t([[0.0, LN4]]), t([[0.0, 0.0]])),  # union: [1/5, 4/5] then [1/2, 1/2]
         },
         y_clean=torch.tensor([0]),
@@ -209,8 +209,11 @@ def test_three_head_loss_with_kd_hand_values() -> None:
     # combined: teacher wins both rows -> mean(KL([.9,.1]||[.2,.8]), KL([3/4,1/4]||[1/2,1/2]))
     inputs = _three_head_inputs()
     total, parts = ThreeHeadLoss(alpha=0.5, self_distill_weight=0.5)(
-        **inputs, teacher_clean=t([[LN9, 0.0]]), teacher_aug=t([[LN3, 0.0]]),
-        s0_clean=t([[0.0, LN4]]), s0_aug=t([[0.0, 0.0]]),
+        **inputs,
+        teacher_clean=t([[LN9, 0.0]]),
+        teacher_aug=t([[LN3, 0.0]]),
+        s0_clean=t([[0.0, LN4]]),
+        s0_aug=t([[0.0, 0.0]]),
     )
     kl_s0_vs_clean = 0.2 * math.log(0.2 / 0.75) + 0.8 * math.log(0.8 / 0.25)
     kl_t_vs_combined = 0.9 * math.log(0.9 / 0.2) + 0.1 * math.log(0.1 / 0.8)
@@ -239,7 +242,8 @@ def test_three_head_loss_backpropagates_into_each_head() -> None:
     zcb = t([[0.0, 1.0], [1.0, 0.0]]).requires_grad_()
     total, _ = ThreeHeadLoss(use_kd=False)(
         {"clean": (zc, None), "unclean": (None, zu), "combined": (zcb[:1], zcb[1:])},
-        torch.tensor([0]), torch.tensor([1]),
+        torch.tensor([0]),
+        torch.tensor([1]),
     )
     total.backward()
     assert all(g is not None and g.abs().sum() > 0 for g in (zc.grad, zu.grad, zcb.grad))

@@ -35,8 +35,16 @@ def test_accuracy_rejects_bad_lengths(preds: np.ndarray, y: np.ndarray) -> None:
 
 def test_perturbation_vocabulary() -> None:
     assert TEST_PERTURBATIONS == (
-        "gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow",
-        "brightness", "translate", "rotate", "tilt", "scale",
+        "gaussian_noise",
+        "shot_noise",
+        "motion_blur",
+        "zoom_blur",
+        "snow",
+        "brightness",
+        "translate",
+        "rotate",
+        "tilt",
+        "scale",
     )
     assert NOISE_PERTURBATIONS == ("gaussian_noise", "shot_noise")
     assert is_noise_perturbation("shot_noise") and not is_noise_perturbation("rotate")

@@ -2,6 +2,7 @@
 
 Nothing is downloaded: random init everywhere, paper-setting counts on the meta device, weights files saved here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import models
-from trainables.models import _factory
-from trainables.models import (Student, UnknownModelError, build_network, create_student, create_teacher,
-                               get_model_cfg, list_models, load_state_dict_file, paper_counts, supp_table5_rows)
+from trainables.models import (
+    Student,
+    UnknownModelError,
+    _factory,
+    build_network,
+    create_student,
+    create_teacher,
+    get_model_cfg,
+    list_models,
+    load_state_dict_file,
+    paper_counts,
+    supp_table5_rows,
+)
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # The local profile's ViT sizes: patch 8 at 32 px -> 16 tokens; patch 16 -> 4 (ViT-B would be slow at 16).
@@ -205,8 +216,13 @@ def test_student_round_trip_keeps_s0_and_checks_classes(tmp_path: Path, x: torch
     r = load_state_dict_file(_student("clip_vit_b32", seed=1), tmp_path / "no_s0.pt").eval()
     torch.testing.assert_close(r.original(feats), s(x, head="clean"), rtol=0, atol=0)
     with pytest.raises(ValueError, match="shape mismatches.*text_emb"):  # 3 classes vs the file's 10
-        create_student("clip_vit_b32", num_classes=3, img_size=32, class_names=["a", "b", "c"],
-                       pretrained=str(tmp_path / "student.pt"))
+        create_student(
+            "clip_vit_b32",
+            num_classes=3,
+            img_size=32,
+            class_names=["a", "b", "c"],
+            pretrained=str(tmp_path / "student.pt"),
+        )
     r.set_class_names(["cat", "dog", "car"])  # zero-shot on new classes through the text tower
     assert r(x).shape == r.original(feats).shape == (2, 3)
 

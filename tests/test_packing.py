@@ -1,4 +1,5 @@
 """Cell packing (orchestrator/packing.py): which cells share a trial."""
+
 from __future__ import annotations
 
 from hypothesis import given, settings
@@ -58,8 +59,7 @@ def test_pack_key_keeps_a_lone_cells_name() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0.0, 20_000.0), max_size=40), st.integers(1, 16),
-       st.one_of(st.none(), st.integers(1, 10)))
+@given(st.lists(st.floats(0.0, 20_000.0), max_size=40), st.integers(1, 16), st.one_of(st.none(), st.integers(1, 10)))
 def test_every_cell_lands_in_exactly_one_pack(secs: list[float], slots: int, per_trial: int | None) -> None:
     cells = [(f"k{i:03d}", s) for i, s in enumerate(secs)]
     packs = pack_cells(cells, slots, per_trial)

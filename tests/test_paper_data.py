@@ -1,6 +1,7 @@
 """The paper data path (`data.source: imagenet`) on tiny ImageNet-family folders written here with PIL: the split,
 every eval bundle, logit masking for the class-subset sets, the one-line errors, and a stage chain that runs
 through it (no Ray, no MLflow, no network)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -71,10 +72,21 @@ def _write_tree(root: Path, p_as_mp4: bool = False) -> dict[str, str]:
         for k in range(2):
             _img(root / "objectnet" / "images" / folder / f"{k}.png", colour, k)
     mapping = root / "objectnet_to_wnids.json"
-    mapping.write_text(json.dumps({"fish_tank_fish": [WNIDS[1]], "shark_like": [WNIDS[2], WNIDS[0]],
-                                   "not_on_disk": [WNIDS[0]]}))
-    names = ["imagenet", "imagenet_c", "imagenet_p", "imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch",
-             "objectnet", "tiny_imagenet", "flowers102"]
+    mapping.write_text(
+        json.dumps({"fish_tank_fish": [WNIDS[1]], "shark_like": [WNIDS[2], WNIDS[0]], "not_on_disk": [WNIDS[0]]})
+    )
+    names = [
+        "imagenet",
+        "imagenet_c",
+        "imagenet_p",
+        "imagenet_v2",
+        "imagenet_r",
+        "imagenet_a",
+        "imagenet_sketch",
+        "objectnet",
+        "tiny_imagenet",
+        "flowers102",
+    ]
     return {**{n: str(root / n) for n in names}, "objectnet_mapping": str(mapping)}
 
 
@@ -85,11 +97,26 @@ def roots(tmp_path_factory) -> dict[str, str]:
 
 def _spec(roots: dict[str, str], extra: tuple[str, ...] = ()):
     """The smoke sweep switched to the imagenet source on the tiny folders, every suite requested."""
-    sets = ["data.source=imagenet", f"data.roots={json.dumps(roots)}", "data.n_train=null", "data.n_test=null",
-            "data.c_per_cell=2", "data.p_sequences=2", "data.p_frames=3", f"eval=[{', '.join(ALL_SUITES)}]",
-            "pool.n_images=12", "pool.ae_epochs=1", "teacher_train.n_images=12", "teacher_train.batch_size=6",
-            "train.epochs=1", "train.batch_size=6", "train.mc_samples=2", "pretrain.n_images=12",
-            "pretrain.batch_size=6", *extra]
+    sets = [
+        "data.source=imagenet",
+        f"data.roots={json.dumps(roots)}",
+        "data.n_train=null",
+        "data.n_test=null",
+        "data.c_per_cell=2",
+        "data.p_sequences=2",
+        "data.p_frames=3",
+        f"eval=[{', '.join(ALL_SUITES)}]",
+        "pool.n_images=12",
+        "pool.ae_epochs=1",
+        "teacher_train.n_images=12",
+        "teacher_train.batch_size=6",
+        "train.epochs=1",
+        "train.batch_size=6",
+        "train.mc_samples=2",
+        "pretrain.n_images=12",
+        "pretrain.batch_size=6",
+        *extra,
+    ]
     return load_spec(ROOT / "sweeps" / "smoke.yaml", "local", sets)
 
 
@@ -181,8 +208,9 @@ def test_rules_predictor_masks_every_head(eval_sets) -> None:
         def forward(self, z):
             return self.drop(torch.tensor([[9.0, 2.0, 1.0]]).expand(len(z), -1))
 
-    student = SimpleNamespace(trunk=nn.Identity(), heads=nn.ModuleDict({h: Head() for h in
-                                                                         ("clean", "unclean", "combined")}))
+    student = SimpleNamespace(
+        trunk=nn.Identity(), heads=nn.ModuleDict({h: Head() for h in ("clean", "unclean", "combined")})
+    )
     b, _ = eval_sets
     m = evaluate_suites(rules_predictor(student, n=2, lam=1.0), {"r": b["r"]}, ["r"])
     assert m["acc/r"] == pytest.approx(0.5) and m["acc/head_clean/r"] == pytest.approx(0.5)
@@ -197,8 +225,9 @@ def test_missing_corruption_folder_is_one_clear_line(roots, tmp_path) -> None:
         imagenet.imagenet_c_bundle({"roots": {"imagenet_c": str(c)}, "image_size": 32, "c_per_cell": 2}, WNIDS, 0)
     (c / "fog" / "2" / WNIDS[0] / "ILSVRC2012_val_00.JPEG").unlink()
     with pytest.raises(imagenet.PaperDataError, match=r"ImageNet-C image missing: .*fog/2/n01440764"):
-        imagenet.imagenet_c_bundle({"roots": {"imagenet_c": str(c)}, "image_size": 32, "c_per_cell": None},
-                                   WNIDS[:1], 0)
+        imagenet.imagenet_c_bundle(
+            {"roots": {"imagenet_c": str(c)}, "image_size": 32, "c_per_cell": None}, WNIDS[:1], 0
+        )
 
 
 def test_objectnet_without_mapping_and_missing_roots_are_clear(roots) -> None:
@@ -233,10 +262,16 @@ def test_p_mp4_decodes_or_fails_naming_the_file(roots, tmp_path, monkeypatch) ->
     bundle = imagenet.imagenet_p_bundle(d, WNIDS, 0)
     assert bundle["x"].shape == (10, 2, 3, 3, 32, 32)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",  # an environment without PyAV and OpenCV
-                        lambda name, *a: None if name in ("av", "cv2") else real_find_spec(name, *a))
-    with pytest.raises(imagenet.PaperDataError, match=r"cannot decode .*rotate/n01440764/seq0\.mp4: no video "
-                                                      r"decoder.*extract its frames"):
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",  # an environment without PyAV and OpenCV
+        lambda name, *a: None if name in ("av", "cv2") else real_find_spec(name, *a),
+    )
+    with pytest.raises(
+        imagenet.PaperDataError,
+        match=r"cannot decode .*rotate/n01440764/seq0\.mp4: no video "
+        r"decoder.*extract its frames",
+    ):
         imagenet.imagenet_p_bundle(d, WNIDS, 0)
     for pert in shifts.TEST_PERTURBATIONS:  # an mp4-only root is refused at plan time, so nothing starts
         if pert != "rotate":
@@ -250,8 +285,12 @@ def test_p_mp4_decodes_or_fails_naming_the_file(roots, tmp_path, monkeypatch) ->
 def test_naive_teacher_runs_on_the_folders_and_is_evaluated_everywhere(roots, eval_sets, tmp_path) -> None:
     """build_eval_sets -> naive_teacher (ResNet-34 at 32 px, 1 epoch) -> every suite, masked logits included."""
     b, _ = eval_sets
-    plan = build_plan(_spec(roots, ("grid.student=[]", "grid.method=[ours]", "teacher_train.epochs=1",
-                                    "teacher_train.naive_baseline=true")))
+    plan = build_plan(
+        _spec(
+            roots,
+            ("grid.student=[]", "grid.method=[ours]", "teacher_train.epochs=1", "teacher_train.naive_baseline=true"),
+        )
+    )
     ev, teacher = _stage(plan, "build_eval_sets"), _stage(plan, "naive_teacher")
     (tmp_path / "eval").mkdir(), (tmp_path / "teacher").mkdir()
     run_stage("build_eval_sets", ev.inputs, {}, tmp_path / "eval", _ctx())

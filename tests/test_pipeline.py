@@ -1,6 +1,7 @@
 """The stage registry as the data plane sees it: every kind has a body once `trainables.pipeline` is imported, and
 every kind's inputs survive payload -> dataclass -> payload unchanged (what the content key hashes is what the
 body gets). Inputs come from a real plan of the smoke sweep with every method, so every kind is present."""
+
 from __future__ import annotations
 
 import json

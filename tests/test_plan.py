@@ -1,4 +1,5 @@
 """Cell planning (the ignored-axis rule), stage keys, invalidation and the dry-run report."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,10 @@ def test_teacher_vs_student_has_six_cells() -> None:
 
 
 def test_methods_drop_the_axes_they_ignore(tmp_path: Path) -> None:
-    grid = ("  student: [clip_vit_b16, resnet101]\n  teacher: [resnet34, resnet50, vit_small]\n"
-            "  data_fraction: [0.25, 0.5]\n  method: [ours, wo_kd, apt, full_ft, wise_ft, original]\n  seed: [0, 1]")
+    grid = (
+        "  student: [clip_vit_b16, resnet101]\n  teacher: [resnet34, resnet50, vit_small]\n"
+        "  data_fraction: [0.25, 0.5]\n  method: [ours, wo_kd, apt, full_ft, wise_ft, original]\n  seed: [0, 1]"
+    )
     cs = cells(spec_with(tmp_path, grid))
     per = {m: [c for c in cs if c.method == m] for m in ("ours", "wo_kd", "apt", "full_ft", "wise_ft", "original")}
     # 2 students x 2 seeds = 4 combinations
@@ -37,11 +40,15 @@ def test_methods_drop_the_axes_they_ignore(tmp_path: Path) -> None:
 
 
 def test_pairs_grid(tmp_path: Path) -> None:
-    cs = cells(spec_with(tmp_path, "  pairs: [[resnet101, resnet34], [clip_vit_b16, vit_small]]\n"
-                                   "  method: [wo_kd, ours]"))
+    cs = cells(
+        spec_with(tmp_path, "  pairs: [[resnet101, resnet34], [clip_vit_b16, vit_small]]\n  method: [wo_kd, ours]")
+    )
     assert {(c.student, c.teacher, c.method) for c in cs} == {
-        ("resnet101", "resnet34", "wo_kd"), ("resnet101", "resnet34", "ours"),
-        ("clip_vit_b16", "vit_small", "wo_kd"), ("clip_vit_b16", "vit_small", "ours")}
+        ("resnet101", "resnet34", "wo_kd"),
+        ("resnet101", "resnet34", "ours"),
+        ("clip_vit_b16", "vit_small", "wo_kd"),
+        ("clip_vit_b16", "vit_small", "ours"),
+    }
 
 
 def test_shared_stages_are_unique_and_keys_stable(tmp_path: Path) -> None:

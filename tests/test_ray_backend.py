@@ -1,4 +1,5 @@
 """The Ray adapter's sizing rules (orchestrator/ray_backend.py): GPU requests and trial concurrency per cluster."""
+
 from __future__ import annotations
 
 from orchestrator.ray_backend import ClusterInfo, max_concurrent, uses_gpus

@@ -2,10 +2,10 @@
 
 Each test runs the CLI as a user would (a subprocess with its own local Ray and MLflow) and checks, after the
 fault, that nothing is lost or duplicated and that rerunning the same command completes the sweep."""
+
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -16,10 +16,28 @@ from orchestrator.tracking import LocalMlflowServer, runs_dataframe
 from tests.procs import kill_marked, pids_with_mark, run_cli, start_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
-MICRO = ["--set", "data.n_train=80", "--set", "data.n_test=40", "--set", "data.c_per_cell=2",
-         "--set", "data.p_sequences=2", "--set", "data.p_frames=3", "--set", "pool.n_images=60",
-         "--set", "teacher_train.n_images=40", "--set", "eval=[clean, c, p]", "--set", "train.batch_size=16",
-         "--set", "train.mc_samples=3"]
+MICRO = [
+    "--set",
+    "data.n_train=80",
+    "--set",
+    "data.n_test=40",
+    "--set",
+    "data.c_per_cell=2",
+    "--set",
+    "data.p_sequences=2",
+    "--set",
+    "data.p_frames=3",
+    "--set",
+    "pool.n_images=60",
+    "--set",
+    "teacher_train.n_images=40",
+    "--set",
+    "eval=[clean, c, p]",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.mc_samples=3",
+]
 
 
 def sweep_args(storage: Path, *extra: str) -> list[str]:
@@ -43,7 +61,7 @@ def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _runs(storage: Path) -> "pd.DataFrame":  # noqa: F821
+def _runs(storage: Path) -> pd.DataFrame:  # noqa: F821
     with LocalMlflowServer(storage / "mlflow") as server:
         return runs_dataframe(server.uri, "smoke", finished_only=False)
 
@@ -62,12 +80,12 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
     proc = start_cli(sweep_args(storage, *slow), mark, log=tmp_path / "first.log")
     try:
         # wait until a cell has checkpointed at least one epoch (its Train run dir has a checkpoint)
-        wait_for(lambda: any((storage / "ray_train").glob("train-*/checkpoint_*")), 900,
-                 "a cell checkpoint", proc)
+        wait_for(lambda: any((storage / "ray_train").glob("train-*/checkpoint_*")), 900, "a cell checkpoint", proc)
         stages_before = {p.parent.name: p.stat().st_mtime for p in (storage / "cache").glob("*/*/MANIFEST.json")}
         assert kill_marked(mark), "nothing to kill"
-        checkpointed = {p.parent.name.removeprefix("train-")
-                        for p in (storage / "ray_train").glob("train-*/checkpoint_*/state.pt")}
+        checkpointed = {
+            p.parent.name.removeprefix("train-") for p in (storage / "ray_train").glob("train-*/checkpoint_*/state.pt")
+        }
     finally:
         kill_marked(mark)
     assert not pids_with_mark(mark)
@@ -77,11 +95,11 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
     print(f"kill-and-resume wall time: {wall:.0f} s")
     df = _runs(storage)
     cells = df[df["tags.kind"] == "cell"]
-    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}          # one run per cell, no duplicates
-    assert not (df["status"] == "RUNNING").any()                              # no orphan left unmarked
+    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}  # one run per cell, no duplicates
+    assert not (df["status"] == "RUNNING").any()  # no orphan left unmarked
     parents = df[df["tags.kind"] == "sweep"]
-    assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"     # the killed invocation was resumed
-    for key, mtime in stages_before.items():                                  # finished stages not recomputed
+    assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"  # the killed invocation was resumed
+    for key, mtime in stages_before.items():  # finished stages not recomputed
         manifest = next((storage / "cache").glob(f"*/{key}/MANIFEST.json"))
         assert manifest.stat().st_mtime == mtime, key
     # the interrupted cell continued from its checkpoint: its loss history has one entry per epoch, no restart
@@ -105,8 +123,9 @@ def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path) -> None
     storage = tmp_path / "runs"
     keys = cell_keys(storage)
     bad = keys["apt"]
-    proc = run_cli(sweep_args(storage, "--set", "resources.max_retries=1"), timeout=1200,
-                   env={"ROBUSTIFY_FAIL_CELLS": bad[:12]})
+    proc = run_cli(
+        sweep_args(storage, "--set", "resources.max_retries=1"), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]}
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "FAILED" in proc.stdout and "Traceback" not in proc.stderr
     df = _runs(storage)
@@ -134,17 +153,31 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path) -> No
     """Two cells packed in one trial; SIGKILL everything once the pack has checkpointed. The rerun turns packing
     off (each cell a trial of its own, `train-<key>`: another Train run than the one that checkpointed), and the
     same sweep still resumes each cell from the checkpoint its pack wrote (found by `cell.json`), not epoch 0."""
-    grid = ["--set", "grid.method=[ours]", "--set", "grid.data_fraction=[0.5, 1.0]",
-            "--set", "resources.cells_per_trial=2", "--set", "train.epochs=6"]
+    grid = [
+        "--set",
+        "grid.method=[ours]",
+        "--set",
+        "grid.data_fraction=[0.5, 1.0]",
+        "--set",
+        "resources.cells_per_trial=2",
+        "--set",
+        "train.epochs=6",
+    ]
     storage = tmp_path / "runs"
     mark = uuid.uuid4().hex
     proc = start_cli(sweep_args(storage, *grid), mark, log=tmp_path / "first.log")
     try:
-        wait_for(lambda: any((storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")), 900,
-                 "a checkpoint of the pack", proc)
+        wait_for(
+            lambda: any((storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")),
+            900,
+            "a checkpoint of the pack",
+            proc,
+        )
         assert kill_marked(mark), "nothing to kill"
-        checkpointed = {json.loads(m.read_text())["cell"]
-                        for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")}
+        checkpointed = {
+            json.loads(m.read_text())["cell"]
+            for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")
+        }
     finally:
         kill_marked(mark)
     resumed = run_cli(sweep_args(storage, *grid, "--set", "resources.cells_per_trial=1"), timeout=1200)
@@ -171,8 +204,16 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path) -> None:
     """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place, marked FAILED
     with its own error, and its pack-mate still finishes; `--rerun-failed` then runs that one cell."""
     storage = tmp_path / "runs"
-    grid = ["--set", "grid.method=[ours]", "--set", "grid.data_fraction=[0.25, 0.5, 0.75, 1.0]",
-            "--set", "resources.cells_per_trial=2", "--set", "train.epochs=2"]
+    grid = [
+        "--set",
+        "grid.method=[ours]",
+        "--set",
+        "grid.data_fraction=[0.25, 0.5, 0.75, 1.0]",
+        "--set",
+        "resources.cells_per_trial=2",
+        "--set",
+        "train.epochs=2",
+    ]
     proc = run_cli([*sweep_args(storage, *grid), "--dry-run", "--json"], timeout=120)
     keys = {c["data_fraction"]: c["key"] for c in json.loads(proc.stdout)["cells"]}
     bad = keys[0.5]
@@ -184,7 +225,9 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path) -> None:
     assert set(cells.drop(index=bad)["status"]) == {"FINISHED"} and len(cells) == 4
     packs = sorted((storage / "ray_train").glob("train-pack-*"))
     assert len(packs) == 2
-    owners = {json.loads(m.read_text())["cell"] for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")}
+    owners = {
+        json.loads(m.read_text())["cell"] for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")
+    }
     assert owners and owners <= set(keys.values()) - {bad}  # every checkpoint names its own cell
     fixed = run_cli(sweep_args(storage, *grid, "--rerun-failed"), timeout=1200)
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
@@ -199,8 +242,11 @@ def test_mlflow_outage_is_buffered_and_survived(tmp_path: Path) -> None:
     server = LocalMlflowServer(tmp_path / "mlflow").start()
     port = server.port
     mark = uuid.uuid4().hex
-    proc = start_cli(sweep_args(storage, "--tracking-uri", server.uri, "--mlflow-patience", "300",
-                                "--set", "train.epochs=6"), mark, log=tmp_path / "sweep.log")
+    proc = start_cli(
+        sweep_args(storage, "--tracking-uri", server.uri, "--mlflow-patience", "300", "--set", "train.epochs=6"),
+        mark,
+        log=tmp_path / "sweep.log",
+    )
     try:
         wait_for(lambda: any((storage / "ray_train").glob("train-*/checkpoint_*")), 900, "training", proc)
         server.stop()
@@ -225,8 +271,9 @@ def test_mlflow_outage_beyond_patience_stops_cleanly_and_resumes(tmp_path: Path)
     server = LocalMlflowServer(tmp_path / "mlflow").start()
     port = server.port
     server.stop()  # down from the start: bad input (exit 2, one line), refused before anything is created
-    proc = run_cli(sweep_args(storage, "--tracking-uri", f"http://127.0.0.1:{port}", "--mlflow-patience", "5"),
-                   timeout=300)
+    proc = run_cli(
+        sweep_args(storage, "--tracking-uri", f"http://127.0.0.1:{port}", "--mlflow-patience", "5"), timeout=300
+    )
     assert proc.returncode == 2 and "no MLflow server answers" in proc.stderr and str(port) in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not storage.exists()

@@ -3,6 +3,7 @@ the snapshots rely on: "—" for no data, ours beside the paper, `.89` F_correct
 
 Regenerate the snapshots after an intended change with `UPDATE_SNAPSHOTS=1 pytest tests/test_render.py`, then
 review the diff under tests/snapshots/."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,16 @@ import pytest
 
 from orchestrator import render
 from orchestrator.tables import TABLE_IDS, TABLES, TableResult, build_table
-from tests.test_tables import (efficiency_runs, fig1_runs, fig2_runs, multimodal_runs, table1_runs, table3_runs,
-                               table4_runs, table6_runs)
+from tests.test_tables import (
+    efficiency_runs,
+    fig1_runs,
+    fig2_runs,
+    multimodal_runs,
+    table1_runs,
+    table3_runs,
+    table4_runs,
+    table6_runs,
+)
 
 SNAP = Path(__file__).parent / "snapshots"
 UPDATE = bool(os.environ.get("UPDATE_SNAPSHOTS"))
@@ -25,24 +34,34 @@ UPDATE = bool(os.environ.get("UPDATE_SNAPSHOTS"))
 def _table5_runs() -> pd.DataFrame:
     from tests.test_tables import cell
 
-    return pd.DataFrame([cell(i, {"params/tuned": t, "params/total": n}, student=s, method="original", seed=0)
-                         for i, (s, t, n) in enumerate([("resnet101", 1_234_567, 42_600_000),
-                                                        ("clip_vit_b16", 2_100_000, 149_600_000)])])
+    return pd.DataFrame(
+        [
+            cell(i, {"params/tuned": t, "params/total": n}, student=s, method="original", seed=0)
+            for i, (s, t, n) in enumerate(
+                [("resnet101", 1_234_567, 42_600_000), ("clip_vit_b16", 2_100_000, 149_600_000)]
+            )
+        ]
+    )
 
 
-FIXED = {"supp_table1": lambda: table1_runs(),
-         "supp_table2": lambda: table1_runs(),
-         "supp_table3": lambda: table3_runs([0.02, -0.01, 0.03, 0.02]),
-         "supp_table4": lambda: table4_runs([0.50, 0.52, 0.51, 0.55, 0.56, 0.58]),
-         "supp_table5": _table5_runs,
-         "supp_table6": lambda: table6_runs({"resnet34": 0.7, "resnet50": 0.8}),
-         "supp_fig1": lambda: fig1_runs(0.05),
-         "supp_fig2": lambda: fig2_runs(0.70, 0.895),
-         "supp_fig3": lambda: multimodal_runs("acc/c", 0.5, {"resnet101": 0.55, "vit_small": 0.6}),
-         "supp_fig4": lambda: multimodal_runs("mfr", 0.9, {"resnet50": 0.8}),
-         "main_fig1": lambda: efficiency_runs(100.0, 0.59)}
-TEXT = {"md": lambda r: render.to_markdown(r, image=f"{r.spec.id}.png" if r.spec.kind == "figure" else None),
-        "csv": render.to_csv, "tex": render.to_latex}
+FIXED = {
+    "supp_table1": lambda: table1_runs(),
+    "supp_table2": lambda: table1_runs(),
+    "supp_table3": lambda: table3_runs([0.02, -0.01, 0.03, 0.02]),
+    "supp_table4": lambda: table4_runs([0.50, 0.52, 0.51, 0.55, 0.56, 0.58]),
+    "supp_table5": _table5_runs,
+    "supp_table6": lambda: table6_runs({"resnet34": 0.7, "resnet50": 0.8}),
+    "supp_fig1": lambda: fig1_runs(0.05),
+    "supp_fig2": lambda: fig2_runs(0.70, 0.895),
+    "supp_fig3": lambda: multimodal_runs("acc/c", 0.5, {"resnet101": 0.55, "vit_small": 0.6}),
+    "supp_fig4": lambda: multimodal_runs("mfr", 0.9, {"resnet50": 0.8}),
+    "main_fig1": lambda: efficiency_runs(100.0, 0.59),
+}
+TEXT = {
+    "md": lambda r: render.to_markdown(r, image=f"{r.spec.id}.png" if r.spec.kind == "figure" else None),
+    "csv": render.to_csv,
+    "tex": render.to_latex,
+}
 
 
 def result(tid: str) -> TableResult:
@@ -113,7 +132,7 @@ def test_empty_figure_still_renders() -> None:
 
 def test_markdown_shows_ours_beside_the_paper_and_dashes_for_no_data() -> None:
     md = render.to_markdown(result("supp_table1"))
-    assert "| ours | 90.5 ± 0.7 (85.4) | — (79.1) |" in md            # IN with two seeds; V2 has no data
+    assert "| ours | 90.5 ± 0.7 (85.4) | — (79.1) |" in md  # IN with two seeds; V2 has no data
     assert "Digits (local transfer) †" in md and "† = not in the paper" in md
     assert "- ✓ holds: ours ≥ each ablation on the shift average" in md
     assert "on the paper's numbers: ✓" in md
@@ -121,8 +140,7 @@ def test_markdown_shows_ours_beside_the_paper_and_dashes_for_no_data() -> None:
 
 
 def test_claims_section_marks_failures_and_missing_data() -> None:
-    assert "- ✗ does not hold: KD beats w/o KD for every pair — 3/4 pairs" in render.to_markdown(
-        result("supp_table3"))
+    assert "- ✗ does not hold: KD beats w/o KD for every pair — 3/4 pairs" in render.to_markdown(result("supp_table3"))
     empty = render.to_markdown(build_table(TABLES["supp_table3"], pd.DataFrame()))
     assert "- ? not enough data: KD beats w/o KD" in empty and "— (53.8)" in empty
 
@@ -143,8 +161,7 @@ def test_csv_has_mean_std_n_and_paper() -> None:
 
 
 def test_render_files_names() -> None:
-    assert set(render.render_files(result("supp_table4"))) == {"supp_table4.md", "supp_table4.csv",
-                                                                "supp_table4.tex"}
+    assert set(render.render_files(result("supp_table4"))) == {"supp_table4.md", "supp_table4.csv", "supp_table4.tex"}
     files = render.render_files(result("supp_fig1"))
     assert set(files) == {f"supp_fig1.{e}" for e in ("md", "csv", "tex", "png")}
     assert "![Supplement Figure 1" in files["supp_fig1.md"] and "(supp_fig1.png)" in files["supp_fig1.md"]

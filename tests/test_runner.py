@@ -1,5 +1,6 @@
 """The sweep's life cycle (orchestrator/runner.py): what a user sees when something goes wrong after the input
 was accepted. Nothing is started: the failing step is replaced, the policy around it is real."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(tmp_path: Path) -> argparse.Namespace:
-    return argparse.Namespace(storage=str(tmp_path / "runs"), tracking_uri="http://127.0.0.1:9", address=None,
-                              num_cpus=None, no_feature_cache=False, rerun_failed=False, mlflow_patience=1.0)
+    return argparse.Namespace(
+        storage=str(tmp_path / "runs"),
+        tracking_uri="http://127.0.0.1:9",
+        address=None,
+        num_cpus=None,
+        no_feature_cache=False,
+        rerun_failed=False,
+        mlflow_patience=1.0,
+    )
 
 
 def test_an_unexpected_error_is_one_line_and_a_traceback_file(tmp_path, monkeypatch, capsys) -> None:

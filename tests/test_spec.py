@@ -1,4 +1,5 @@
 """Spec loading and validation: every bad input is one line naming file, key, value and what is allowed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,18 +45,21 @@ def test_profile_merges_over_base_and_set_overrides(tmp_path: Path) -> None:
     assert load_spec(p, "paper").train.epochs == 500  # the paper default
 
 
-@pytest.mark.parametrize("mutation, needles", [
-    (("student: [clip_vit_b16]", "student: [clip_vit_b61]"), ["grid.student", "clip_vit_b61", "clip_vit_b16"]),
-    (("method: [ours]", "method: [ourz]"), ["grid.method", "ourz", "ours"]),
-    (("teacher: [resnet34]", "teacher: [resnet35]"), ["grid.teacher", "resnet35", "resnet34"]),
-    (("data_fraction: [0.5]", "data_fraction: [1.5]"), ["grid.data_fraction", "1.5", "(0, 1]"]),
-    (("data_fraction: [0.5]", "data_fraction: [0]"), ["grid.data_fraction", "0", "(0, 1]"]),
-    (("data_fraction: [0.5]", "data_fraction: []"), ["grid.data_fraction"]),
-    (("student: [clip_vit_b16]", "student: [clip_vit_b16]\n  colour: [red]"), ["grid.colour", "allowed"]),
-    (("local: {train: {epochs: 2}}", "local: {train: {epoch: 2}}"), ["profiles.local", "train.epoch", "epochs"]),
-    (("local: {train: {epochs: 2}}", "local: {trian: {epochs: 2}}"), ["profiles.local.trian", "train"]),
-    (("local: {train: {epochs: 2}}", "local: {train: {epochs: -3}}"), ["train.epochs", "-3"]),
-])
+@pytest.mark.parametrize(
+    "mutation, needles",
+    [
+        (("student: [clip_vit_b16]", "student: [clip_vit_b61]"), ["grid.student", "clip_vit_b61", "clip_vit_b16"]),
+        (("method: [ours]", "method: [ourz]"), ["grid.method", "ourz", "ours"]),
+        (("teacher: [resnet34]", "teacher: [resnet35]"), ["grid.teacher", "resnet35", "resnet34"]),
+        (("data_fraction: [0.5]", "data_fraction: [1.5]"), ["grid.data_fraction", "1.5", "(0, 1]"]),
+        (("data_fraction: [0.5]", "data_fraction: [0]"), ["grid.data_fraction", "0", "(0, 1]"]),
+        (("data_fraction: [0.5]", "data_fraction: []"), ["grid.data_fraction"]),
+        (("student: [clip_vit_b16]", "student: [clip_vit_b16]\n  colour: [red]"), ["grid.colour", "allowed"]),
+        (("local: {train: {epochs: 2}}", "local: {train: {epoch: 2}}"), ["profiles.local", "train.epoch", "epochs"]),
+        (("local: {train: {epochs: 2}}", "local: {trian: {epochs: 2}}"), ["profiles.local.trian", "train"]),
+        (("local: {train: {epochs: 2}}", "local: {train: {epochs: -3}}"), ["train.epochs", "-3"]),
+    ],
+)
 def test_bad_values_name_file_key_value_and_allowed(tmp_path: Path, mutation, needles) -> None:
     old, new = mutation
     p = write(tmp_path, BASE.replace(old, new))
@@ -69,17 +73,25 @@ def test_bad_values_name_file_key_value_and_allowed(tmp_path: Path, mutation, ne
 
 def test_empty_axis_and_missing_teacher(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="grid.student|grid"):
-        load_spec(write(tmp_path, BASE.replace("student: [clip_vit_b16]", "student: []")
-                        .replace("teacher: [resnet34]", "teacher: []")), "local")
+        load_spec(
+            write(
+                tmp_path,
+                BASE.replace("student: [clip_vit_b16]", "student: []").replace("teacher: [resnet34]", "teacher: []"),
+            ),
+            "local",
+        )
     with pytest.raises(SpecError, match="need at least one teacher"):
         load_spec(write(tmp_path, BASE.replace("teacher: [resnet34]", "teacher: []")), "local")
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("name: [unclosed", "malformed YAML"),
-    ("- just\n- a list\n", "mapping at the top level"),
-    ("name: t\ngrid: {student: [clip_vit_b16], method: [apt]}\n", "--profile 'local' is not defined"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: [unclosed", "malformed YAML"),
+        ("- just\n- a list\n", "mapping at the top level"),
+        ("name: t\ngrid: {student: [clip_vit_b16], method: [apt]}\n", "--profile 'local' is not defined"),
+    ],
+)
 def test_malformed_documents(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(SpecError, match=needle):
         load_spec(write(tmp_path, text), "local")
@@ -113,10 +125,14 @@ def test_yaml_bounds_refuse_fast(tmp_path: Path) -> None:
     from orchestrator.inputs import MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
 
     bomb = "name: t\nprofiles:\n  local:\n    a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
-    cases = [(bomb, f"more than {MAX_YAML_NODES:,} values"), ("name: " + "[" * 100_000, f"{MAX_YAML_DEPTH} levels"),
-             ("name: t\n" + "#" * MAX_SPEC_BYTES, "larger than 256 KiB"),
-             ("a: &a [*a]\n", "recursive alias")]
+        f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)
+    )
+    cases = [
+        (bomb, f"more than {MAX_YAML_NODES:,} values"),
+        ("name: " + "[" * 100_000, f"{MAX_YAML_DEPTH} levels"),
+        ("name: t\n" + "#" * MAX_SPEC_BYTES, "larger than 256 KiB"),
+        ("a: &a [*a]\n", "recursive alias"),
+    ]
     for text, needle in cases:
         t0 = time.perf_counter()
         with pytest.raises(SpecError, match=needle) as err:
@@ -131,29 +147,32 @@ def test_duplicate_keys_and_yaml12_floats(tmp_path: Path) -> None:
     assert spec.train.lr == 1e-3 and spec.train.full_ft_lr == 5e-6  # YAML 1.1 would read them as strings
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("grid.seed=[true]", "seed True is not a whole number"),
-    ("grid.seed=['3']", "seed '3' is not a whole number"),
-    ("grid.seed=[1e30]", "seed 1e+30 is not a whole number"),
-    ("grid.seed=[4294967296]", "outside 0 <= seed < 2**32"),
-    ("grid.seed=[-1]", "outside 0 <= seed < 2**32"),
-    ("grid.data_fraction=['0.5']", "data fraction '0.5' is not a number"),
-    ("grid.data_fraction=[true]", "data fraction True is not a number"),
-    ("grid.data_fraction=[1e-300]", "below 1e-06"),
-    ("grid.data_fraction=[.nan]", "outside (0, 1]"),
-    ("train.epochs=true", "expected a number, got true/false"),
-    ("train.epochs='3'", "expected a number, got text"),
-    ("train.lr=.inf", "finite number"),
-    ("resources.cpus_per_worker=.nan", "finite number"),
-    ("model_overrides.vit_base.patch_size=-1", "patch_size = -1: allowed: a whole number from 1 to 4096"),
-    ("model_overrides.vit_base.patch_size=true", "patch_size = True"),
-    ("model_overrides.vit_base.budget_m=0", "budget_m = 0"),
-    ("name=..", "sweep name '..' is not a safe folder name"),
-    ("name=a/b", "not a safe folder name"),
-    ("name=" + "n" * 101, "not a safe folder name"),
-    ("profile=paper", "choose the profile with --profile"),
-    ("profiles.local.train.epochs=1", "choose one with --profile"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("grid.seed=[true]", "seed True is not a whole number"),
+        ("grid.seed=['3']", "seed '3' is not a whole number"),
+        ("grid.seed=[1e30]", "seed 1e+30 is not a whole number"),
+        ("grid.seed=[4294967296]", "outside 0 <= seed < 2**32"),
+        ("grid.seed=[-1]", "outside 0 <= seed < 2**32"),
+        ("grid.data_fraction=['0.5']", "data fraction '0.5' is not a number"),
+        ("grid.data_fraction=[true]", "data fraction True is not a number"),
+        ("grid.data_fraction=[1e-300]", "below 1e-06"),
+        ("grid.data_fraction=[.nan]", "outside (0, 1]"),
+        ("train.epochs=true", "expected a number, got true/false"),
+        ("train.epochs='3'", "expected a number, got text"),
+        ("train.lr=.inf", "finite number"),
+        ("resources.cpus_per_worker=.nan", "finite number"),
+        ("model_overrides.vit_base.patch_size=-1", "patch_size = -1: allowed: a whole number from 1 to 4096"),
+        ("model_overrides.vit_base.patch_size=true", "patch_size = True"),
+        ("model_overrides.vit_base.budget_m=0", "budget_m = 0"),
+        ("name=..", "sweep name '..' is not a safe folder name"),
+        ("name=a/b", "not a safe folder name"),
+        ("name=" + "n" * 101, "not a safe folder name"),
+        ("profile=paper", "choose the profile with --profile"),
+        ("profiles.local.train.epochs=1", "choose one with --profile"),
+    ],
+)
 def test_strict_types_and_names(tmp_path: Path, override: str, needle: str) -> None:
     with pytest.raises(SpecError) as err:
         load_spec(write(tmp_path, BASE), "local", [override])
@@ -161,8 +180,11 @@ def test_strict_types_and_names(tmp_path: Path, override: str, needle: str) -> N
 
 
 def test_whole_fractions_and_patch_sizes_still_pass(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, BASE), "local", ["grid.data_fraction=[1, 0.5]", "grid.seed=[0, 4294967295]",
-                                                      "model_overrides.vit_base.patch_size=8"])
+    spec = load_spec(
+        write(tmp_path, BASE),
+        "local",
+        ["grid.data_fraction=[1, 0.5]", "grid.seed=[0, 4294967295]", "model_overrides.vit_base.patch_size=8"],
+    )
     assert spec.grid.data_fraction == [1.0, 0.5] and spec.model_overrides["vit_base"]["patch_size"] == 8
 
 
@@ -174,8 +196,11 @@ def test_cell_limit_from_axis_lengths(tmp_path: Path) -> None:
     p = write(tmp_path, BASE.replace("method: [ours]", "method: [ours, apt]"))
     ok = load_spec(p, "local", [f"grid.seed=[{', '.join(map(str, range(MAX_CELLS // 2)))}]"])
     assert ok.grid.n_cells() == len(cells(ok)) == MAX_CELLS
-    with pytest.raises(SpecError, match=r"the grid has 10,002 cells \(1 students x 1 teachers x 2 methods x 1 "
-                                        r"fractions x 5001 seeds\); the limit is 10,000"):
+    with pytest.raises(
+        SpecError,
+        match=r"the grid has 10,002 cells \(1 students x 1 teachers x 2 methods x 1 "
+        r"fractions x 5001 seeds\); the limit is 10,000",
+    ):
         load_spec(p, "local", [f"grid.seed=[{', '.join(map(str, range(MAX_CELLS // 2 + 1)))}]"])
 
 
@@ -191,8 +216,7 @@ def test_n_cells_matches_the_plan(path: Path) -> None:
 def test_messages_escape_and_shorten(tmp_path: Path) -> None:
     """A key with an ANSI escape, a file name with a newline, a 20,000-seed duplicate: one short line each."""
     with pytest.raises(SpecError) as err:
-        load_spec(write(tmp_path, BASE.replace("  method: [ours]", "  method: [ours]\n  \"\\e[31mred\\n\": 1")),
-                  "local")
+        load_spec(write(tmp_path, BASE.replace("  method: [ours]", '  method: [ours]\n  "\\e[31mred\\n": 1')), "local")
     msg = str(err.value)
     assert "\x1b" not in msg and "\n" not in msg and "\\x1b[31mred\\n" in msg, msg
     odd = tmp_path / "a\nb\x1b.yaml"

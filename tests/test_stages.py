@@ -1,5 +1,6 @@
 """Stage-level tests of the data plane, without Ray: the whole DAG on tiny sizes, distillation on a few batches,
 and the exactness of training on cached features vs the full student forward."""
+
 from __future__ import annotations
 
 import io
@@ -15,9 +16,20 @@ from trainables.distill import run_cell
 from trainables.pipeline import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.n_train=60", "data.n_test=30", "data.c_per_cell=2", "data.p_sequences=2", "data.p_frames=3",
-        "pool.n_images=40", "pool.ae_epochs=1", "teacher_train.n_images=40", "train.epochs=2",
-        "train.batch_size=16", "train.mc_samples=4", "pretrain.n_images=60"]
+TINY = [
+    "data.n_train=60",
+    "data.n_test=30",
+    "data.c_per_cell=2",
+    "data.p_sequences=2",
+    "data.p_frames=3",
+    "pool.n_images=40",
+    "pool.ae_epochs=1",
+    "teacher_train.n_images=40",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.mc_samples=4",
+    "pretrain.n_images=60",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +57,7 @@ def _run_cell(plan, done, root, method: str, use_cache: bool, name: str):
     out.mkdir()
     rep = NullReporter()
     deps = {role: done[k] for role, k in stage.deps.items()}
-    metrics = run_cell(stage.inputs, deps, out, StageContext(reporter=rep, threads=2),
-                       use_cache=use_cache)
+    metrics = run_cell(stage.inputs, deps, out, StageContext(reporter=rep, threads=2), use_cache=use_cache)
     return metrics, rep, out
 
 
@@ -106,13 +117,13 @@ def test_resume_from_checkpoint_continues(dag) -> None:
         torch.save(state, buf)
         buf.seek(0)
         saved.append(torch.load(buf, weights_only=True))
+
     ctx = StageContext(reporter=NullReporter(), threads=2, checkpoint=keep)
     (root / "full").mkdir()
     inputs = stage.inputs
     full = run_cell(inputs, deps, root / "full", ctx)
     rep = NullReporter()
     (root / "resumed").mkdir()
-    resumed = run_cell(inputs, deps, root / "resumed",
-                       StageContext(reporter=rep, threads=2, resume=saved[0]))
+    resumed = run_cell(inputs, deps, root / "resumed", StageContext(reporter=rep, threads=2, resume=saved[0]))
     assert [s for s, _ in rep.history] == [1]
     assert resumed["acc/clean"] == pytest.approx(full["acc/clean"], abs=1e-6)

@@ -1,4 +1,5 @@
 """End to end: the smoke sweep on a local Ray, tracked by a real MLflow server, ends with nested runs and tables."""
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,31 @@ def test_nested_runs_params_and_streamed_metrics(smoke_store, smoke_sweep) -> No
     assert set(cellruns["params.teacher"]) == {"resnet34", "none"}
     assert cellruns["tags.cell"].str.len().min() >= 16
     ours = cellruns[cellruns["params.method"] == "ours"].iloc[0]
-    for m in ("acc/clean", "acc/c", "acc/wo_kld/c", "f_correct/ours/c", "fp/mean", "mfr", "teacher/acc/c",
-              "acc/transfer/digits", "params/tuned", "params/total", "time/train_s"):
+    for m in (
+        "acc/clean",
+        "acc/c",
+        "acc/wo_kld/c",
+        "f_correct/ours/c",
+        "fp/mean",
+        "mfr",
+        "teacher/acc/c",
+        "acc/transfer/digits",
+        "params/tuned",
+        "params/total",
+        "time/train_s",
+    ):
         assert f"metrics.{m}" in df.columns and ours[f"metrics.{m}"] == ours[f"metrics.{m}"], m
     hist = metric_history(smoke_sweep.uri, ours["run_id"], "train/loss")
     assert len(hist) == 3 and [s for s, _ in hist] == [0, 1, 2]
     stages = df[df["tags.kind"] == "stage"]
-    assert {"build_pool", "build_eval_sets", "robustify_teacher", "pretrain_student",
-            "extract_features", "teacher_targets"} <= set(stages["tags.stage"])
+    assert {
+        "build_pool",
+        "build_eval_sets",
+        "robustify_teacher",
+        "pretrain_student",
+        "extract_features",
+        "teacher_targets",
+    } <= set(stages["tags.stage"])
 
 
 def test_table_files_and_parent_artifacts(smoke_store, smoke_sweep) -> None:
@@ -56,8 +74,10 @@ def test_rerun_recomputes_nothing(smoke_store, smoke_sweep) -> None:
     from tests.procs import run_cli
 
     before = (smoke_store / "results" / "smoke" / "supp_table4.csv").read_bytes()
-    proc = run_cli(["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(smoke_store),
-                    "--tracking-uri", smoke_sweep.uri], timeout=600)
+    proc = run_cli(
+        ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(smoke_store), "--tracking-uri", smoke_sweep.uri],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "0 stages computed" in proc.stdout
     df = runs_dataframe(smoke_sweep.uri, "smoke", "tags.kind = 'cell'", finished_only=False)

@@ -1,6 +1,7 @@
 """Table specs on hand-made run DataFrames (pure, no MLflow): values land in the right row and column beside the
 paper's, seeds aggregate to mean ± std, and every claim is shown to hold on data where it holds and to fail
 where it fails."""
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,32 @@ from orchestrator.tables import AVG_SHIFTS, TABLE_IDS, TABLES, build_table
 RULES = ("ours", "wo_kld", "wo_umc", "max_logit")
 
 
-def cell(i: int, metrics: dict, status: str = "FINISHED", key: str | None = None, sweep: str = "s1",
-         **params) -> dict:
+def cell(i: int, metrics: dict, status: str = "FINISHED", key: str | None = None, sweep: str = "s1", **params) -> dict:
     """One cell run as `tracking.runs_dataframe` returns it."""
-    row = {"run_id": f"r{i}", "status": status, "start_time": 1000 + i, "tags.kind": "cell",
-           "tags.cell": key or f"c{i}", "tags.sweep_id": sweep}
+    row = {
+        "run_id": f"r{i}",
+        "status": status,
+        "start_time": 1000 + i,
+        "tags.kind": "cell",
+        "tags.cell": key or f"c{i}",
+        "tags.sweep_id": sweep,
+    }
     row.update({f"params.{k}": str(v) for k, v in params.items()})
     row.update({f"metrics.{k}": v for k, v in metrics.items()})
     return row
 
 
 def stage(i: int, kind: str, model: str, metrics: dict, seed: int = 0) -> dict:
-    row = {"run_id": f"s{i}", "status": "FINISHED", "start_time": 1000 + i, "tags.kind": "stage",
-           "tags.stage": kind, "tags.stage_key": f"k{i}", "params.model": model, "params.seed": str(seed)}
+    row = {
+        "run_id": f"s{i}",
+        "status": "FINISHED",
+        "start_time": 1000 + i,
+        "tags.kind": "stage",
+        "tags.stage": kind,
+        "tags.stage_key": f"k{i}",
+        "params.model": model,
+        "params.seed": str(seed),
+    }
     row.update({f"metrics.{k}": v for k, v in metrics.items()})
     return row
 
@@ -44,7 +58,16 @@ def table1_runs(seeds=(0, 1), kd_c: float = 0.65, sets=("clean", "c")) -> pd.Dat
                 m[f"f_correct/{rule}/{s}"] = base[rule] + (0.1 if s == "clean" else 0.0)
         rows.append(cell(2 * seed, m, method="ours", student="clip_vit_l14_336", teacher="vit_base", seed=seed))
         kd = {f"acc/ours/{s}": 0.88 if s == "clean" else kd_c for s in sets}
-        rows.append(cell(2 * seed + 1, {**kd, "acc/transfer/digits": 0.7}, method="wo_kd", student="clip_vit_l14_336", teacher="vit_base", seed=seed))
+        rows.append(
+            cell(
+                2 * seed + 1,
+                {**kd, "acc/transfer/digits": 0.7},
+                method="wo_kd",
+                student="clip_vit_l14_336",
+                teacher="vit_base",
+                seed=seed,
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -53,16 +76,29 @@ TEACHERS = ["resnet34", "resnet50", "resnet101", "vit_small", "resnet152", "vit_
 
 def table4_runs(student_c: list[float], teacher_c: list[float] | None = None) -> pd.DataFrame:
     teacher_c = teacher_c or [0.50 + 0.02 * i for i in range(len(student_c))]
-    rows = [cell(i, {"teacher/acc/c": tc, "acc/c": s, "acc/clean": 0.9, "original/acc/c": 0.4},
-                 student="clip_vit_b16", teacher=t, method="ours", seed=0, data_fraction=0.5)
-            for i, (t, s, tc) in enumerate(zip(TEACHERS, student_c, teacher_c))]
+    rows = [
+        cell(
+            i,
+            {"teacher/acc/c": tc, "acc/c": s, "acc/clean": 0.9, "original/acc/c": 0.4},
+            student="clip_vit_b16",
+            teacher=t,
+            method="ours",
+            seed=0,
+            data_fraction=0.5,
+        )
+        for i, (t, s, tc) in enumerate(zip(TEACHERS, student_c, teacher_c))
+    ]
     rows.append(cell(99, {"acc/c": 0.99}, student="clip_vit_b16", teacher="none", method="apt", seed=0))
     return pd.DataFrame(rows)
 
 
 def table3_runs(gains: list[float]) -> pd.DataFrame:
-    pairs = [("resnet101", "resnet34"), ("clip_rn101", "resnet101"), ("clip_vit_b16", "vit_small"),
-             ("clip_vit_b32", "vit_small")]
+    pairs = [
+        ("resnet101", "resnet34"),
+        ("clip_rn101", "resnet101"),
+        ("clip_vit_b16", "vit_small"),
+        ("clip_vit_b32", "vit_small"),
+    ]
     rows = []
     for i, ((s, t), g) in enumerate(zip(pairs, gains)):
         rows.append(cell(2 * i, {"acc/c": 0.50 + 0.01 * i}, student=s, teacher=t, method="wo_kd", seed=0))
@@ -81,18 +117,31 @@ def table6_runs(robust: dict[str, float]) -> pd.DataFrame:
 
 def fig1_runs(gain_per_a: float) -> pd.DataFrame:
     rows = []
-    for i, a in enumerate([1.0, 0.1, 0.5]):           # logged out of order: rows must come out sorted
-        rows.append(cell(2 * i, {"acc/c": 0.5}, method="apt", data_fraction=a, student="resnet101", teacher="none",
-                         seed=0))
-        rows.append(cell(2 * i + 1, {"acc/c": 0.51 + gain_per_a * a}, method="ours", data_fraction=a,
-                         student="resnet101", teacher="resnet34", seed=0))
+    for i, a in enumerate([1.0, 0.1, 0.5]):  # logged out of order: rows must come out sorted
+        rows.append(
+            cell(2 * i, {"acc/c": 0.5}, method="apt", data_fraction=a, student="resnet101", teacher="none", seed=0)
+        )
+        rows.append(
+            cell(
+                2 * i + 1,
+                {"acc/c": 0.51 + gain_per_a * a},
+                method="ours",
+                data_fraction=a,
+                student="resnet101",
+                teacher="resnet34",
+                seed=0,
+            )
+        )
     return pd.DataFrame(rows)
 
 
 def fig2_runs(full_ft: float, ours: float) -> pd.DataFrame:
-    return pd.DataFrame([cell(i, {"acc/transfer/digits": v, "acc/c": 0.5}, method=m, student="clip_vit_l14_336",
-                              seed=0)
-                         for i, (m, v) in enumerate([("original", 0.90), ("full_ft", full_ft), ("ours", ours)])])
+    return pd.DataFrame(
+        [
+            cell(i, {"acc/transfer/digits": v, "acc/c": 0.5}, method=m, student="clip_vit_l14_336", seed=0)
+            for i, (m, v) in enumerate([("original", 0.90), ("full_ft", full_ft), ("ours", ours)])
+        ]
+    )
 
 
 def multimodal_runs(metric: str, apt: float, ours: dict[str, float]) -> pd.DataFrame:
@@ -105,28 +154,41 @@ def multimodal_runs(metric: str, apt: float, ours: dict[str, float]) -> pd.DataF
 
 def efficiency_runs(t_ours: float, c_ours: float) -> pd.DataFrame:
     spec = [("ours", c_ours, t_ours), ("full_ft", 0.60, 1000.0), ("wise_ft", 0.58, 1000.0)]
-    return pd.DataFrame([cell(i, {"acc/c": c, "time/pipeline_s": t, "time/train_s": t / 2}, method=m,
-                              student="clip_rn50", teacher="vit_small" if m == "ours" else "none", seed=0)
-                         for i, (m, c, t) in enumerate(spec)])
+    return pd.DataFrame(
+        [
+            cell(
+                i,
+                {"acc/c": c, "time/pipeline_s": t, "time/train_s": t / 2},
+                method=m,
+                student="clip_rn50",
+                teacher="vit_small" if m == "ours" else "none",
+                seed=0,
+            )
+            for i, (m, c, t) in enumerate(spec)
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the registry
 
 
 def test_every_item_of_the_paper_has_a_spec() -> None:
-    assert TABLE_IDS == tuple(f"supp_table{i}" for i in range(1, 7)) + tuple(f"supp_fig{i}" for i in range(1, 5)) \
-        + ("main_fig1",)
+    assert TABLE_IDS == tuple(f"supp_table{i}" for i in range(1, 7)) + tuple(f"supp_fig{i}" for i in range(1, 5)) + (
+        "main_fig1",
+    )
     assert set(TABLES) == set(TABLE_IDS)
     for tid, spec in TABLES.items():
         assert spec.id == tid and spec.kind in ("table", "figure") and spec.source in ("cell", "stage")
-        assert spec.kind == "figure" or spec.paper, tid            # every table has the paper's numbers
+        assert spec.kind == "figure" or spec.paper, tid  # every table has the paper's numbers
         assert spec.kind == "table" or spec.plot, tid
 
 
 def test_tables_module_imports_neither_torch_mlflow_nor_pandas() -> None:
     """spec.py imports TABLE_IDS while validating a sweep file: that must stay cheap."""
-    code = ("import sys, orchestrator.tables; "
-            "print(sorted(m for m in ('torch', 'mlflow', 'pandas', 'ray') if m in sys.modules))")
+    code = (
+        "import sys, orchestrator.tables; "
+        "print(sorted(m for m in ('torch', 'mlflow', 'pandas', 'ray') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -151,7 +213,7 @@ def test_claims_hold_on_the_papers_own_numbers(tid: str) -> None:
     """How a claim is encoded is checked against the paper: its own numbers must satisfy it."""
     res = build_table(TABLES[tid], pd.DataFrame())
     assert [c.holds for c in res.paper_claims] == [True] * len(TABLES[tid].claims), res.paper_claims
-    assert all(c.holds is None for c in res.claims)               # no runs: not enough data, never a verdict
+    assert all(c.holds is None for c in res.claims)  # no runs: not enough data, never a verdict
 
 
 # ------------------------------------------------------------------------------------------------ per table
@@ -160,14 +222,14 @@ def test_claims_hold_on_the_papers_own_numbers(tid: str) -> None:
 def test_table1_rules_seeds_and_averages() -> None:
     res = build_table(TABLES["supp_table1"], table1_runs())
     assert res.mean.loc["ours", "C"] == pytest.approx(70.5)
-    assert res.std.loc["ours", "C"] == pytest.approx(math.sqrt(0.5))        # seeds 0/1 → 70, 71
+    assert res.std.loc["ours", "C"] == pytest.approx(math.sqrt(0.5))  # seeds 0/1 → 70, 71
     assert res.n.loc["ours", "C"] == 2
-    assert res.mean.loc["w/o KLD", "IN"] == pytest.approx(88.5)             # rule wo_kld of the ours runs
+    assert res.mean.loc["w/o KLD", "IN"] == pytest.approx(88.5)  # rule wo_kld of the ours runs
     assert res.mean.loc["max logit", "C"] == pytest.approx(67.5)
-    assert res.mean.loc["w/o KD", "C"] == pytest.approx(65.0)               # the wo_kd runs, rule ours
+    assert res.mean.loc["w/o KD", "C"] == pytest.approx(65.0)  # the wo_kd runs, rule ours
     assert res.mean.loc["w/o KD", "Digits (local transfer)"] == pytest.approx(70.0)
-    assert pd.isna(res.mean.loc["ours", "R"]) and res.n.loc["ours", "R"] == 0   # no data: no guess
-    assert pd.isna(res.mean.loc["ours", AVG_SHIFTS])                         # not all six shifts: no paper average
+    assert pd.isna(res.mean.loc["ours", "R"]) and res.n.loc["ours", "R"] == 0  # no data: no guess
+    assert pd.isna(res.mean.loc["ours", AVG_SHIFTS])  # not all six shifts: no paper average
     local_avg = "Avg C (shifts with data)"
     assert res.mean.loc["ours", local_avg] == pytest.approx(70.5) and res.col(local_avg).extra
     assert res.paper.loc["ours", "R"] == 89.9 and res.paper.loc["max logit", AVG_SHIFTS] == 73.7
@@ -202,22 +264,37 @@ def test_table4_reads_teacher_metrics_copied_onto_cells() -> None:
     res = build_table(TABLES["supp_table4"], table4_runs([0.50, 0.52, 0.53, 0.55, 0.56, 0.58]))
     assert list(res.mean.index) == ["RN-34", "RN-50", "RN-101", "ViT-S", "RN-152", "ViT-B"]
     assert res.mean.loc["RN-34", "Teacher C acc"] == pytest.approx(50.0)
-    assert res.mean.loc["ViT-B", "Student C acc"] == pytest.approx(58.0)      # the APT run (0.99) is not read
+    assert res.mean.loc["ViT-B", "Student C acc"] == pytest.approx(58.0)  # the APT run (0.99) is not read
     assert res.mean.loc["RN-50", "Original student C acc"] == pytest.approx(40.0)
     assert res.paper.loc["ViT-S", "Teacher C acc"] == 60.9 and res.paper.loc["RN-152", "Student C acc"] == 59.7
 
 
 def test_table5_counts_in_millions_without_full_ft() -> None:
-    runs = pd.DataFrame([cell(0, {"params/tuned": 2_345_678, "params/total": 44_500_000}, student="resnet101",
-                              method="original", seed=0),
-                         cell(1, {"params/tuned": 2_345_678, "params/total": 44_500_000}, student="resnet101",
-                              method="ours", seed=0),
-                         cell(2, {"params/tuned": 44_500_000, "params/total": 44_500_000}, student="resnet101",
-                              method="full_ft", seed=0)])
+    runs = pd.DataFrame(
+        [
+            cell(
+                0,
+                {"params/tuned": 2_345_678, "params/total": 44_500_000},
+                student="resnet101",
+                method="original",
+                seed=0,
+            ),
+            cell(
+                1, {"params/tuned": 2_345_678, "params/total": 44_500_000}, student="resnet101", method="ours", seed=0
+            ),
+            cell(
+                2,
+                {"params/tuned": 44_500_000, "params/total": 44_500_000},
+                student="resnet101",
+                method="full_ft",
+                seed=0,
+            ),
+        ]
+    )
     res = build_table(TABLES["supp_table5"], runs)
     assert res.mean.loc["RN-101", "tuned (M)"] == pytest.approx(2.345678)
     assert res.mean.loc["RN-101", "total (M)"] == pytest.approx(44.5)
-    assert not res.warnings                       # counts are not seeded: two methods agreeing is no mix-up
+    assert not res.warnings  # counts are not seeded: two methods agreeing is no mix-up
     assert res.paper.loc["LiT-B/16B", "tuned (M)"] == 4.4 and pd.isna(res.paper.loc["CLIP ViT-B/32", "tuned (M)"])
 
 
@@ -245,7 +322,7 @@ def test_fig2_rows_are_transfer_datasets() -> None:
 def test_fig3_rows_are_student_and_teacher_with_apt_first() -> None:
     res = build_table(TABLES["supp_fig3"], multimodal_runs("acc/c", 0.5, {"vit_small": 0.6, "resnet101": 0.55}))
     assert list(res.mean.index) == ["CLIP RN-50 ← none (APT)", "CLIP RN-50 ← RN-101", "CLIP RN-50 ← ViT-S"]
-    assert res.mean.loc["CLIP RN-50 ← ViT-S", "IN-C"] == pytest.approx(60.0)   # the w/o KD run is not read
+    assert res.mean.loc["CLIP RN-50 ← ViT-S", "IN-C"] == pytest.approx(60.0)  # the w/o KD run is not read
 
 
 def test_main_fig1_points() -> None:
@@ -260,10 +337,25 @@ def test_main_fig1_points() -> None:
 
 def test_duplicate_cell_keys_keep_the_newest_finished() -> None:
     runs = table4_runs([0.5] * 6)
-    newer = cell(100, {"teacher/acc/c": 0.5, "acc/c": 0.9}, key="c0", student="clip_vit_b16", teacher="resnet34",
-                 method="ours", seed=0)
-    failed = cell(200, {"acc/c": 0.1}, status="FAILED", key="c0", student="clip_vit_b16", teacher="resnet34",
-                  method="ours", seed=0)
+    newer = cell(
+        100,
+        {"teacher/acc/c": 0.5, "acc/c": 0.9},
+        key="c0",
+        student="clip_vit_b16",
+        teacher="resnet34",
+        method="ours",
+        seed=0,
+    )
+    failed = cell(
+        200,
+        {"acc/c": 0.1},
+        status="FAILED",
+        key="c0",
+        student="clip_vit_b16",
+        teacher="resnet34",
+        method="ours",
+        seed=0,
+    )
     res = build_table(TABLES["supp_table4"], pd.concat([runs, pd.DataFrame([newer, failed])]))
     assert res.mean.loc["RN-34", "Student C acc"] == pytest.approx(90.0) and res.n.loc["RN-34", "Student C acc"] == 1
 
@@ -328,8 +420,8 @@ def test_fig1_gap_grows_with_fraction() -> None:
 
 def test_fig2_transfer_kept() -> None:
     assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.895)).holds is True
-    assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.80)).holds is False   # ours loses it too
-    assert _claim("supp_fig2", fig2_runs(full_ft=0.95, ours=0.90)).holds is False   # complete FT keeps it
+    assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.80)).holds is False  # ours loses it too
+    assert _claim("supp_fig2", fig2_runs(full_ft=0.95, ours=0.90)).holds is False  # complete FT keeps it
 
 
 def test_fig3_and_fig4_ours_vs_apt() -> None:
@@ -343,16 +435,16 @@ def test_fig3_and_fig4_ours_vs_apt() -> None:
 def test_main_fig1_cheaper_at_comparable_accuracy() -> None:
     c = _claim("main_fig1", efficiency_runs(t_ours=100.0, c_ours=0.59))
     assert c.holds is True and "(10.0×)" in c.detail
-    assert _claim("main_fig1", efficiency_runs(t_ours=800.0, c_ours=0.59)).holds is False   # not much cheaper
-    assert _claim("main_fig1", efficiency_runs(t_ours=100.0, c_ours=0.50)).holds is False   # not comparable
-    assert _claim("main_fig1", efficiency_runs(100.0, 0.59).iloc[[0]]).holds is None        # no complete FT
+    assert _claim("main_fig1", efficiency_runs(t_ours=800.0, c_ours=0.59)).holds is False  # not much cheaper
+    assert _claim("main_fig1", efficiency_runs(t_ours=100.0, c_ours=0.50)).holds is False  # not comparable
+    assert _claim("main_fig1", efficiency_runs(100.0, 0.59).iloc[[0]]).holds is None  # no complete FT
 
 
 def test_complete_means_the_runs_of_the_papers_item_are_there() -> None:
     """What `aggregate(tables=None)` renders: a one-fraction Figure 1 or an APT-less figure is not rendered."""
     assert build_table(TABLES["supp_fig1"], fig1_runs(0.05)).complete
-    assert not build_table(TABLES["supp_fig1"], fig1_runs(0.05).iloc[:2]).complete         # one fraction
+    assert not build_table(TABLES["supp_fig1"], fig1_runs(0.05).iloc[:2]).complete  # one fraction
     assert not build_table(TABLES["supp_fig1"], table4_runs([0.5] * 6)).complete
     assert build_table(TABLES["supp_table4"], table4_runs([0.5] * 6)).complete
-    assert not build_table(TABLES["supp_table3"], table4_runs([0.5] * 6)).complete          # no w/o KD
+    assert not build_table(TABLES["supp_table3"], table4_runs([0.5] * 6)).complete  # no w/o KD
     assert not build_table(TABLES["main_fig1"], efficiency_runs(1.0, 0.5).iloc[[0]]).complete

@@ -1,4 +1,5 @@
 """The MLflow adapter against a real server: run layout, resume of runs, and surviving an outage."""
+
 from __future__ import annotations
 
 import time
@@ -6,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tracking import (FINISHED, KILLED, RUNNING, LocalMlflowServer, RunLogger, SweepTracker,
-                                   TrackingUnavailable, metric_history, runs_dataframe)
+from orchestrator.tracking import (
+    FINISHED,
+    KILLED,
+    RUNNING,
+    LocalMlflowServer,
+    RunLogger,
+    SweepTracker,
+    TrackingUnavailable,
+    metric_history,
+    runs_dataframe,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
 """Inside a Ray worker (orchestrator/worker.py): the pack loop's failure policy, per-cell checkpoints and seeding.
 Pure unit tests: the Ray session is a plain `TrainSession`; nothing starts."""
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,15 @@ def test_pack_loop_retries_a_failing_cell_in_place_then_records_it_and_goes_on(t
         return {"acc/clean": 1.0}
 
     monkeypatch.setattr(worker, "run_cell", fake_cell)
-    pack = {"cells": [{"key": k} for k in ("a", "bad", "c")], "threads": 1, "train_storage": str(tmp_path),
-            "resources": {"max_retries": 2}}
-    done = worker.run_pack(pack, _session(1), resume_for=lambda k: {"epoch": 0, "of": k},
-                           checkpoint_for=lambda k: None)
+    pack = {
+        "cells": [{"key": k} for k in ("a", "bad", "c")],
+        "threads": 1,
+        "train_storage": str(tmp_path),
+        "resources": {"max_retries": 2},
+    }
+    done = worker.run_pack(pack, _session(1), resume_for=lambda k: {"epoch": 0, "of": k}, checkpoint_for=lambda k: None)
     assert [k for k, _ in calls] == ["a", "bad", "bad", "bad", "c"]  # 1 try + 2 retries, then on to the next
-    assert all(r == {"epoch": 0, "of": k} for k, r in calls)          # each attempt resumes its own cell
+    assert all(r == {"epoch": 0, "of": k} for k, r in calls)  # each attempt resumes its own cell
     assert done == [("a", {"acc/clean": 1.0}), ("bad", None), ("c", {"acc/clean": 1.0})]
     err = worker.error_file(tmp_path, "bad").read_text()
     assert err.startswith("ValueError: boom") and "Traceback" in err

@@ -7,6 +7,7 @@ Files a stage may write into its folder `out` (besides `metrics.json`, written b
     model.json   beside model.pt: how to rebuild the network before loading it (`write_model_json`)
     features.pt  extract_features; targets.pt: teacher_targets; tail.pt: a cell's trained trunk + heads
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,11 +30,23 @@ def load_pool(folder: Path) -> dict[str, Any]:
     return load(folder / "pool.pt")
 
 
-def write_model_json(out: Path, role: str, model: ModelRef, num_classes: int, img_size: int, classes: list[str],
-                     dropout: float | None = None) -> None:
+def write_model_json(
+    out: Path,
+    role: str,
+    model: ModelRef,
+    num_classes: int,
+    img_size: int,
+    classes: list[str],
+    dropout: float | None = None,
+) -> None:
     """model.json: the role ("teacher" / "student") and the builder arguments; `dropout` for students only."""
-    spec = {"role": role, "model": dataclasses.asdict(model), "num_classes": num_classes, "img_size": img_size,
-            "classes": classes}
+    spec = {
+        "role": role,
+        "model": dataclasses.asdict(model),
+        "num_classes": num_classes,
+        "img_size": img_size,
+        "classes": classes,
+    }
     if dropout is not None:
         spec["dropout"] = dropout
     (out / "model.json").write_text(json.dumps(spec, sort_keys=True))
@@ -55,8 +68,9 @@ def load_model_folder(folder: Path) -> nn.Module:
     return net
 
 
-def student_from_deps(model: ModelRef, img_size: int, deps: dict[str, Path], classes: list[str],
-                      dropout: float) -> nn.Module:
+def student_from_deps(
+    model: ModelRef, img_size: int, deps: dict[str, Path], classes: list[str], dropout: float
+) -> nn.Module:
     """The student a stage starts from: the `pretrain_student` entry when there is one, else `model` as given
     (its weights tag or file)."""
     if "student" in deps:

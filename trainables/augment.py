@@ -6,6 +6,7 @@ collapsed autoencoder only produces the mean image — and its *decoder* weights
 plus a randomly initialised Noise2Net-style residual net that needs no weights at all.
 Everything is seeded and reproducible bit for bit on CPU.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.data import ImageSet
-
 
 # --------------------------------------------------------------------------------------------- AugMix
 
@@ -47,12 +47,19 @@ class ConvAutoencoder(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 3, 3, padding=1),
+            nn.Sigmoid(),
+        )
         with torch.no_grad():  # start near the dark mean of digit images, not at grey 0.5: converges in few steps
             self.decoder[-2].bias.fill_(-2.0)
 
@@ -67,13 +74,20 @@ class CollapsedAutoencoder(RuntimeError):
 def reconstruction_report(ae: nn.Module, images: Tensor) -> dict[str, float]:
     x = images.float() / 255.0
     with torch.no_grad():
-        rec = torch.cat([ae(x[i: i + 256]) for i in range(0, len(x), 256)])
+        rec = torch.cat([ae(x[i : i + 256]) for i in range(0, len(x), 256)])
     mean_img = x.mean(0, keepdim=True)
     return {"recon_mse": float(F.mse_loss(rec, x)), "mean_image_mse": float(F.mse_loss(mean_img.expand_as(x), x))}
 
 
-def train_autoencoder(images: Tensor, epochs: int, seed: int, batch_size: int = 32, lr: float = 3e-3,
-                      max_ratio: float = 0.5, min_steps: int = 200) -> tuple[ConvAutoencoder, dict[str, float]]:
+def train_autoencoder(
+    images: Tensor,
+    epochs: int,
+    seed: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    max_ratio: float = 0.5,
+    min_steps: int = 200,
+) -> tuple[ConvAutoencoder, dict[str, float]]:
     """Train on the clean split for `epochs` but at least `min_steps` optimiser steps (tiny splits would
     otherwise stop before the decoder leaves the mean image); raise `CollapsedAutoencoder` unless the
     reconstruction MSE < max_ratio x the mean-image MSE."""
@@ -99,7 +113,8 @@ def check_reconstruction(report: dict[str, float], max_ratio: float = 0.5) -> No
     if not report["recon_mse"] < max_ratio * report["mean_image_mse"]:
         raise CollapsedAutoencoder(
             f"autoencoder reconstruction MSE {report['recon_mse']:.4f} is not below {max_ratio} x the mean-image "
-            f"MSE {report['mean_image_mse']:.4f}: train it longer (pool.ae_epochs) before using it for DeepAugment")
+            f"MSE {report['mean_image_mse']:.4f}: train it longer (pool.ae_epochs) before using it for DeepAugment"
+        )
 
 
 PERTURBATIONS = ("negate", "zero", "flip", "neg_gelu", "mask", "rot90", "noise")
@@ -149,10 +164,10 @@ def deepaugment(images: Tensor, autoencoder: ConvAutoencoder, seed: int, p_new: 
         while start + run < len(images) and torch.rand(1, generator=g).item() >= p_new:
             run += 1
         dec = _perturb_decoder(autoencoder.decoder, g)
-        x = images[start: start + run].float() / 255.0
+        x = images[start : start + run].float() / 255.0
         y = dec(autoencoder.encoder(x))
         y = torch.nan_to_num(y, nan=0.5).clamp(0, 1)
-        out[start: start + run] = (y * 255).round().to(torch.uint8)
+        out[start : start + run] = (y * 255).round().to(torch.uint8)
         start += run
     return out
 
@@ -184,7 +199,7 @@ def noise2net(images: Tensor, seed: int, batch_size: int = 32) -> Tensor:
     out = torch.empty_like(images)
     for i in range(0, len(images), batch_size):
         net = Noise2Net(g)
-        out[i: i + batch_size] = (net(images[i: i + batch_size].float() / 255.0) * 255).round().to(torch.uint8)
+        out[i : i + batch_size] = (net(images[i : i + batch_size].float() / 255.0) * 255).round().to(torch.uint8)
     return out
 
 
@@ -204,8 +219,11 @@ class PoolConfig:
 
 def build_pool(clean: ImageSet, autoencoder: ConvAutoencoder, seed: int, cfg: PoolConfig) -> ImageSet:
     g = torch.Generator().manual_seed(seed)
-    src = torch.randint(len(clean), (cfg.n_images,), generator=g) if cfg.n_images > len(clean) \
+    src = (
+        torch.randint(len(clean), (cfg.n_images,), generator=g)
+        if cfg.n_images > len(clean)
         else torch.randperm(len(clean), generator=g)[: cfg.n_images]
+    )
     base = clean.images[src]
     n_n2n = int(round(cfg.noise2net_share * cfg.n_images))
     order = torch.randperm(cfg.n_images, generator=g)

@@ -1,5 +1,6 @@
 """What every training stage starts from: the clean split of the data source, and registry networks built from a
 `ModelRef` (random init, a library weights tag, or a weights file)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,15 @@ def build_teacher(model: ModelRef, num_classes: int, img_size: int) -> nn.Module
 
 def build_student(model: ModelRef, num_classes: int, img_size: int, classes: list[str], dropout: float) -> nn.Module:
     tag, file = _weights(model)
-    s = create_student(model.name, num_classes=num_classes, img_size=img_size, class_names=classes,
-                       dropout=dropout, pretrained=tag, **model.overrides)
+    s = create_student(
+        model.name,
+        num_classes=num_classes,
+        img_size=img_size,
+        class_names=classes,
+        dropout=dropout,
+        pretrained=tag,
+        **model.overrides,
+    )
     if file:
         load_state_dict_file(s, file)
         s.snapshot_original()

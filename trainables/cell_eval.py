@@ -4,10 +4,11 @@ one trained model, and the untouched student beside it ("pretrained vs tuned" in
 Inputs are cached features (`extract_features`) or, in uncached mode, images encoded on the fly: the same
 evaluator serves both (see trainables/evaluate.py).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import Tensor, nn
 
@@ -35,16 +36,21 @@ class _Restricted(nn.Module):
 
 def rules_predictor(student: nn.Module, n: int, lam: float, encode: Encode = None) -> Predictor:
     """Every selection rule (`main` = ours), every head's own prediction and each rule's chosen head."""
+
     def predict(f: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         f = encode(f) if encode is not None else f
-        heads = student.heads if subset is None else nn.ModuleDict(
-            {h: _Restricted(m, subset) for h, m in student.heads.items()})
+        heads = (
+            student.heads
+            if subset is None
+            else nn.ModuleDict({h: _Restricted(m, subset) for h, m in student.heads.items()})
+        )
         r = predict_all(heads, student.trunk(f), n_samples=n, lam=lam)
         back = (lambda v: v) if subset is None else (lambda v: subset.to(v.device)[v])  # noqa: E731
         out = {"main": back(r["pred"][SelectionRule.ours.value]), **{k: back(v) for k, v in r["pred"].items()}}
         out.update({f"head_{h}": back(v) for h, v in r["head_pred"].items()})
         out.update({f"chosen/{k}": v for k, v in r["chosen"].items()})
         return out
+
     return predict
 
 
@@ -52,6 +58,7 @@ def _single_head_predictor(student: nn.Module, head: str, encode: Encode = None)
     def predict(f: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         f = encode(f) if encode is not None else f
         return {"main": restricted_argmax(student.heads[head](student.trunk(f)), subset)}
+
     return predict
 
 
@@ -59,6 +66,7 @@ def _original_predictor(student: nn.Module, encode: Encode = None) -> Predictor:
     def predict(f: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         f = encode(f) if encode is not None else f
         return {"main": restricted_argmax(student.original(f), subset)}
+
     return predict
 
 
@@ -69,8 +77,9 @@ def _eval_inputs(deps: dict[str, Path], student: nn.Module, use_cache: bool) -> 
     return load_bundles(deps["eval"]), (lambda x: student.encode(x))
 
 
-def evaluate_cell(inputs: CellInputs, deps: dict[str, Path], student: nn.Module, use_cache: bool,
-                  orig_trunk: nn.Module) -> dict[str, float]:
+def evaluate_cell(
+    inputs: CellInputs, deps: dict[str, Path], student: nn.Module, use_cache: bool, orig_trunk: nn.Module
+) -> dict[str, float]:
     """Every requested suite for the cell's method; `orig_trunk` is the trunk before training (for `original`)."""
     method, tr, suites = inputs.method, inputs.train, inputs.eval
     bundles, enc = _eval_inputs(deps, student, use_cache)

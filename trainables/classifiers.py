@@ -1,10 +1,11 @@
 """Stages that train a whole image classifier: the robust and the naive teacher, and the pretrained stand-in
 student. All three run `trainables.train_loop` with a warm-up-cosine Adam, gradients clipped to norm 1."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,16 @@ from torch import Tensor, nn
 from trainables import augment
 from trainables.artifacts import load_bundles, load_pool, write_model_json
 from trainables.build import build_student, build_teacher, source_split
-from trainables.common import (StageContext, Timer, accuracy, iterate_minibatches, precise_bn, save, seed_everything,
-                               to_float)
+from trainables.common import (
+    StageContext,
+    Timer,
+    accuracy,
+    iterate_minibatches,
+    precise_bn,
+    save,
+    seed_everything,
+    to_float,
+)
 from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.kinds import PretrainInputs, TeacherInputs, body
 from trainables.losses import augmix_loss
@@ -23,13 +32,28 @@ from trainables.train_loop import adam, run_epochs
 LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
 
 
-def _train_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
-                      seed: int, ctx: StageContext, loss_fn: LossFn) -> None:
+def _train_classifier(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    ctx: StageContext,
+    loss_fn: LossFn,
+) -> None:
     g = seed_everything(seed)
     params = [p for p in net.parameters() if p.requires_grad]
     optim = adam(params, lr, total_steps=epochs * -(-len(x) // batch_size), clip=1.0)
-    run_epochs(net, optim, epochs, lambda _: iterate_minibatches(len(x), batch_size, g),
-               lambda idx, step: loss_fn(net, x[idx], y[idx], step), ctx)
+    run_epochs(
+        net,
+        optim,
+        epochs,
+        lambda _: iterate_minibatches(len(x), batch_size, g),
+        lambda idx, step: loss_fn(net, x[idx], y[idx], step),
+        ctx,
+    )
 
 
 def _ce_step(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
@@ -44,11 +68,13 @@ def _augmix_step(seed: int, jsd_weight: float) -> LossFn:
         lc, l1, l2 = logits.chunk(3)
         loss, parts = augmix_loss(lc, l1, l2, yb, jsd_weight=jsd_weight)
         return loss, {"loss": loss.detach(), **{f"loss_{k}": v for k, v in parts.items()}}
+
     return step_fn
 
 
-def _teacher_data(inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator,
-                  robust: bool) -> tuple[Tensor, Tensor, dict | None]:
+def _teacher_data(
+    inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator, robust: bool
+) -> tuple[Tensor, Tensor, dict | None]:
     """The teacher's training images and labels, and the pool (robust teacher only, else None)."""
     tt = inputs.teacher_train
     train, _ = source_split(inputs.data)
@@ -63,8 +89,9 @@ def _teacher_data(inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generat
     return x, y, pool
 
 
-def _teacher_stage(inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext,
-                   robust: bool) -> dict[str, float]:
+def _teacher_stage(
+    inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext, robust: bool
+) -> dict[str, float]:
     tt, seed, size = inputs.teacher_train, inputs.seed, inputs.data["image_size"]
     bundles = load_bundles(deps["eval"])
     classes = bundles["classes"]
@@ -119,7 +146,14 @@ def pretrain_student(inputs: PretrainInputs, deps: dict[str, Path], out: Path, c
         s.heads[h].load_state_dict(s.heads["clean"].state_dict())
     s.snapshot_original()
     acc = accuracy(lambda z: s(z, head="clean"), test.images, test.labels)
-    write_model_json(out, "student", dataclasses.replace(inputs.model, weights=None), len(classes), d["image_size"],
-                     classes, inputs.dropout)
+    write_model_json(
+        out,
+        "student",
+        dataclasses.replace(inputs.model, weights=None),
+        len(classes),
+        d["image_size"],
+        classes,
+        inputs.dropout,
+    )
     save(s.state_dict(), out / "model.pt")
     return {"acc/clean": acc, "time/train_s": t.s, "time/stage_s": t.s}

@@ -3,14 +3,16 @@
 The data plane knows nothing of Ray or MLflow: the orchestrator hands each stage a `StageContext` whose
 reporter logs to MLflow and whose `checkpoint` reports to Ray Train; tests hand it a plain one.
 """
+
 from __future__ import annotations
 
 import json
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -75,8 +77,13 @@ Chunked = Tensor | dict[str, Tensor]
 
 
 @torch.no_grad()
-def apply_chunked(fn: Callable[[Tensor], Chunked], x: Tensor, batch_size: int = 256,
-                  device: torch.device | None = None, item_dims: int | None = None) -> Chunked:
+def apply_chunked(
+    fn: Callable[[Tensor], Chunked],
+    x: Tensor,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    item_dims: int | None = None,
+) -> Chunked:
     """Apply `fn` over the first dim of `x` in chunks and concatenate the outputs, on the CPU.
 
     Why chunks: a whole eval set at once does not fit next to the model's activations; and uint8 images are
@@ -97,7 +104,7 @@ def apply_chunked(fn: Callable[[Tensor], Chunked], x: Tensor, batch_size: int = 
     flat = x.reshape(-1, *x.shape[-item_dims:]) if item_dims else x
     outs = []
     for i in range(0, len(flat), batch_size):
-        chunk = flat[i: i + batch_size]
+        chunk = flat[i : i + batch_size]
         chunk = to_float(chunk) if chunk.dtype == torch.uint8 else chunk
         y = fn(chunk.to(device) if device is not None else chunk)
         outs.append({k: v.cpu() for k, v in y.items()} if isinstance(y, dict) else y.cpu())
@@ -115,18 +122,20 @@ def accuracy(net: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch_size: 
     return int((pred == y).sum()) / max(len(x), 1)
 
 
-def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator, rank: int = 0,
-                        world_size: int = 1) -> Iterator[Tensor]:
+def iterate_minibatches(
+    n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+) -> Iterator[Tensor]:
     """Shuffled index batches; each rank takes its own slice of every global batch (data parallel)."""
     perm = torch.randperm(n, generator=generator)
     for i in range(0, n, batch_size):
-        idx = perm[i: i + batch_size]
+        idx = perm[i : i + batch_size]
         yield idx[rank::world_size] if world_size > 1 else idx
 
 
 @torch.no_grad()
-def precise_bn(module: nn.Module, inputs: Tensor, forward: Callable[[Tensor], Any], batch_size: int = 128,
-               max_batches: int = 40) -> None:
+def precise_bn(
+    module: nn.Module, inputs: Tensor, forward: Callable[[Tensor], Any], batch_size: int = 128, max_batches: int = 40
+) -> None:
     """Recompute BatchNorm running statistics with a cumulative average over training data.
 
     Why: after a few hundred Adam steps the running estimates (momentum 0.1) lag the weights so badly that eval
@@ -141,7 +150,7 @@ def precise_bn(module: nn.Module, inputs: Tensor, forward: Callable[[Tensor], An
         m.momentum = None  # cumulative moving average
         m.train()
     for i in range(0, min(len(inputs), batch_size * max_batches), batch_size):
-        chunk = inputs[i: i + batch_size]
+        chunk = inputs[i : i + batch_size]
         forward(to_float(chunk) if chunk.dtype == torch.uint8 else chunk)
     for m, (mom, training) in saved.items():
         m.momentum = mom
@@ -170,7 +179,7 @@ def read_metrics(folder: Path) -> dict[str, float]:
 
 
 class Timer:
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.t0 = time.perf_counter()
         return self
 

@@ -3,6 +3,7 @@
 Images at rest are uint8 (N, 3, H, W); models take [0, 1] floats and normalise themselves. Nothing is downloaded:
 the embedded sets ship inside installed packages, the paper's sets are read from folders named in the profile.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,7 +30,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: Tensor) -> "ImageSet":
+    def subset(self, idx: Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
     def to_float(self) -> Tensor:
@@ -52,8 +53,11 @@ def _stratified(labels: np.ndarray, n_train: int, n_test: int, seed: int) -> tup
 
     idx = np.arange(len(labels))
     train, rest = train_test_split(idx, train_size=n_train, stratify=labels, random_state=seed)
-    test, _ = (rest, None) if n_test >= len(rest) else train_test_split(rest, train_size=n_test,
-                                                                         stratify=labels[rest], random_state=seed)
+    test, _ = (
+        (rest, None)
+        if n_test >= len(rest)
+        else train_test_split(rest, train_size=n_test, stratify=labels[rest], random_state=seed)
+    )
     return train, test
 
 
@@ -97,24 +101,31 @@ class RootSpec:
     probe: tuple[str, ...]  # glob patterns relative to the root; one match proves "not empty"
 
 
-DATASETS: dict[str, RootSpec] = {s.name: s for s in [
-    RootSpec("imagenet", "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG", ("val/*/*", "train/*/*")),
-    RootSpec("imagenet_v2", "<class index 0..999>/*.jpeg", ("*/*",)),
-    RootSpec("imagenet_r", "<wnid>/*.jpg (200 classes; logits masked to them)", ("*/*",)),
-    RootSpec("imagenet_a", "<wnid>/*.jpg (200 classes; logits masked to them)", ("*/*",)),
-    RootSpec("imagenet_sketch", "<wnid>/*.JPEG", ("*/*", "sketch/*/*")),
-    RootSpec("objectnet", "images/<objectnet class>/*.png (113 classes shared with ImageNet)",
-             ("images/*/*", "*/*")),
-    RootSpec("imagenet_c", "<corruption>/<severity 1-5>/<wnid>/*.JPEG", ("*/*/*/*",)),
-    RootSpec("imagenet_p", "<perturbation>/<wnid>/<sequence>.mp4, or frames <perturbation>/<wnid>/<seq>/<n>.png",
-             ("*/*/*", "*/*/*/*")),
-    RootSpec("tiny_imagenet", "train/<wnid>/images/*.JPEG, val/<wnid>/*", ("train/*/images/*", "train/*/*")),
-    RootSpec("flowers102", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
-    RootSpec("stanford_cars", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
-    RootSpec("cifar100", "train/<class>/*.png, test/<class>/*.png", ("train/*/*",)),
-    RootSpec("fgvc_aircraft", "train/<variant>/*.jpg, test/<variant>/*.jpg", ("train/*/*",)),
-    RootSpec("sun397", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
-]}
+DATASETS: dict[str, RootSpec] = {
+    s.name: s
+    for s in [
+        RootSpec("imagenet", "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG", ("val/*/*", "train/*/*")),
+        RootSpec("imagenet_v2", "<class index 0..999>/*.jpeg", ("*/*",)),
+        RootSpec("imagenet_r", "<wnid>/*.jpg (200 classes; logits masked to them)", ("*/*",)),
+        RootSpec("imagenet_a", "<wnid>/*.jpg (200 classes; logits masked to them)", ("*/*",)),
+        RootSpec("imagenet_sketch", "<wnid>/*.JPEG", ("*/*", "sketch/*/*")),
+        RootSpec(
+            "objectnet", "images/<objectnet class>/*.png (113 classes shared with ImageNet)", ("images/*/*", "*/*")
+        ),
+        RootSpec("imagenet_c", "<corruption>/<severity 1-5>/<wnid>/*.JPEG", ("*/*/*/*",)),
+        RootSpec(
+            "imagenet_p",
+            "<perturbation>/<wnid>/<sequence>.mp4, or frames <perturbation>/<wnid>/<seq>/<n>.png",
+            ("*/*/*", "*/*/*/*"),
+        ),
+        RootSpec("tiny_imagenet", "train/<wnid>/images/*.JPEG, val/<wnid>/*", ("train/*/images/*", "train/*/*")),
+        RootSpec("flowers102", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
+        RootSpec("stanford_cars", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
+        RootSpec("cifar100", "train/<class>/*.png, test/<class>/*.png", ("train/*/*",)),
+        RootSpec("fgvc_aircraft", "train/<variant>/*.jpg, test/<variant>/*.jpg", ("train/*/*",)),
+        RootSpec("sun397", "train/<class>/*.jpg, test/<class>/*.jpg", ("train/*/*",)),
+    ]
+}
 
 
 def _has_image(root: Path, patterns: tuple[str, ...], video: bool = True) -> bool:
@@ -153,11 +164,12 @@ def check_roots(roots: dict[str, str], needed: list[str]) -> list[str]:
             problems.append(f"root of {name!r} does not exist: {root}")
         elif not _has_image(Path(root), spec.probe):
             problems.append(f"root of {name!r} has no images in the expected layout ({spec.layout}): {root}")
-        elif name == "imagenet_p" and not _has_image(Path(root), ("*/*/*/*",), video=False) \
-                and video_decoder() is None:
-            problems.append(f"root of 'imagenet_p' holds only .mp4 sequences and no video decoder is installed "
-                            f"(PyAV for torchvision, or OpenCV): extract frames to "
-                            f"<perturbation>/<wnid>/<seq>/<n>.png: {root}")
+        elif name == "imagenet_p" and not _has_image(Path(root), ("*/*/*/*",), video=False) and video_decoder() is None:
+            problems.append(
+                f"root of 'imagenet_p' holds only .mp4 sequences and no video decoder is installed "
+                f"(PyAV for torchvision, or OpenCV): extract frames to "
+                f"<perturbation>/<wnid>/<seq>/<n>.png: {root}"
+            )
     return problems
 
 
@@ -166,7 +178,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in IMAGE_EXTENSIONS and p.is_file())
 
 
-def image_to_uint8(img: "Image.Image", size: int) -> Tensor:  # noqa: F821
+def image_to_uint8(img: Image.Image, size: int) -> Tensor:  # noqa: F821
     """A PIL image (file or video frame) -> uint8 (3, size, size), RGB, bilinear resize (whole image, no crop)."""
     from PIL import Image
 
@@ -228,8 +240,9 @@ def class_subset(dataset_classes: list[str], imagenet_wnids: list[str]) -> list[
     return [where[c] for c in dataset_classes]
 
 
-def load_folder(root: str | Path, size: int, classes: list[str] | None = None, limit: int | None = None,
-                seed: int = 0) -> ImageSet:
+def load_folder(
+    root: str | Path, size: int, classes: list[str] | None = None, limit: int | None = None, seed: int = 0
+) -> ImageSet:
     """Read a (sub)folder dataset into memory as uint8; `limit` images drawn with `seed` (kept in file order)."""
     ds = FolderDataset(root, size, classes)
     idx = seeded_subset(len(ds), limit, seed)

@@ -14,6 +14,7 @@ on cached features is exact and costs a few million parameters per step instead 
 
 Evaluation lives in trainables/cell_eval.py; complete fine-tuning (full_ft, wise_ft) in trainables/full_ft.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,18 @@ from torch import Tensor, nn
 from trainables.artifacts import load_bundles, load_model_folder, load_pool, model_classes, student_from_deps
 from trainables.augment import sample_fraction
 from trainables.cell_eval import evaluate_cell
-from trainables.common import (StageContext, Timer, apply_chunked, iterate_minibatches, load, precise_bn, read_metrics,
-                               save, seed_everything, to_float)
+from trainables.common import (
+    StageContext,
+    Timer,
+    apply_chunked,
+    iterate_minibatches,
+    load,
+    precise_bn,
+    read_metrics,
+    save,
+    seed_everything,
+    to_float,
+)
 from trainables.full_ft import evaluate_full
 from trainables.kinds import CellInputs, body
 from trainables.losses import ThreeHeadLoss
@@ -101,8 +112,9 @@ def train_tail(inputs: CellInputs, student: nn.Module, td: _TrainData, ctx: Stag
     tail = _Tail(student.trunk, student.heads)
     model = ctx.wrap_model(tail)
     optim = adam([p for p in tail.parameters() if p.requires_grad], tr["lr"])
-    task = ThreeHeadLoss(alpha=tr["alpha"], tau=tr["tau"], self_distill_weight=tr["self_distill"],
-                         use_kd=(method == Method.ours))
+    task = ThreeHeadLoss(
+        alpha=tr["alpha"], tau=tr["tau"], self_distill_weight=tr["self_distill"], use_kd=(method == Method.ours)
+    )
 
     def batches(_epoch: int):
         # the clean partner of every augmented batch: one permutation per epoch, drawn before the batch order
@@ -132,8 +144,9 @@ def train_tail(inputs: CellInputs, student: nn.Module, td: _TrainData, ctx: Stag
 
 
 @body("cell")
-def run_cell(inputs: CellInputs, deps: dict[str, Path], out: Path, ctx: StageContext,
-             use_cache: bool = True) -> dict[str, float]:
+def run_cell(
+    inputs: CellInputs, deps: dict[str, Path], out: Path, ctx: StageContext, use_cache: bool = True
+) -> dict[str, float]:
     """Distil (or run the baseline) and evaluate; writes the tail's state to `out/tail.pt`."""
     method = inputs.method
     t0 = time.perf_counter()
@@ -141,8 +154,7 @@ def run_cell(inputs: CellInputs, deps: dict[str, Path], out: Path, ctx: StageCon
         return evaluate_full(inputs, deps)
     bundles_meta = load_bundles(deps["eval"]) if "student" not in deps else None
     classes = (bundles_meta or {}).get("classes") or model_classes(deps["student"])
-    student = student_from_deps(inputs.model, inputs.data["image_size"], deps, classes,
-                                inputs.train["dropout"]).eval()
+    student = student_from_deps(inputs.model, inputs.data["image_size"], deps, classes, inputs.train["dropout"]).eval()
     use_cache = use_cache and "features" in deps
     orig_trunk = copy.deepcopy(student.trunk).eval()
     metrics: dict[str, float] = {}
@@ -159,7 +171,12 @@ def run_cell(inputs: CellInputs, deps: dict[str, Path], out: Path, ctx: StageCon
         counts = student.param_counts()
         metrics.update({"params/tuned": float(counts["tuned"]), "params/total": float(counts["total"])})
     if "teacher" in deps:
-        metrics.update({f"teacher/{k}": v for k, v in read_metrics(deps["teacher"]).items()
-                        if k in ("acc/clean", "acc/c", "fp/mean", "acc/pool") or k.startswith("fp/")})
+        metrics.update(
+            {
+                f"teacher/{k}": v
+                for k, v in read_metrics(deps["teacher"]).items()
+                if k in ("acc/clean", "acc/c", "fp/mean", "acc/pool") or k.startswith("fp/")
+            }
+        )
     metrics["time/cell_s"] = time.perf_counter() - t0
     return metrics

@@ -17,9 +17,10 @@ A *predictor* maps a batch of `x` (and optionally `subset=`, the allowed class i
 {name: (B,) int64}, class indices of the full label space; names like `main`, `ours`, `wo_kld`,
 `head_clean`, and `chosen/<rule>` (the head a rule picked, for F_correct) are turned into metric names here.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -65,8 +66,9 @@ def _name(pred_name: str, set_name: str, main: str) -> str | None:
     return f"acc/{pred_name}/{set_name}"
 
 
-def _score(preds: dict[str, Tensor], y: Tensor, set_name: str, main: str, expected_head: int,
-           targets: Tensor | None = None) -> dict[str, float]:
+def _score(
+    preds: dict[str, Tensor], y: Tensor, set_name: str, main: str, expected_head: int, targets: Tensor | None = None
+) -> dict[str, float]:
     m: dict[str, float] = {}
     for k, v in preds.items():
         name = _name(k, set_name, main)
@@ -77,8 +79,14 @@ def _score(preds: dict[str, Tensor], y: Tensor, set_name: str, main: str, expect
     return m
 
 
-def eval_set(predict: Predictor, bundle: dict, set_name: str, main: str = "main", batch_size: int = 256,
-             expected_head: int = UNCLEAN_HEAD) -> dict[str, float]:
+def eval_set(
+    predict: Predictor,
+    bundle: dict,
+    set_name: str,
+    main: str = "main",
+    batch_size: int = 256,
+    expected_head: int = UNCLEAN_HEAD,
+) -> dict[str, float]:
     """Accuracy (and F_correct) on one flat set; logits masked to `class_subset` when the bundle has one."""
     preds = _predict(predict, bundle["x"], batch_size, bundle.get("class_subset"))
     return _score(preds, bundle["y"], set_name, main, expected_head, _targets(bundle))
@@ -88,8 +96,9 @@ def eval_clean(predict: Predictor, bundle: dict, main: str = "main", batch_size:
     return eval_set(predict, bundle, "clean", main, batch_size, CLEAN_HEAD)
 
 
-def eval_c(predict: Predictor, bundle: dict, main: str = "main", batch_size: int = 256,
-           set_name: str = "c") -> dict[str, float]:
+def eval_c(
+    predict: Predictor, bundle: dict, main: str = "main", batch_size: int = 256, set_name: str = "c"
+) -> dict[str, float]:
     """Accuracy per corruption and severity, per corruption, and the mean over all 75 (the paper's IN-C number)."""
     x, y, names = bundle["x"], bundle["y"], bundle["corruptions"]
     subset, targets = bundle.get("class_subset"), _targets(bundle)
@@ -109,8 +118,9 @@ def eval_c(predict: Predictor, bundle: dict, main: str = "main", batch_size: int
     return out
 
 
-def p_flip_probabilities(predict: Predictor, bundle: dict, main: str = "main",
-                         batch_size: int = 256) -> dict[str, float]:
+def p_flip_probabilities(
+    predict: Predictor, bundle: dict, main: str = "main", batch_size: int = 256
+) -> dict[str, float]:
     """FP per perturbation from the top-1 predictions of `main` over each sequence (method.md §6)."""
     x, names = bundle["x"], bundle["perturbations"]
     out: dict[str, float] = {}
@@ -148,9 +158,16 @@ def linear_probe(train_z: Tensor, train_y: Tensor, test_z: Tensor, test_y: Tenso
     return float((clf.predict(scaler.transform(te)) == test_y.numpy()).mean())
 
 
-def evaluate_suites(predict: Predictor, bundles: dict, suites: list[str], main: str = "main",
-                    reference_fp: dict[str, float] | None = None, embed: Callable[[Tensor], Tensor] | None = None,
-                    transfer_name: str = "digits", batch_size: int = 256) -> dict[str, float]:
+def evaluate_suites(
+    predict: Predictor,
+    bundles: dict,
+    suites: list[str],
+    main: str = "main",
+    reference_fp: dict[str, float] | None = None,
+    embed: Callable[[Tensor], Tensor] | None = None,
+    transfer_name: str = "digits",
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Every requested suite present in `bundles`; suites without data are skipped (tables show "—")."""
     out: dict[str, float] = {}
     if "clean" in suites and "clean" in bundles:
@@ -177,6 +194,8 @@ def evaluate_suites(predict: Predictor, bundles: dict, suites: list[str], main: 
 
 def classifier_predictor(model: torch.nn.Module, device: torch.device | None = None) -> Predictor:
     """Image classifier -> predictor with one prediction, `main` (argmax over `subset` when given)."""
+
     def predict(x: Tensor, subset: Tensor | None = None) -> dict[str, Tensor]:
         return {"main": restricted_argmax(model(x.to(device) if device is not None else x), subset)}
+
     return predict

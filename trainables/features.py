@@ -1,9 +1,11 @@
 """Stages that run a frozen network once so cells never do: the student's frozen part over every image
 (`extract_features`) and the robust teacher's logits over the training images (`teacher_targets`)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,8 +22,10 @@ def encode_bundles(fn: Callable[[Tensor], Tensor], bundles: dict[str, Any]) -> d
         if not isinstance(b, dict):
             out[name] = b
             continue
-        out[name] = {k: (apply_chunked(fn, v, item_dims=3) if torch.is_tensor(v) and v.dtype == torch.uint8 else v)
-                     for k, v in b.items()}
+        out[name] = {
+            k: (apply_chunked(fn, v, item_dims=3) if torch.is_tensor(v) and v.dtype == torch.uint8 else v)
+            for k, v in b.items()
+        }
     return out
 
 
@@ -34,9 +38,11 @@ def extract_features(inputs: FeaturesInputs, deps: dict[str, Path], out: Path, c
     size = bundles["clean"]["x"].shape[-1]
     s = student_from_deps(inputs.model, size, deps, bundles["classes"], inputs.dropout).eval()
     with Timer() as t:
-        feats = {"train": encode_bundles(s.encode, {"t": pool["train"]})["t"],
-                 "pool": encode_bundles(s.encode, {"p": pool["pool"]})["p"],
-                 "eval": encode_bundles(s.encode, bundles)}
+        feats = {
+            "train": encode_bundles(s.encode, {"t": pool["train"]})["t"],
+            "pool": encode_bundles(s.encode, {"p": pool["pool"]})["p"],
+            "eval": encode_bundles(s.encode, bundles),
+        }
     save(feats, out / "features.pt")
     return {"time/stage_s": t.s, "features/dim": float(feats["train"]["x"][0].numel())}
 
@@ -47,7 +53,9 @@ def teacher_targets(inputs: TargetsInputs, deps: dict[str, Path], out: Path, ctx
     net = load_model_folder(deps["teacher"]).eval()
     pool = load_pool(deps["pool"])
     with Timer() as t:
-        targets = {"train": apply_chunked(net, pool["train"]["x"], item_dims=3),
-                   "pool": apply_chunked(net, pool["pool"]["x"], item_dims=3)}
+        targets = {
+            "train": apply_chunked(net, pool["train"]["x"], item_dims=3),
+            "pool": apply_chunked(net, pool["pool"]["x"], item_dims=3),
+        }
     save(targets, out / "targets.pt")
     return {"time/stage_s": t.s}

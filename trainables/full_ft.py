@@ -1,6 +1,7 @@
 """Complete fine-tuning (the `full_finetune` stage), and the evaluation of the two cells built on it: `full_ft`
 (the fine-tuned student) and `wise_ft` (its weight-space ensemble with the original). Both train the frozen part
 too, so neither can use cached features: they are evaluated from images."""
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,17 @@ from torch import Tensor
 
 from trainables.artifacts import load_bundles, load_pool, student_from_deps
 from trainables.augment import sample_fraction
-from trainables.common import (StageContext, Timer, iterate_minibatches, load, precise_bn, read_metrics, save,
-                               seed_everything, to_float)
+from trainables.common import (
+    StageContext,
+    Timer,
+    iterate_minibatches,
+    load,
+    precise_bn,
+    read_metrics,
+    save,
+    seed_everything,
+    to_float,
+)
 from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.kinds import CellInputs, FullFinetuneInputs, body
 from trainables.train_loop import adam, run_epochs
@@ -34,17 +44,28 @@ def full_finetune(inputs: FullFinetuneInputs, deps: dict[str, Path], out: Path, 
     y = torch.cat([pool["train"]["y"][ci], pool["pool"]["y"][pi]])
     student.set_frozen_trainable(True)
     g = seed_everything(seed)
-    optim = adam([p for n, p in student.named_parameters()
-                  if p.requires_grad and not n.startswith(("original_tail.", "heads.clean", "heads.unclean"))],
-                 tr["full_ft_lr"])
+    optim = adam(
+        [
+            p
+            for n, p in student.named_parameters()
+            if p.requires_grad and not n.startswith(("original_tail.", "heads.clean", "heads.unclean"))
+        ],
+        tr["full_ft_lr"],
+    )
 
     def step(idx: Tensor, _step: int) -> tuple[Tensor, dict[str, Tensor]]:
         loss = F.cross_entropy(student(to_float(x[idx]), head="combined"), y[idx])
         return loss, {"loss": loss.detach()}
 
     with Timer() as t:
-        run_epochs(student, optim, tr["full_ft_epochs"] or tr["epochs"],
-                   lambda _: iterate_minibatches(len(x), tr["batch_size"], g), step, ctx)
+        run_epochs(
+            student,
+            optim,
+            tr["full_ft_epochs"] or tr["epochs"],
+            lambda _: iterate_minibatches(len(x), tr["batch_size"], g),
+            step,
+            ctx,
+        )
         precise_bn(student, x, lambda z: student(z, head="combined"))
     student.set_frozen_trainable(False)
     student.eval()
@@ -63,15 +84,21 @@ def evaluate_full(inputs: CellInputs, deps: dict[str, Path]) -> dict[str, float]
     if inputs.method == Method.wise_ft:  # weight-space ensemble of the original and the fine-tuned model
         w = tr["wise_alpha"]
         sd0, sd1 = base.state_dict(), tuned.state_dict()
-        tuned.load_state_dict({k: (1 - w) * sd0[k] + w * sd1[k] if sd0[k].is_floating_point() else sd1[k]
-                               for k in sd0})
+        tuned.load_state_dict({k: (1 - w) * sd0[k] + w * sd1[k] if sd0[k].is_floating_point() else sd1[k] for k in sd0})
     tuned.eval()
     net = lambda x: tuned(x, head="combined")  # noqa: E731
     with torch.no_grad():
-        metrics = evaluate_suites(classifier_predictor(net), bundles, inputs.eval,
-                                  embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1))
+        metrics = evaluate_suites(
+            classifier_predictor(net), bundles, inputs.eval, embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1)
+        )
     ft = read_metrics(deps["full_ft"])
     counts = tuned.param_counts()
-    metrics.update({"time/train_s": 0.0, "time/full_ft_s": ft.get("time/train_s", 0.0),
-                    "params/tuned": float(counts["total"]), "params/total": float(counts["total"])})
+    metrics.update(
+        {
+            "time/train_s": 0.0,
+            "time/full_ft_s": ft.get("time/train_s", 0.0),
+            "params/tuned": float(counts["total"]),
+            "params/total": float(counts["total"]),
+        }
+    )
     return metrics

@@ -9,6 +9,7 @@ Memory: sets are held in memory as uint8, 150 kB per image at 224 px; all of Ima
 ~190 GB) does not fit, so `data.n_train` bounds the clean train split (and `data.n_test` the val split and every
 shift/transfer set; `data.c_per_cell` and `data.p_sequences` bound C and P). None reads everything.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,18 @@ import torch
 from torch import Tensor
 
 from trainables import shifts
-from trainables.data import (IMAGE_EXTENSIONS, ImageSet, class_subset, image_to_uint8, list_images, load_folder,
-                             read_image, read_images, seeded_subset, video_decoder)
+from trainables.data import (
+    IMAGE_EXTENSIONS,
+    ImageSet,
+    class_subset,
+    image_to_uint8,
+    list_images,
+    load_folder,
+    read_image,
+    read_images,
+    seeded_subset,
+    video_decoder,
+)
 
 TRANSFER_SETS = ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100", "fgvc_aircraft", "sun397")
 OBJECTNET_MAPPING_KEY = "objectnet_mapping"  # data.roots entry: JSON {objectnet folder: [wnid, ...]}
@@ -78,8 +89,10 @@ def imagenet_split(d: dict[str, Any], seed: int) -> tuple[ImageSet, ImageSet]:
 def _c_cell(root: Path, corruption: str, severity: int) -> Path:
     cell = root / corruption / str(severity)
     if not cell.is_dir():
-        raise PaperDataError(f"data.roots.imagenet_c = {root} has no folder {corruption}/{severity}; needs all 15 "
-                             f"corruptions x severities 1-5: {', '.join(shifts.CORRUPTIONS)}")
+        raise PaperDataError(
+            f"data.roots.imagenet_c = {root} has no folder {corruption}/{severity}; needs all 15 "
+            f"corruptions x severities 1-5: {', '.join(shifts.CORRUPTIONS)}"
+        )
     return cell
 
 
@@ -99,8 +112,9 @@ def imagenet_c_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
             cell = _c_cell(root, corruption, severity)
             for k, r in enumerate(rel):
                 if not (cell / r).is_file():
-                    raise PaperDataError(f"ImageNet-C image missing: {cell / r} (every cell must hold the images "
-                                         f"of {first})")
+                    raise PaperDataError(
+                        f"ImageNet-C image missing: {cell / r} (every cell must hold the images of {first})"
+                    )
                 x[ci, si, k] = read_image(cell / r, size)
     y = torch.tensor([index[r.parts[0]] for r in rel], dtype=torch.int64)
     return {"x": x, "y": y, "corruptions": list(shifts.CORRUPTIONS)}
@@ -130,8 +144,10 @@ def read_video_frames(path: Path, n_frames: int, size: int) -> Tensor:
 
     decoder = video_decoder()
     if decoder is None:
-        raise PaperDataError(f"cannot decode {path}: no video decoder installed (PyAV for torchvision, or OpenCV); "
-                             f"extract its frames to {path.with_suffix('')}/<n>.png")
+        raise PaperDataError(
+            f"cannot decode {path}: no video decoder installed (PyAV for torchvision, or OpenCV); "
+            f"extract its frames to {path.with_suffix('')}/<n>.png"
+        )
     frames: list[np.ndarray] = []
     if decoder == "torchvision":
         import torchvision.io as tio
@@ -160,8 +176,9 @@ def _read_sequence(folder: Path, seq: str, n_frames: int, size: int) -> Tensor:
     if frames_dir.is_dir():
         frames = sorted((p for p in frames_dir.iterdir() if p.suffix in IMAGE_EXTENSIONS), key=_frame_key)
         if len(frames) < n_frames:
-            raise PaperDataError(f"{frames_dir} has {len(frames)} frames; data.p_frames = {n_frames} needs at "
-                                 "least that many")
+            raise PaperDataError(
+                f"{frames_dir} has {len(frames)} frames; data.p_frames = {n_frames} needs at least that many"
+            )
         return read_images(frames[:n_frames], size)
     if video.is_file():
         return read_video_frames(video, n_frames, size)
@@ -176,14 +193,15 @@ def imagenet_p_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
     common: set[str] | None = None
     for pert in shifts.TEST_PERTURBATIONS:
         if not (root / pert).is_dir():
-            raise PaperDataError(f"data.roots.imagenet_p = {root} has no folder {pert}/; needs the 10 test "
-                                 f"perturbations: {', '.join(shifts.TEST_PERTURBATIONS)}")
+            raise PaperDataError(
+                f"data.roots.imagenet_p = {root} has no folder {pert}/; needs the 10 test "
+                f"perturbations: {', '.join(shifts.TEST_PERTURBATIONS)}"
+            )
         ids = {s for s in _sequence_ids(root / pert) if s.split("/")[0] in index}
         common = ids if common is None else common & ids
     seqs = sorted(common or ())
     if not seqs:
-        raise PaperDataError(f"data.roots.imagenet_p = {root}: no <wnid>/<sequence> is present in all 10 "
-                             "perturbations")
+        raise PaperDataError(f"data.roots.imagenet_p = {root}: no <wnid>/<sequence> is present in all 10 perturbations")
     seqs = [seqs[i] for i in seeded_subset(len(seqs), d["p_sequences"], seed + 7)]
     x = torch.empty(len(shifts.TEST_PERTURBATIONS), len(seqs), n, 3, size, size, dtype=torch.uint8)
     for pi, pert in enumerate(shifts.TEST_PERTURBATIONS):
@@ -210,8 +228,9 @@ def v2_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str, Any]:
     root = root_of(d, "imagenet_v2")
     bad = [n for n in _subdirs(root) if not (n.isdigit() and int(n) < len(wnids))]
     if bad:
-        raise PaperDataError(f"data.roots.imagenet_v2 = {root}: folder {bad[0]!r} is not a class index "
-                             f"0..{len(wnids) - 1}")
+        raise PaperDataError(
+            f"data.roots.imagenet_v2 = {root}: folder {bad[0]!r} is not a class index 0..{len(wnids) - 1}"
+        )
     s = _read_split(root, [str(i) for i in range(len(wnids))], d["image_size"], d.get("n_test"), seed)
     return _bundle(s)
 
@@ -236,9 +255,11 @@ def objectnet_mapping(d: dict[str, Any]) -> dict[str, list[str]]:
     113 shared classes map many-to-one onto ImageNet classes and that table ships with ObjectNet, not with us."""
     path = (d.get("roots") or {}).get(OBJECTNET_MAPPING_KEY)
     if not path or not Path(path).is_file():
-        raise PaperDataError(f"ObjectNet needs data.roots.{OBJECTNET_MAPPING_KEY}: a JSON file "
-                             "{objectnet folder: [wnid, ...]} for its 113 ImageNet classes; got "
-                             f"{path or 'nothing'}")
+        raise PaperDataError(
+            f"ObjectNet needs data.roots.{OBJECTNET_MAPPING_KEY}: a JSON file "
+            "{objectnet folder: [wnid, ...]} for its 113 ImageNet classes; got "
+            f"{path or 'nothing'}"
+        )
     try:
         mapping = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
@@ -260,8 +281,9 @@ def objectnet_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str
     index = {w: i for i, w in enumerate(wnids)}
     unknown = [w for ws in mapping.values() for w in ws if w not in index]
     if unknown:
-        raise PaperDataError(f"data.roots.{OBJECTNET_MAPPING_KEY}: {unknown[0]!r} is not a wnid of "
-                             f"data.roots.imagenet/train")
+        raise PaperDataError(
+            f"data.roots.{OBJECTNET_MAPPING_KEY}: {unknown[0]!r} is not a wnid of data.roots.imagenet/train"
+        )
     folders = sorted(mapping)
     on = load_folder(root, d["image_size"], folders, d.get("n_test"), seed)  # labels index `folders`
     first = torch.tensor([index[mapping[f][0]] for f in folders], dtype=torch.int64)
@@ -273,8 +295,12 @@ def objectnet_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str
 def objectnet_c_bundle(objectnet: dict[str, Any], d: dict[str, Any], seed: int) -> dict[str, Any]:
     """ObjectNet-C: the 15 x 5 C corruptions applied to (a `c_per_cell` subset of) ObjectNet, as in the paper."""
     cs = shifts.build_c_set(ImageSet(objectnet["x"], objectnet["y"], []), seed=seed, n_per_cell=d["c_per_cell"])
-    return {"x": cs.images, "y": cs.labels, "corruptions": list(cs.corruptions),
-            **{k: objectnet[k] for k in ("class_subset", "class_target") if k in objectnet}}
+    return {
+        "x": cs.images,
+        "y": cs.labels,
+        "corruptions": list(cs.corruptions),
+        **{k: objectnet[k] for k in ("class_subset", "class_target") if k in objectnet},
+    }
 
 
 def shift_bundles(d: dict[str, Any], suites: list[str], wnids: list[str], seed: int) -> dict[str, Any]:
@@ -282,8 +308,11 @@ def shift_bundles(d: dict[str, Any], suites: list[str], wnids: list[str], seed: 
     out: dict[str, Any] = {}
     if "v2" in suites:
         out["v2"] = v2_bundle(d, wnids, seed)
-    for suite, name, masked in (("r", "imagenet_r", True), ("a", "imagenet_a", True),
-                                ("sketch", "imagenet_sketch", False)):
+    for suite, name, masked in (
+        ("r", "imagenet_r", True),
+        ("a", "imagenet_a", True),
+        ("sketch", "imagenet_sketch", False),
+    ):
         if suite in suites:
             out[suite] = wnid_set_bundle(d, name, wnids, seed, masked)
     if "objectnet" in suites or "objectnet_c" in suites:
@@ -314,6 +343,11 @@ def transfer_bundles(d: dict[str, Any], seed: int) -> dict[str, Any]:
         classes = _subdirs(root / "train")
         tr = _read_split(root / "train", classes, d["image_size"], d.get("n_train"), seed)
         te = _read_split(test_dir, classes, d["image_size"], d.get("n_test"), seed + 1)
-        out[f"transfer/{name}"] = {"train_x": tr.images, "train_y": tr.labels, "test_x": te.images,
-                                   "test_y": te.labels, "name": name}
+        out[f"transfer/{name}"] = {
+            "train_x": tr.images,
+            "train_y": tr.labels,
+            "test_x": te.images,
+            "test_y": te.labels,
+            "name": name,
+        }
     return out

@@ -211,8 +211,7 @@ def predict_all(
     mc = {h: mc_head_probs(heads[h], z, n_samples, max_rows) for h in (clean, unclean)}
     head_pred = {h: p.argmax(dim=-1) for h, p in det.items()}
     chosen = {
-        rule: select_head(mc[clean], mc[unclean], det[combined], rule, lam,
-                          p_clean=det[clean], p_unclean=det[unclean])
+        rule: select_head(mc[clean], mc[unclean], det[combined], rule, lam, p_clean=det[clean], p_unclean=det[unclean])
         for rule in SELECTION_RULES
     }
     pred = {rule: torch.where(c == CLEAN, head_pred[clean], head_pred[unclean]) for rule, c in chosen.items()}

@@ -16,12 +16,14 @@ Why no torch here: the driver plans, prices and validates from this module befor
 Why dataclasses whose sub-sections are plain dicts: the sections (`data`, `train`, `pool`, ...) are the spec's
 already-validated pydantic sections dumped to JSON; the stage must hash and receive exactly those values.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from trainables.vocab import Method
 
@@ -222,27 +224,89 @@ class Kind:
 
 _UP_EVAL = {"eval": "build_eval_sets"}
 _UP_STUDENT = {"student": "pretrain_student"}
-KINDS: dict[str, Kind] = {k.name: k for k in (  # dependency order: every kind after the kinds it reads
-    Kind("build_eval_sets", 2, EvalSetsInputs, {}, _eval_sets_cost,
-         doc="clean test set, C set, P sequences, transfer split(s), ImageNet shift sets"),
-    Kind("build_pool", 1, PoolInputs, {}, _pool_cost, doc="DeepAugment AE + Noise2Net + AugMix images"),
-    Kind("pretrain_student", 4, PretrainInputs, {}, _pretrain_cost,
-         doc="the student trained on clean data, where the profile gives no weights"),
-    Kind("naive_teacher", 4, TeacherInputs, _UP_EVAL, _naive_cost,
-         doc="clean-only teacher (Table 6, and the flip-rate reference)"),
-    Kind("robustify_teacher", 4, TeacherInputs, {"pool": "build_pool", **_UP_EVAL}, _robust_cost, pipeline=True,
-         doc="AugMix + JSD on clean + pool images"),
-    Kind("extract_features", 2, FeaturesInputs, {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT}, _features_cost,
-         pipeline=True, doc="the student's frozen part over the clean split, the pool and every eval set, once"),
-    Kind("teacher_targets", 2, TargetsInputs, {"teacher": "robustify_teacher", "pool": "build_pool"}, _targets_cost,
-         pipeline=True, doc="the robust teacher's logits on the clean split and the pool"),
-    Kind("full_finetune", 3, FullFinetuneInputs, {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT}, _full_ft_cost,
-         pipeline=True, doc="complete fine-tuning, shared by full_ft and wise_ft"),
-    Kind("cell", 3, CellInputs, {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT, "features": "extract_features",
-                                 "teacher": "robustify_teacher", "targets": "teacher_targets",
-                                 "naive_teacher": "naive_teacher", "full_ft": "full_finetune"}, _cell_cost,
-         doc="distil (or a baseline) + evaluate: one grid point, run as a Ray Tune trial"),
-)}
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (  # dependency order: every kind after the kinds it reads
+        Kind(
+            "build_eval_sets",
+            2,
+            EvalSetsInputs,
+            {},
+            _eval_sets_cost,
+            doc="clean test set, C set, P sequences, transfer split(s), ImageNet shift sets",
+        ),
+        Kind("build_pool", 1, PoolInputs, {}, _pool_cost, doc="DeepAugment AE + Noise2Net + AugMix images"),
+        Kind(
+            "pretrain_student",
+            4,
+            PretrainInputs,
+            {},
+            _pretrain_cost,
+            doc="the student trained on clean data, where the profile gives no weights",
+        ),
+        Kind(
+            "naive_teacher",
+            4,
+            TeacherInputs,
+            _UP_EVAL,
+            _naive_cost,
+            doc="clean-only teacher (Table 6, and the flip-rate reference)",
+        ),
+        Kind(
+            "robustify_teacher",
+            4,
+            TeacherInputs,
+            {"pool": "build_pool", **_UP_EVAL},
+            _robust_cost,
+            pipeline=True,
+            doc="AugMix + JSD on clean + pool images",
+        ),
+        Kind(
+            "extract_features",
+            2,
+            FeaturesInputs,
+            {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT},
+            _features_cost,
+            pipeline=True,
+            doc="the student's frozen part over the clean split, the pool and every eval set, once",
+        ),
+        Kind(
+            "teacher_targets",
+            2,
+            TargetsInputs,
+            {"teacher": "robustify_teacher", "pool": "build_pool"},
+            _targets_cost,
+            pipeline=True,
+            doc="the robust teacher's logits on the clean split and the pool",
+        ),
+        Kind(
+            "full_finetune",
+            3,
+            FullFinetuneInputs,
+            {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT},
+            _full_ft_cost,
+            pipeline=True,
+            doc="complete fine-tuning, shared by full_ft and wise_ft",
+        ),
+        Kind(
+            "cell",
+            3,
+            CellInputs,
+            {
+                "pool": "build_pool",
+                **_UP_EVAL,
+                **_UP_STUDENT,
+                "features": "extract_features",
+                "teacher": "robustify_teacher",
+                "targets": "teacher_targets",
+                "naive_teacher": "naive_teacher",
+                "full_ft": "full_finetune",
+            },
+            _cell_cost,
+            doc="distil (or a baseline) + evaluate: one grid point, run as a Ray Tune trial",
+        ),
+    )
+}
 CELL = "cell"
 PIPELINE_KINDS = tuple(k.name for k in KINDS.values() if k.pipeline)
 
@@ -257,6 +321,7 @@ def body(name: str) -> Callable[[Body], Body]:
     def deco(fn: Body) -> Body:
         BODIES[name] = fn
         return fn
+
     return deco
 
 

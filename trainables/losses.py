@@ -271,9 +271,7 @@ def unclean_head_loss(
     return (1.0 - alpha) * F.cross_entropy(logits, y) + alpha * kd_loss(logits, teacher_logits, tau)
 
 
-def combined_head_loss(
-    logits: Tensor, teacher_logits: Tensor, original_logits: Tensor, tau: float = 1.0
-) -> Tensor:
+def combined_head_loss(logits: Tensor, teacher_logits: Tensor, original_logits: Tensor, tau: float = 1.0) -> Tensor:
     """Combined head on clean ∪ augmented images: distil from the per-sample less uncertain source.
 
     Args:
@@ -344,8 +342,9 @@ class ThreeHeadLoss:
         z_unclean = _need(head_logits, "unclean", 1)
         z_combined = torch.cat([_need(head_logits, "combined", 0), _need(head_logits, "combined", 1)])
         if self.use_kd:
-            parts = self._kd_parts(z_clean, z_unclean, z_combined, y_clean, y_aug,
-                                   teacher_clean, teacher_aug, s0_clean, s0_aug)
+            parts = self._kd_parts(
+                z_clean, z_unclean, z_combined, y_clean, y_aug, teacher_clean, teacher_aug, s0_clean, s0_aug
+            )
         else:
             parts = {
                 "clean": F.cross_entropy(z_clean, y_clean),
@@ -367,15 +366,20 @@ class ThreeHeadLoss:
         s0_clean: Tensor | None,
         s0_aug: Tensor | None,
     ) -> dict[str, Tensor]:
-        for name, t in (("teacher_clean", teacher_clean), ("teacher_aug", teacher_aug),
-                        ("s0_clean", s0_clean), ("s0_aug", s0_aug)):
+        for name, t in (
+            ("teacher_clean", teacher_clean),
+            ("teacher_aug", teacher_aug),
+            ("s0_clean", s0_clean),
+            ("s0_aug", s0_aug),
+        ):
             if t is None:
                 raise ValueError(f"ThreeHeadLoss(use_kd=True) needs {name}")
         return {
             "clean": clean_head_loss(z_clean, y_clean, s0_clean, self.self_distill_weight, self.tau),
             "unclean": unclean_head_loss(z_unclean, y_aug, teacher_aug, self.alpha, self.tau),
-            "combined": combined_head_loss(z_combined, torch.cat([teacher_clean, teacher_aug]),
-                                           torch.cat([s0_clean, s0_aug]), self.tau),
+            "combined": combined_head_loss(
+                z_combined, torch.cat([teacher_clean, teacher_aug]), torch.cat([s0_clean, s0_aug]), self.tau
+            ),
         }
 
 

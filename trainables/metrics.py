@@ -28,8 +28,16 @@ __all__ = [
 
 #: The 10 ImageNet-P test perturbations over which mFR is averaged (Hendrycks & Dietterich 2019), in §6's order.
 Perturbation = Literal[
-    "gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow",
-    "brightness", "translate", "rotate", "tilt", "scale",
+    "gaussian_noise",
+    "shot_noise",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "brightness",
+    "translate",
+    "rotate",
+    "tilt",
+    "scale",
 ]
 TEST_PERTURBATIONS: tuple[str, ...] = get_args(Perturbation)
 #: Perturbations whose frames are independent noise draws around one clean frame, not a continuous sequence.
@@ -58,8 +66,9 @@ def accuracy(logits_or_preds: np.ndarray | torch.Tensor, y: np.ndarray | torch.T
     scores, labels = _to_numpy(logits_or_preds), _to_numpy(y)
     preds = scores.argmax(axis=-1) if scores.ndim == 2 else scores
     if preds.ndim != 1 or labels.ndim != 1:
-        raise ValueError(f"accuracy: expected (N, C) or (N,) predictions and (N,) labels, "
-                         f"got {scores.shape} and {labels.shape}")
+        raise ValueError(
+            f"accuracy: expected (N, C) or (N,) predictions and (N,) labels, got {scores.shape} and {labels.shape}"
+        )
     if len(preds) != len(labels) or len(labels) == 0:
         raise ValueError(f"accuracy: need equally many (>0) predictions and labels, got {len(preds)} and {len(labels)}")
     return float((preds == labels).mean())

@@ -9,11 +9,13 @@ metrics are also written to `out/metrics.json`. Nothing here knows about Ray or 
 Why this module imports every body module: a body registers when its module is imported, so importing the
 dispatcher is what makes `BODIES` complete, with no import inside a function.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -22,8 +24,9 @@ from trainables.common import StageContext, write_metrics
 from trainables.kinds import BODIES, StageInputs, get_kind
 
 
-def run_stage(kind: str, inputs: StageInputs | Mapping[str, Any], deps: dict[str, Path], out: Path,
-              ctx: StageContext) -> dict[str, float]:
+def run_stage(
+    kind: str, inputs: StageInputs | Mapping[str, Any], deps: dict[str, Path], out: Path, ctx: StageContext
+) -> dict[str, float]:
     """Run one stage into `out` and write its metrics.json.
 
     Args:

@@ -2,6 +2,7 @@
 
 Both are plain tensors of uint8 images written once per seed; nothing here trains a classifier.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,13 @@ def _embedded_eval_bundles(d: dict, suites: list[str], test: data.ImageSet, seed
         bundles["p"] = {"x": ps.images, "y": ps.labels, "perturbations": list(ps.perturbations)}
     if "transfer" in suites:
         tr, te = data.load_digits_transfer(seed=SPLIT_SEED, size=d["image_size"])
-        bundles["transfer"] = {"train_x": tr.images, "train_y": tr.labels, "test_x": te.images,
-                               "test_y": te.labels, "name": "digits"}
+        bundles["transfer"] = {
+            "train_x": tr.images,
+            "train_y": tr.labels,
+            "test_x": te.images,
+            "test_y": te.labels,
+            "name": "digits",
+        }
     return bundles
 
 
@@ -64,10 +70,21 @@ def build_pool(inputs: PoolInputs, deps: dict[str, Path], out: Path, ctx: StageC
     with Timer() as t:
         train, _ = source_split(d)
         ae, report = augment.train_autoencoder(train.images, epochs=p["ae_epochs"], seed=seed)
-        cfg = augment.PoolConfig(n_images=p["n_images"], augmix_prob=p["augmix_prob"],
-                                 noise2net_share=p["noise2net_share"])
+        cfg = augment.PoolConfig(
+            n_images=p["n_images"], augmix_prob=p["augmix_prob"], noise2net_share=p["noise2net_share"]
+        )
         pool = augment.build_pool(train, ae, seed=seed, cfg=cfg)
-        save({"train": {"x": train.images, "y": train.labels}, "pool": {"x": pool.images, "y": pool.labels},
-              "classes": list(train.classes)}, out / "pool.pt")
-    return {"time/stage_s": t.s, "ae/recon_mse": float(report["recon_mse"]),
-            "ae/mean_image_mse": float(report["mean_image_mse"]), "pool/n_images": float(len(pool))}
+        save(
+            {
+                "train": {"x": train.images, "y": train.labels},
+                "pool": {"x": pool.images, "y": pool.labels},
+                "classes": list(train.classes),
+            },
+            out / "pool.pt",
+        )
+    return {
+        "time/stage_s": t.s,
+        "ae/recon_mse": float(report["recon_mse"]),
+        "ae/mean_image_mse": float(report["mean_image_mse"]),
+        "pool/n_images": float(len(pool)),
+    }

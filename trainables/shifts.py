@@ -4,6 +4,7 @@ Both are generated once per seed and stored (uint8), so every model of a sweep i
 C uses `imagecorruptions` (the imaug fork; inputs must be >= 32 px). P follows ImageNet-P's recipe at small scale:
 each sequence starts from a clean test image (frame 1) and changes it a little per frame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,41 +16,65 @@ from torch import Tensor
 
 from trainables.data import ImageSet
 
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 SEVERITIES = (1, 2, 3, 4, 5)
 SEEDED = ("impulse_noise", "glass_blur")  # imagecorruptions functions that take an explicit seed
-TEST_PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness",
-                      "translate", "rotate", "tilt", "scale")
+TEST_PERTURBATIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "brightness",
+    "translate",
+    "rotate",
+    "tilt",
+    "scale",
+)
 NOISE_PERTURBATIONS = ("gaussian_noise", "shot_noise")
 
 
 @dataclass
 class CSet:
-    images: Tensor                 # uint8 (15, 5, N, 3, H, W)
-    labels: Tensor                 # (N,)
+    images: Tensor  # uint8 (15, 5, N, 3, H, W)
+    labels: Tensor  # (N,)
     corruptions: tuple[str, ...] = CORRUPTIONS
 
     def to_state(self) -> dict:
         return {"images": self.images, "labels": self.labels, "corruptions": list(self.corruptions)}
 
     @classmethod
-    def from_state(cls, s: dict) -> "CSet":
+    def from_state(cls, s: dict) -> CSet:
         return cls(s["images"], s["labels"], tuple(s["corruptions"]))
 
 
 @dataclass
 class PSet:
-    images: Tensor                 # uint8 (10, m, n, 3, H, W)
-    labels: Tensor                 # (m,)
+    images: Tensor  # uint8 (10, m, n, 3, H, W)
+    labels: Tensor  # (m,)
     perturbations: tuple[str, ...] = TEST_PERTURBATIONS
 
     def to_state(self) -> dict:
         return {"images": self.images, "labels": self.labels, "perturbations": list(self.perturbations)}
 
     @classmethod
-    def from_state(cls, s: dict) -> "PSet":
+    def from_state(cls, s: dict) -> PSet:
         return cls(s["images"], s["labels"], tuple(s["perturbations"]))
 
 
@@ -74,8 +99,11 @@ def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None) -> CSe
                 # two corruptions draw from their own RNGs unless given a seed: pass one per image
                 kw = {"seed": (seed * 1_000_003 + ci * 7919 + si * 104_729 + k) % 2**31} if name in SEEDED else {}
                 c = corrupt(img, corruption_name=name, severity=sev, **kw)
-                out[ci, si, k] = np.clip(np.asarray(c, dtype=np.float32), 0, 255).round().astype(np.uint8)[
-                    : img.shape[0], : img.shape[1]]
+                out[ci, si, k] = (
+                    np.clip(np.asarray(c, dtype=np.float32), 0, 255)
+                    .round()
+                    .astype(np.uint8)[: img.shape[0], : img.shape[1]]
+                )
     images = torch.from_numpy(out).permute(0, 1, 2, 5, 3, 4).contiguous()
     return CSet(images, sub.labels.clone())
 
@@ -83,12 +111,19 @@ def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None) -> CSe
 # --------------------------------------------------------------------------------------------- P sequences
 
 
-def _affine(x: Tensor, angle: float = 0.0, translate: tuple[float, float] = (0, 0), scale: float = 1.0,
-            shear: float = 0.0) -> Tensor:
+def _affine(
+    x: Tensor, angle: float = 0.0, translate: tuple[float, float] = (0, 0), scale: float = 1.0, shear: float = 0.0
+) -> Tensor:
     from torchvision.transforms.v2 import functional as TF
 
-    return TF.affine(x, angle=angle, translate=list(translate), scale=scale, shear=[shear, 0.0],
-                     interpolation=TF.InterpolationMode.BILINEAR)
+    return TF.affine(
+        x,
+        angle=angle,
+        translate=list(translate),
+        scale=scale,
+        shear=[shear, 0.0],
+        interpolation=TF.InterpolationMode.BILINEAR,
+    )
 
 
 def _motion_blur(x: Tensor, length: int) -> Tensor:

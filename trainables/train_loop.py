@@ -2,11 +2,13 @@
 their epochs through `run_epochs`, so an epoch's logging, clipping, scheduling and checkpointing mean the same
 thing in every stage. What differs per stage, its batches and its loss, is passed in.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +54,7 @@ def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, warmup: float = 
             return (step + 1) / n_warm
         t = (step - n_warm) / max(1, total_steps - n_warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -67,8 +70,13 @@ class Checkpoints:
     generator: torch.Generator
 
     def state(self, module: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict[str, Any]:
-        return {self.key: module.state_dict(), "opt": opt.state_dict(), "rng": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "epoch": epoch}
+        return {
+            self.key: module.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+        }
 
     def restore(self, module: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> int:
         """Load `state`; returns the first epoch still to run."""
@@ -79,8 +87,15 @@ class Checkpoints:
         return int(state["epoch"]) + 1
 
 
-def run_epochs(module: nn.Module, optim: Optim, epochs: int, batches: Callable[[int], Iterable[Any]], step: Step,
-               ctx: StageContext, checkpoints: Checkpoints | None = None) -> dict[str, float]:
+def run_epochs(
+    module: nn.Module,
+    optim: Optim,
+    epochs: int,
+    batches: Callable[[int], Iterable[Any]],
+    step: Step,
+    ctx: StageContext,
+    checkpoints: Checkpoints | None = None,
+) -> dict[str, float]:
     """Train `module` for `epochs`, logging the mean of every part `step` reports as `train/<part>` per epoch.
 
     Args:

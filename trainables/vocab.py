@@ -5,11 +5,12 @@ planes speak live on the data-plane side, in a module that imports neither torch
 while validating a spec, before anything heavy loads). Every enum is a `str` enum: a member compares equal to
 its value and serialises as it, so content keys, MLflow params and stored metrics are unchanged by using them.
 """
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from enum import Enum
-from typing import Iterable
 
 
 class Method(str, Enum):

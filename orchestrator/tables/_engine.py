@@ -1,4 +1,4 @@
-"""The data types of a table spec and the engine that builds a table from MLflow runs.
+"""The engine that builds a table from MLflow runs (the data types it reads are in `_types.py`).
 
 A `TableSpec` says which runs it reads (cell or stage runs, narrowed by a filter over their params/tags), its
 rows and columns (each a further filter; a column also names the metric, which may contain the row's selection
@@ -9,169 +9,17 @@ Why this module stays light: spec.py imports `TABLE_IDS` to validate a sweep's `
 starts, and the registry imports this module, so pandas/numpy are imported inside the functions that need them,
 and torch/mlflow never.
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Callable, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING
 
+from orchestrator.tables._types import AVG_SHIFTS, Col, Row, TableResult, TableSpec, Where
 from orchestrator.tables.names import ORDER
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-AVG_SHIFTS = "Avg shifts"
-Where = Mapping[str, Union[str, tuple[str, ...]]]   # key: bare param name, `params.x` or `tags.x`; value or values
-
-
-# ------------------------------------------------------------------------------------------------ data types
-
-
-def _plain(value):
-    """A closed-vocabulary member (or a tuple of them) as its plain value.
-
-    Why: specs name `Method.ours` so a typo fails at import, but runs hold the string 'ours', and `str()` of a
-    str-Enum member is 'Method.ours', which would match nothing.
-    """
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value.value if isinstance(value, Enum) else value
-
-
-def _plain_where(where: Where) -> dict:
-    return {key: _plain(want) for key, want in where.items()}
-
-
-@dataclass(frozen=True)
-class Row:
-    """One table row: a filter on the runs, plus what it substitutes into the column metrics."""
-
-    label: str
-    where: Where = field(default_factory=dict)
-    rule: str = "ours"       # `{rule}` in a column metric: the selection rule this row reads
-    dataset: str = ""        # `{dataset}` in a column metric (Figure 2's rows are transfer datasets)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "where", _plain_where(self.where))
-        object.__setattr__(self, "rule", _plain(self.rule))
-
-
-@dataclass(frozen=True)
-class Col:
-    """One column: the metric per cell and how it is shown.
-
-    `extra` marks a column that is not in the paper (local-only data such as the digits transfer set, or a
-    diagnostic); renderers label it so nobody compares it with a paper number.
-    """
-
-    label: str
-    metric: str              # MLflow metric name; may contain {rule} / {dataset}
-    where: Where = field(default_factory=dict)
-    scale: float = 100.0     # accuracies are fractions in MLflow; the paper prints percentages
-    digits: int = 1
-    lead_zero: bool = True   # False prints .89 like the paper's F_correct
-    shift: bool = False      # counts towards "Avg shifts"
-    extra: bool = False
-    paper_digits: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "where", _plain_where(self.where))
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One of the paper's claims checked on our numbers: holds is None when there is not enough data."""
-
-    text: str
-    holds: bool | None
-    detail: str
-
-    def __post_init__(self) -> None:  # numpy booleans would break `holds is True` checks downstream
-        if self.holds is not None:
-            object.__setattr__(self, "holds", bool(self.holds))
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """A paper table or figure, declaratively.
-
-    Attributes:
-        id: stable id used by sweeps' `reproduces:` and the output file names.
-        title: the caption printed above the table.
-        kind: 'table' or 'figure' (figures also render a PNG).
-        source: which runs it reads: 'cell' (`tags.kind == 'cell'`) or 'stage' runs.
-        where: a filter every run it reads must pass (params or tags).
-        rows: static rows; or `rows_from` params whose distinct values become rows (figures' x axes).
-        row_label: the label of a `rows_from` row from its param values (default: the values joined by " / ").
-        cols: the columns.
-        seed: the param aggregated over (mean ± std); None when runs are not seeded (parameter counts).
-        paper: (row label, column label) -> the paper's printed value.
-        avg_shifts: add "Avg shifts" (mean over V2, R, Sketch, ObjectNet, A, C, as in the paper).
-        needs, min_rows: what makes the table worth rendering when no table is asked for by name: a run matching
-            each filter in `needs`, and at least `min_rows` rows with data (a one-point curve is no figure).
-        claims: check functions over the built `TableResult`.
-        plot: 'line' | 'bar' | 'scatter' for figures; xlabel/ylabel name the axes.
-        note: printed under the table.
-    """
-
-    id: str
-    title: str
-    kind: Literal["table", "figure"]
-    source: Literal["cell", "stage"]
-    where: Where = field(default_factory=dict)
-    rows: tuple[Row, ...] = ()
-    cols: tuple[Col, ...] = ()
-    rows_from: tuple[str, ...] = ()
-    row_label: Callable[[dict], str] | None = None
-    seed: str | None = "seed"
-    paper: Mapping[tuple[str, str], float] = field(default_factory=dict)
-    avg_shifts: bool = False
-    needs: tuple[Where, ...] = ()
-    min_rows: int = 1
-    claims: tuple[Callable[["TableResult"], Claim], ...] = ()
-    plot: Literal["", "line", "bar", "scatter"] = ""
-    xlabel: str = ""
-    ylabel: str = ""
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "where", _plain_where(self.where))
-        object.__setattr__(self, "needs", tuple(_plain_where(w) for w in self.needs))
-
-
-def grid(values: Mapping[str, Sequence[float | None]], cols: Sequence[str]) -> dict[tuple[str, str], float]:
-    """The paper's values as `TableSpec.paper` takes them: {row: one value per column} -> {(row, col): value}.
-
-    None marks a cell the paper leaves empty; it is left out, so ours shows beside no paper value.
-    """
-    return {(r, c): v for r, vals in values.items() for c, v in zip(cols, vals, strict=True) if v is not None}
-
-
-@dataclass
-class TableResult:
-    """What `build_table` returns: ours and the paper's values, row by column, and the claims.
-
-    `mean`, `std`, `n` and `paper` share index (row labels) and columns (column labels, including computed
-    averages); values are already scaled for display (NaN = no data). `paper_claims` are the same checks run on the
-    paper's own numbers (a sanity check of how the claims are encoded).
-    """
-
-    spec: TableSpec
-    mean: "pd.DataFrame"
-    std: "pd.DataFrame"
-    n: "pd.DataFrame"
-    paper: "pd.DataFrame"
-    columns: dict[str, Col]
-    row_where: dict[str, dict]
-    claims: list[Claim] = field(default_factory=list)
-    paper_claims: list[Claim] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    complete: bool = False          # the runs the paper's item is made of are there (see TableSpec.needs)
-
-    def col(self, label: str) -> Col:
-        """The column's spec, by label (an average column's too)."""
-        return self.columns.get(label) or Col(label, "")
 
 
 # ------------------------------------------------------------------------------------------------ selecting runs
@@ -181,7 +29,7 @@ def _column(key: str) -> str:
     return key if key.startswith(("params.", "tags.", "metrics.")) else f"params.{key}"
 
 
-def match(df: "pd.DataFrame", where: Where) -> "pd.DataFrame":
+def match(df: pd.DataFrame, where: Where) -> pd.DataFrame:
     """Rows of `df` whose params/tags equal (or are one of) the given values; a missing column matches nothing."""
     for key, want in where.items():
         col = _column(key)
@@ -192,7 +40,7 @@ def match(df: "pd.DataFrame", where: Where) -> "pd.DataFrame":
     return df
 
 
-def select_runs(spec: TableSpec, runs: "pd.DataFrame") -> "pd.DataFrame":
+def select_runs(spec: TableSpec, runs: pd.DataFrame) -> pd.DataFrame:
     """The runs a table may read: FINISHED, of the spec's kind and filter, newest per content key.
 
     Why newest FINISHED: a cell re-run after a failure or a resumed sweep logs the same content key again; the
@@ -214,7 +62,7 @@ def select_runs(spec: TableSpec, runs: "pd.DataFrame") -> "pd.DataFrame":
     return df
 
 
-def _rows(spec: TableSpec, df: "pd.DataFrame") -> list[Row]:
+def _rows(spec: TableSpec, df: pd.DataFrame) -> list[Row]:
     """The spec's static rows, or one row per distinct value (combination) of `rows_from` among the runs."""
     if not spec.rows_from:
         return list(spec.rows)
@@ -240,7 +88,7 @@ def _sort_key(v: str) -> tuple:
 # ------------------------------------------------------------------------------------------------ building
 
 
-def _values(df: "pd.DataFrame", row: Row, col: Col) -> "pd.Series":
+def _values(df: pd.DataFrame, row: Row, col: Col) -> pd.Series:
     """Scaled values of one cell, indexed by run id (one per seed when the table is read as intended)."""
     import pandas as pd
 
@@ -251,7 +99,7 @@ def _values(df: "pd.DataFrame", row: Row, col: Col) -> "pd.Series":
     return sub.set_index("run_id")[metric].dropna().astype(float) * col.scale
 
 
-def _mixing(spec: TableSpec, df: "pd.DataFrame", row: Row, col: Col, vals: "pd.Series") -> str | None:
+def _mixing(spec: TableSpec, df: pd.DataFrame, row: Row, col: Col, vals: pd.Series) -> str | None:
     """A warning when one cell averages runs that are not just different seeds of one configuration."""
     if spec.seed is None or len(vals) < 2:
         return None
@@ -261,7 +109,7 @@ def _mixing(spec: TableSpec, df: "pd.DataFrame", row: Row, col: Col, vals: "pd.S
     return f"{row.label} / {col.label}: {len(vals)} runs but only {seeds.astype(str).nunique()} seed(s)"
 
 
-def _put(frames: tuple, row: str, col: str, vals: "pd.Series") -> None:
+def _put(frames: tuple, row: str, col: str, vals: pd.Series) -> None:
     mean, std, n = frames
     if len(vals):
         mean.loc[row, col] = vals.mean()
@@ -269,7 +117,7 @@ def _put(frames: tuple, row: str, col: str, vals: "pd.Series") -> None:
         n.loc[row, col] = len(vals)
 
 
-def _averages(spec: TableSpec, per_cell: dict, labels: list[str], mean: "pd.DataFrame") -> list[tuple[Col, dict]]:
+def _averages(spec: TableSpec, per_cell: dict, labels: list[str], mean: pd.DataFrame) -> list[tuple[Col, dict]]:
     """'Avg shifts' over the paper's six shifts (only where all six have data), and, when some are missing
     (the local profile has C only), a clearly labelled average over the shifts every row with data has.
 
@@ -284,13 +132,12 @@ def _averages(spec: TableSpec, per_cell: dict, labels: list[str], mean: "pd.Data
         out.append((Col(f"Avg {', '.join(common)} (shifts with data)", "", extra=True), common))
     result = []
     for col, use in out:
-        by_row = {r: pd.concat([per_cell[(r, c)].rename(c) for c in use], axis=1).dropna().mean(axis=1)
-                  for r in labels}
+        by_row = {r: pd.concat([per_cell[(r, c)].rename(c) for c in use], axis=1).dropna().mean(axis=1) for r in labels}
         result.append((col, by_row))
     return result
 
 
-def build_table(spec: TableSpec, runs: "pd.DataFrame") -> TableResult:
+def build_table(spec: TableSpec, runs: pd.DataFrame) -> TableResult:
     """Ours (mean, std, n over seeds) beside the paper's values, row by column; then the claims.
 
     Args:
@@ -309,15 +156,23 @@ def build_table(spec: TableSpec, runs: "pd.DataFrame") -> TableResult:
         columns.update(averages)
     mean, std, n = frames
     n = n.fillna(0).astype(int)
-    res = TableResult(spec, mean, std, n, _paper_frame(spec, mean), columns,
-                      {r.label: dict(r.where) for r in rows}, warnings=_warnings(df, mixed))
+    res = TableResult(
+        spec,
+        mean,
+        std,
+        n,
+        _paper_frame(spec, mean),
+        columns,
+        {r.label: dict(r.where) for r in rows},
+        warnings=_warnings(df, mixed),
+    )
     res.complete = _complete(spec, df, n)
     res.claims = [check(res) for check in spec.claims]
     res.paper_claims = [check(paper_view(res)) for check in spec.claims]
     return res
 
 
-def _cells(spec: TableSpec, df: "pd.DataFrame", rows: list[Row]) -> tuple[tuple, dict, list[str]]:
+def _cells(spec: TableSpec, df: pd.DataFrame, rows: list[Row]) -> tuple[tuple, dict, list[str]]:
     """Every (row, spec column) cell: the (mean, std, n) frames, each cell's per-run values (the averages are
     taken over those), and a mixing warning per cell that averages more than seeds."""
     import numpy as np
@@ -325,8 +180,11 @@ def _cells(spec: TableSpec, df: "pd.DataFrame", rows: list[Row]) -> tuple[tuple,
 
     labels = [r.label for r in rows]
     cols = [c.label for c in spec.cols if not c.extra] + [c.label for c in spec.cols if c.extra]
-    frames = (pd.DataFrame(np.nan, index=labels, columns=cols), pd.DataFrame(np.nan, index=labels, columns=cols),
-              pd.DataFrame(0, index=labels, columns=cols))
+    frames = (
+        pd.DataFrame(np.nan, index=labels, columns=cols),
+        pd.DataFrame(np.nan, index=labels, columns=cols),
+        pd.DataFrame(0, index=labels, columns=cols),
+    )
     per_cell, mixed = {}, []
     for r in rows:
         for c in spec.cols:
@@ -341,8 +199,12 @@ def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[
     """The frames with the shift averages filled in, placed after the paper's columns ("Avg shifts") and after
     the extra columns (the local average); and those average columns by label."""
     avgs = _averages(spec, per_cell, labels, frames[0])
-    order = ([c.label for c in spec.cols if not c.extra] + [AVG_SHIFTS] + [c.label for c in spec.cols if c.extra]
-             + [a.label for a, _ in avgs[1:]])
+    order = (
+        [c.label for c in spec.cols if not c.extra]
+        + [AVG_SHIFTS]
+        + [c.label for c in spec.cols if c.extra]
+        + [a.label for a, _ in avgs[1:]]
+    )
     frames = _with_columns(frames, order)
     for col, by_row in avgs:
         for r, vals in by_row.items():
@@ -350,20 +212,23 @@ def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[
     return frames, {col.label: col for col, _ in avgs}
 
 
-def _warnings(df: "pd.DataFrame", mixed: list[str]) -> list[str]:
+def _warnings(df: pd.DataFrame, mixed: list[str]) -> list[str]:
     """Why the numbers may not be one configuration's: several sweep invocations, or cells mixing configurations
     (one line for all of them, with the first as the example)."""
     out = []
     if "tags.sweep_id" in df and df["tags.sweep_id"].nunique() > 1:
-        out.append(f"runs of {df['tags.sweep_id'].nunique()} sweep invocations are read together "
-                   "(pass a sweep id to read one)")
+        out.append(
+            f"runs of {df['tags.sweep_id'].nunique()} sweep invocations are read together (pass a sweep id to read one)"
+        )
     if mixed:
-        out.append(f"{len(mixed)} cell(s) average runs that share a seed, i.e. different configurations (e.g. "
-                   f"{mixed[0]}): read one sweep id, or narrow the sweep")
+        out.append(
+            f"{len(mixed)} cell(s) average runs that share a seed, i.e. different configurations (e.g. "
+            f"{mixed[0]}): read one sweep id, or narrow the sweep"
+        )
     return out
 
 
-def _complete(spec: TableSpec, df: "pd.DataFrame", n: "pd.DataFrame") -> bool:
+def _complete(spec: TableSpec, df: pd.DataFrame, n: pd.DataFrame) -> bool:
     """Whether the runs the paper's item is made of are there: `min_rows` rows with data outside the extra
     columns, and a run for each filter in `needs`."""
     extra = [c.label for c in spec.cols if c.extra]
@@ -377,7 +242,7 @@ def _with_columns(frames: tuple, order: list[str]) -> tuple:
     return mean.reindex(columns=order), std.reindex(columns=order), n.reindex(columns=order).fillna(0)
 
 
-def _paper_frame(spec: TableSpec, mean: "pd.DataFrame") -> "pd.DataFrame":
+def _paper_frame(spec: TableSpec, mean: pd.DataFrame) -> pd.DataFrame:
     """The paper's values laid out like ours (NaN where the paper prints none)."""
     import numpy as np
     import pandas as pd
@@ -391,5 +256,12 @@ def _paper_frame(spec: TableSpec, mean: "pd.DataFrame") -> "pd.DataFrame":
 
 def paper_view(res: TableResult) -> TableResult:
     """The same table with the paper's numbers as 'ours' (to run the claims on the paper itself)."""
-    return TableResult(res.spec, res.paper, res.paper * float("nan"), res.paper.notna().astype(int), res.paper,
-                       res.columns, res.row_where)
+    return TableResult(
+        res.spec,
+        res.paper,
+        res.paper * float("nan"),
+        res.paper.notna().astype(int),
+        res.paper,
+        res.columns,
+        res.row_where,
+    )

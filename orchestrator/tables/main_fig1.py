@@ -1,7 +1,8 @@
 """Main paper Figure 1: ImageNet-C accuracy against training time; ours is as robust as complete FT, far cheaper."""
+
 from __future__ import annotations
 
-from orchestrator.tables._engine import Claim, Col, TableResult, TableSpec
+from orchestrator.tables._types import Claim, Col, TableResult, TableSpec
 from orchestrator.tables.claims import have, partner, tally, value
 from orchestrator.tables.names import METHODS, pretty
 from trainables.vocab import Method
@@ -9,8 +10,8 @@ from trainables.vocab import Method
 TIME_COL = "training time (s)"
 
 # The paper's wording is qualitative; the claim text states these thresholds.
-COMPARABLE_C_PTS = 5.0       # "comparable C accuracy": ours at most this many points below complete FT
-MUCH_LESS_TIME = 2.0         # "much less training time": complete FT takes at least this many times longer
+COMPARABLE_C_PTS = 5.0  # "comparable C accuracy": ours at most this many points below complete FT
+MUCH_LESS_TIME = 2.0  # "much less training time": complete FT takes at least this many times longer
 
 
 def student_method(where: dict) -> str:
@@ -21,33 +22,52 @@ def student_method(where: dict) -> str:
 def ours_cheaper(res: TableResult) -> Claim:
     """Per student, ours is within COMPARABLE_C_PTS of complete FT on C while complete FT takes at least
     MUCH_LESS_TIME times longer."""
-    text = (f"ours reaches comparable C accuracy (≥ complete FT − {COMPARABLE_C_PTS:g} points) in much less "
-            f"training time (complete FT ≥ {MUCH_LESS_TIME:g}× longer)")
+    text = (
+        f"ours reaches comparable C accuracy (≥ complete FT − {COMPARABLE_C_PTS:g} points) in much less "
+        f"training time (complete FT ≥ {MUCH_LESS_TIME:g}× longer)"
+    )
     lines, ok, total = [], 0, 0
     for row, where in res.row_where.items():
         ft = partner(res, where, "student", {"method": Method.full_ft})
         if where.get("method") != Method.ours or ft is None:
             continue
-        c_o, t_o, c_f, t_f = (value(res, row, "C acc"), value(res, row, TIME_COL), value(res, ft, "C acc"),
-                              value(res, ft, TIME_COL))
+        c_o, t_o, c_f, t_f = (
+            value(res, row, "C acc"),
+            value(res, row, TIME_COL),
+            value(res, ft, "C acc"),
+            value(res, ft, TIME_COL),
+        )
         if not have(c_o, t_o, c_f, t_f):
             continue
         total += 1
         ratio = t_f / max(t_o, 1e-9)
         ok += ratio >= MUCH_LESS_TIME and c_o >= c_f - COMPARABLE_C_PTS
-        lines.append(f"{pretty(where.get('student', ''))}: C {c_o:.1f} vs complete FT {c_f:.1f}, time {t_o:.0f} s vs "
-                     f"{t_f:.0f} s ({ratio:.1f}×)")
+        lines.append(
+            f"{pretty(where.get('student', ''))}: C {c_o:.1f} vs complete FT {c_f:.1f}, time {t_o:.0f} s vs "
+            f"{t_f:.0f} s ({ratio:.1f}×)"
+        )
     return tally(text, ok, total, lines, "no student with both ours and complete FT")
 
 
 SPEC = TableSpec(
-    "main_fig1", "Main paper Figure 1: ImageNet-C accuracy vs training time", "figure", "cell",
-    where={"method": (Method.ours, Method.full_ft, Method.wise_ft)}, rows_from=("student", "method"),
+    "main_fig1",
+    "Main paper Figure 1: ImageNet-C accuracy vs training time",
+    "figure",
+    "cell",
+    where={"method": (Method.ours, Method.full_ft, Method.wise_ft)},
+    rows_from=("student", "method"),
     row_label=student_method,
-    cols=(Col("C acc", "acc/c"), Col(TIME_COL, "time/pipeline_s", scale=1.0, digits=0),
-          Col("cell training (s)", "time/train_s", scale=1.0, digits=0, extra=True),
-          Col("clean acc", "acc/clean", extra=True)),
-    claims=(ours_cheaper,), needs=({"method": Method.ours}, {"method": Method.full_ft}), plot="scatter",
-    xlabel=f"{TIME_COL}, log scale", ylabel="C accuracy (%)",
+    cols=(
+        Col("C acc", "acc/c"),
+        Col(TIME_COL, "time/pipeline_s", scale=1.0, digits=0),
+        Col("cell training (s)", "time/train_s", scale=1.0, digits=0, extra=True),
+        Col("clean acc", "acc/clean", extra=True),
+    ),
+    claims=(ours_cheaper,),
+    needs=({"method": Method.ours}, {"method": Method.full_ft}),
+    plot="scatter",
+    xlabel=f"{TIME_COL}, log scale",
+    ylabel="C accuracy (%)",
     note="Training time = the cell's own training plus its upstream stages (ours: robustifying the teacher, "
-         "extracting features, teacher targets; complete FT / WiSE-FT: the complete fine-tuning).")
+    "extracting features, teacher targets; complete FT / WiSE-FT: the complete fine-tuning).",
+)

@@ -3,9 +3,10 @@
 An explicit ordered tuple rather than a registering decorator: the order is what the aggregator renders, the
 index lists and the CLI's help shows, and it must not depend on which module happens to be imported first.
 """
+
 from __future__ import annotations
 
-from orchestrator.tables._engine import AVG_SHIFTS, TableSpec
+from orchestrator.tables._types import AVG_SHIFTS, TableSpec
 from orchestrator.tables.main_fig1 import SPEC as MAIN_FIG1
 from orchestrator.tables.supp_fig1 import SPEC as SUPP_FIG1
 from orchestrator.tables.supp_fig2 import SPEC as SUPP_FIG2
@@ -20,8 +21,19 @@ from orchestrator.tables.supp_table6 import SPEC as SUPP_TABLE6
 from trainables.vocab import did_you_mean
 
 # The supplement's tables, then its figures, then the main paper's Figure 1.
-ORDERED = (SUPP_TABLE1, SUPP_TABLE2, SUPP_TABLE3, SUPP_TABLE4, SUPP_TABLE5, SUPP_TABLE6,
-           SUPP_FIG1, SUPP_FIG2, SUPP_FIG3, SUPP_FIG4, MAIN_FIG1)
+ORDERED = (
+    SUPP_TABLE1,
+    SUPP_TABLE2,
+    SUPP_TABLE3,
+    SUPP_TABLE4,
+    SUPP_TABLE5,
+    SUPP_TABLE6,
+    SUPP_FIG1,
+    SUPP_FIG2,
+    SUPP_FIG3,
+    SUPP_FIG4,
+    MAIN_FIG1,
+)
 
 
 def _check_paper_keys(spec: TableSpec) -> None:

@@ -4,11 +4,13 @@ Kept apart from `_factory.py` (which creates teachers and students from names) b
 when they are imported, and the factory needs the families' student parts: one module for both would be an
 import circle.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,8 +30,15 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def build_network(cfg: ModelCfg, *, num_classes: int, img_size: int, tag: str | None = None,
-                  device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
+def build_network(
+    cfg: ModelCfg,
+    *,
+    num_classes: int,
+    img_size: int,
+    tag: str | None = None,
+    device: str | torch.device | None = None,
+    **overrides: Any,
+) -> nn.Module:
     """The library's own, unsplit network: a timm classifier or an open_clip CLIP model.
 
     Every entry point delegates here, so the offline rules live in one place: nothing is downloaded unless a
@@ -51,7 +60,7 @@ def build_network(cfg: ModelCfg, *, num_classes: int, img_size: int, tag: str | 
     if cfg.size_kwarg:
         kwargs[cfg.size_kwarg] = img_size
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    with (torch.device(device) if device is not None else nullcontext()), _quiet_root_logger():
+    with torch.device(device) if device is not None else nullcontext(), _quiet_root_logger():
         # Imported here, not at module level: timm takes seconds to import, and the CLI imports this package
         # only to read the registry's names while validating a spec.
         if cfg.family == "timm":

@@ -1,6 +1,7 @@
 """Teachers and students from registry names (timm's `_factory.py`): resolve the weights argument, build through
 the model's entry point, wrap or split, then load a weights file if one was given.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,10 @@ def _check_tag(cfg: ModelCfg, tag: str) -> str:
 
         full, known = tag, [str(t) for t in open_clip.list_pretrained_tags_by_model(cfg.arch)]
     if full not in known:
-        raise ValueError(f"{cfg.name}: unknown weights tag {tag!r} for {cfg.arch}; known: {', '.join(known)} "
-                         f"(or give a state-dict file path)")
+        raise ValueError(
+            f"{cfg.name}: unknown weights tag {tag!r} for {cfg.arch}; known: {', '.join(known)} "
+            f"(or give a state-dict file path)"
+        )
     return full
 
 
@@ -53,8 +56,9 @@ def _split_knobs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return knobs, {k: v for k, v in overrides.items() if k not in STUDENT_KNOBS}
 
 
-def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: str | None = None,
-                   **overrides: Any) -> nn.Module:
+def create_teacher(
+    name: str, *, num_classes: int, img_size: int, pretrained: str | None = None, **overrides: Any
+) -> nn.Module:
     """A teacher: a timm classifier that takes [0, 1] images and returns logits (B, num_classes).
 
     Args:
@@ -70,8 +74,10 @@ def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: st
     """
     cfg = get_model_cfg(name)
     if "teacher" not in cfg.roles:
-        raise ValueError(f"{name!r} is not a teacher (open_clip models have no classifier); "
-                         f"teachers: {', '.join(list_models('teacher'))}")
+        raise ValueError(
+            f"{name!r} is not a teacher (open_clip models have no classifier); "
+            f"teachers: {', '.join(list_models('teacher'))}"
+        )
     tag, path = _resolve_weights(cfg, pretrained)
     lib = _split_knobs(overrides)[1]
     net = model_entrypoint(name)(cfg, num_classes=num_classes, img_size=img_size, tag=tag, **lib)
@@ -81,8 +87,16 @@ def create_teacher(name: str, *, num_classes: int, img_size: int, pretrained: st
     return teacher
 
 
-def create_student(name: str, *, num_classes: int, img_size: int, class_names: list[str], dropout: float = 0.25,
-                   pretrained: str | None = None, **overrides: Any) -> Student:
+def create_student(
+    name: str,
+    *,
+    num_classes: int,
+    img_size: int,
+    class_names: list[str],
+    dropout: float = 0.25,
+    pretrained: str | None = None,
+    **overrides: Any,
+) -> Student:
     """A student split into frozen part, shared tuned trunk and three heads (see `trainables.models.split`).
 
     Args:
@@ -117,8 +131,9 @@ def create_student(name: str, *, num_classes: int, img_size: int, class_names: l
     return student
 
 
-def _assemble(cfg: ModelCfg, net: nn.Module, k: int, dropout: float, class_names: list[str],
-              prompt: str | None) -> Student:
+def _assemble(
+    cfg: ModelCfg, net: nn.Module, k: int, dropout: float, class_names: list[str], prompt: str | None
+) -> Student:
     """Cut `net` into units and build the Student; CLIP students also get their text classifier and tower."""
     units = cfg.split.chain(net)
     if cfg.family == "timm":

@@ -5,6 +5,7 @@ Residual blocks are whole units except the last one, which the split cuts betwee
 residual block carries the shortcut alongside the hidden activation, concatenated on the channel (CNN) or last
 (ViT) dim.
 """
+
 from __future__ import annotations
 
 import torch
@@ -76,8 +77,9 @@ class CloseResidual(nn.Module):
         return self.act(self.body(h) + s)
 
 
-def cut_residual(prefix: str, pieces: list[Unit], shortcut: nn.Module | None, act: nn.Module, width: int,
-                 dim: int) -> list[Unit]:
+def cut_residual(
+    prefix: str, pieces: list[Unit], shortcut: nn.Module | None, act: nn.Module, width: int, dim: int
+) -> list[Unit]:
     """Units for one residual block act(shortcut(x) + pieces(x)), cut between its pieces.
 
     Args:
@@ -108,4 +110,4 @@ class TokenPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
-        return self.post(x[:, self.prefix:].mean(1) if self.avg else x[:, 0])
+        return self.post(x[:, self.prefix :].mean(1) if self.avg else x[:, 0])

@@ -4,9 +4,10 @@ A module marks itself `tunable = False` when the tuned tail must pass through it
 (CLIP's attention pool: its q/k/v alone are three times the paper's budget). Tied or shared parameters are
 counted once, as the paper counts a model.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 

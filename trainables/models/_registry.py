@@ -5,10 +5,12 @@ to build the network (timm or open_clip), how it normalises its input, its nativ
 and what supplement Table 5 says about it. Family modules fill it with `@register_model` when imported, so the
 registry order is the order in which `trainables.models` imports them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -94,11 +96,13 @@ def register_model(cfg: ModelCfg) -> Callable[[EntryPoint], EntryPoint]:
     Returns:
         The decorator, which returns the function unchanged.
     """
+
     def deco(fn: EntryPoint) -> EntryPoint:
         if fn.__name__ != cfg.name or cfg.name in _REGISTRY:
             raise ValueError(f"entry point {fn.__name__!r} vs cfg {cfg.name!r}: names must match and be unique")
         _REGISTRY[cfg.name] = _Entry(cfg, fn)
         return fn
+
     return deco
 
 
@@ -138,6 +142,7 @@ def model_entrypoint(name: str) -> EntryPoint:
 
 def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; "
-                                f"registered: {', '.join(_REGISTRY)}")
+        raise UnknownModelError(
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; registered: {', '.join(_REGISTRY)}"
+        )
     return _REGISTRY[name]

@@ -4,6 +4,7 @@ VisionTransformer towers, their split rules and entry points, and the class-prom
 A CLIP student has no classifier of its own: its heads end in the image projection followed by a frozen
 zero-shot classifier, the text tower's embeddings of one prompt per class.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -105,8 +106,12 @@ def clip_resnet_chain(net: nn.Module) -> list[Unit]:
     units: list[Unit] = [("stem", stem)] + [(f"layer{i}", getattr(v, f"layer{i}")) for i in (1, 2, 3)]
     *blocks, b = v.layer4
     units += [(f"layer4.{i}", blk) for i, blk in enumerate(blocks)]
-    pieces = [("conv1", seq(b.conv1, b.bn1, b.act1)), ("conv2", seq(b.conv2, b.bn2, b.act2, b.avgpool)),
-              ("conv3", b.conv3), ("out", b.bn3)]
+    pieces = [
+        ("conv1", seq(b.conv1, b.bn1, b.act1)),
+        ("conv2", seq(b.conv2, b.bn2, b.act2, b.avgpool)),
+        ("conv3", b.conv3),
+        ("out", b.bn3),
+    ]
     units += cut_residual(f"layer4.{len(blocks)}", pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
     return units + [("attnpool", _AttnPoolTokens(v.attnpool)), ("c_proj", v.attnpool.c_proj)]
 
@@ -138,8 +143,19 @@ CLIP_VIT = SplitRule("clip_vit", clip_vit_chain, default_budget_m=4.3)  # CLIP V
 def _cfg(name: str, arch: str, table5: Table5 = (None, None), size: int = 224) -> ModelCfg:
     rule = CLIP_RESNET if arch.startswith("RN") else CLIP_VIT
     # OpenAI's weights were trained with QuickGELU: the architecture must match them to load them.
-    return ModelCfg(name, "open_clip", arch, ("student",), *OPENAI_CLIP, size, "openai", rule, *table5,
-                    size_kwarg="force_image_size", arch_kwargs=(("force_quick_gelu", True),))
+    return ModelCfg(
+        name,
+        "open_clip",
+        arch,
+        ("student",),
+        *OPENAI_CLIP,
+        size,
+        "openai",
+        rule,
+        *table5,
+        size_kwarg="force_image_size",
+        arch_kwargs=(("force_quick_gelu", True),),
+    )
 
 
 @register_model(_cfg("clip_rn50", "RN50", (3.9, 102)))
@@ -224,8 +240,9 @@ def text_embeddings(text_tower: nn.Module, arch: str, class_names: list[str], pr
     return emb.float()
 
 
-def text_classifier_and_tower(net: nn.Module, arch: str, class_names: list[str],
-                              prompt: str | None) -> tuple[nn.Module, nn.Module]:
+def text_classifier_and_tower(
+    net: nn.Module, arch: str, class_names: list[str], prompt: str | None
+) -> tuple[nn.Module, nn.Module]:
     """A CLIP student's classifier and frozen text tower, from a CLIP model whose image tower is already cut up.
 
     Call it after the chain: it drops `net.visual`, whose modules the units hold.

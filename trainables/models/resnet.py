@@ -1,4 +1,5 @@
 """timm ResNets (torchvision weights): their unit chain, split rule and registered entry points."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +8,7 @@ from torch import nn
 
 from trainables.models._builder import build_network
 from trainables.models._layers import cut_residual, seq
-from trainables.models._registry import (TEACHER_AND_STUDENT, ModelCfg, Role, SplitRule, Table5, Unit,
-                                         register_model)
+from trainables.models._registry import TEACHER_AND_STUDENT, ModelCfg, Role, SplitRule, Table5, Unit, register_model
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -29,11 +29,18 @@ def timm_resnet_chain(net: nn.Module) -> list[Unit]:
 
 def _timm_resnet_block(prefix: str, b: nn.Module) -> list[Unit]:
     if hasattr(b, "conv3"):  # Bottleneck
-        pieces = [("conv1", seq(b.conv1, b.bn1, b.act1)), ("conv2", seq(b.conv2, b.bn2, b.drop_block, b.act2, b.aa)),
-                  ("conv3", b.conv3), ("out", seq(b.bn3, b.se, b.drop_path))]
+        pieces = [
+            ("conv1", seq(b.conv1, b.bn1, b.act1)),
+            ("conv2", seq(b.conv2, b.bn2, b.drop_block, b.act2, b.aa)),
+            ("conv3", b.conv3),
+            ("out", seq(b.bn3, b.se, b.drop_path)),
+        ]
         return cut_residual(prefix, pieces, b.downsample, b.act3, b.conv3.out_channels, dim=1)
-    pieces = [("conv1", seq(b.conv1, b.bn1, b.drop_block, b.act1, b.aa)), ("conv2", b.conv2),
-              ("out", seq(b.bn2, b.se, b.drop_path))]
+    pieces = [
+        ("conv1", seq(b.conv1, b.bn1, b.drop_block, b.act1, b.aa)),
+        ("conv2", b.conv2),
+        ("out", seq(b.bn2, b.se, b.drop_path)),
+    ]
     return cut_residual(prefix, pieces, b.downsample, b.act2, b.conv2.out_channels, dim=1)
 
 

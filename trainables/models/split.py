@@ -19,10 +19,11 @@ to the budget: Table 5's, else the family's. The trunk must hold at least one tu
 trailing units, so the same cut applies at any input size, patch size or class count. The budget is a knob:
 `create_student(..., budget_m=4.0)` (or `model_overrides: {name: {budget_m: 4.0}}` in a sweep).
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from trainables.models._params import numel, tunable_parameters
@@ -31,7 +32,7 @@ from trainables.models._registry import get_model_cfg, list_models, model_entryp
 PAPER_NUM_CLASSES = 1000
 
 
-@lru_cache(maxsize=None)
+@cache
 def _paper_profile(name: str) -> tuple[tuple[tuple[str, int], ...], int]:
     """((unit name, tunable parameters) per unit, total parameters) at paper settings, built on the meta device."""
     cfg = get_model_cfg(name)
@@ -40,7 +41,7 @@ def _paper_profile(name: str) -> tuple[tuple[tuple[str, int], ...], int]:
     return tuple((n, numel(tunable_parameters(m))) for n, m in cfg.split.chain(net)), total
 
 
-@lru_cache(maxsize=None)
+@cache
 def split_point(name: str, budget_m: float | None = None) -> int:
     """k, the number of trunk units: the split rule of this module's docstring.
 
@@ -83,7 +84,7 @@ def paper_counts(name: str, budget_m: float | None = None) -> dict[str, Any]:
     """
     units, total = _paper_profile(name)
     k = split_point(name, budget_m)
-    tail = units[-(k + 1):]
+    tail = units[-(k + 1) :]
     return {"tuned": sum(c for _, c in tail), "head": units[-1][1], "total": total, "units": [n for n, _ in tail]}
 
 
@@ -97,7 +98,15 @@ def supp_table5_rows() -> list[dict[str, Any]]:
     rows = []
     for name in list_models("student"):
         cfg, c = get_model_cfg(name), paper_counts(name)
-        rows.append({"student": name, "params_tuned": c["tuned"], "params_total": c["total"],
-                     "params_head": c["head"], "paper_tuned_m": cfg.paper_tuned_m, "paper_total_m": cfg.paper_total_m,
-                     "tuned_units": " + ".join(c["units"])})
+        rows.append(
+            {
+                "student": name,
+                "params_tuned": c["tuned"],
+                "params_total": c["total"],
+                "params_head": c["head"],
+                "paper_tuned_m": cfg.paper_tuned_m,
+                "paper_total_m": cfg.paper_total_m,
+                "tuned_units": " + ".join(c["units"]),
+            }
+        )
     return rows

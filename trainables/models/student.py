@@ -3,11 +3,13 @@
 How a network becomes a unit chain and where it is cut: see `trainables.models.split`. The heads are the paper's
 three (`trainables.vocab.Head`): clean, unclean and combined.
 """
+
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +54,15 @@ class Student(nn.Module):
         split_names: unit names of the trunk and the head, for logs.
     """
 
-    def __init__(self, cfg: ModelCfg, units: list[Unit], k: int, dropout: float,
-                 classifier: nn.Module | None = None, text_tower: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelCfg,
+        units: list[Unit],
+        k: int,
+        dropout: float,
+        classifier: nn.Module | None = None,
+        text_tower: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.cfg, self.is_clip, self.frozen_trainable = cfg, cfg.family == "open_clip", False
         cut = len(units) - k - 1
@@ -119,8 +128,9 @@ class Student(nn.Module):
     def snapshot_original(self) -> None:
         """Take S0 = a frozen copy of the current trunk + clean head (call after loading or pretraining)."""
         fixed = {id(p): p for p in fixed_parameters(self.trunk)}  # never tuned: share, don't copy
-        tail = nn.Sequential(OrderedDict(trunk=copy.deepcopy(self.trunk, dict(fixed)),
-                                         head=copy.deepcopy(self.heads["clean"])))
+        tail = nn.Sequential(
+            OrderedDict(trunk=copy.deepcopy(self.trunk, dict(fixed)), head=copy.deepcopy(self.heads["clean"]))
+        )
         for p in tail.parameters():
             if id(p) not in fixed:
                 p.requires_grad_(False)

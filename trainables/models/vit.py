@@ -1,4 +1,5 @@
 """timm Vision Transformers (augreg weights): their embedding adapter, unit chain, split rule and entry points."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,11 @@ class _TimmVitEmbed(nn.Module):
         if m.cls_token is None or m.reg_token is not None or m.no_embed_class or m.dynamic_img_size:
             raise NotImplementedError("only class-token ViTs with a plain position embedding are split")
         self.patch_embed, self.pos_drop, self.patch_drop, self.norm_pre = (
-            m.patch_embed, m.pos_drop, m.patch_drop, m.norm_pre)
+            m.patch_embed,
+            m.pos_drop,
+            m.patch_drop,
+            m.norm_pre,
+        )
         self.cls_token, self.pos_embed = m.cls_token, m.pos_embed
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,8 +48,10 @@ def timm_vit_chain(net: nn.Module) -> list[Unit]:
     p = f"blocks.{len(blocks)}"
     units.append((f"{p}.attn", Residual(seq(b.norm1, b.attn, b.ls1, b.drop_path1))))
     mlp = b.mlp
-    pieces = [("fc1", seq(b.norm2, mlp.fc1, mlp.act)), ("fc2", seq(mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2, b.ls2,
-                                                                    b.drop_path2))]
+    pieces = [
+        ("fc1", seq(b.norm2, mlp.fc1, mlp.act)),
+        ("fc2", seq(mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2, b.ls2, b.drop_path2)),
+    ]
     units += cut_residual(f"{p}.mlp", pieces, None, nn.Identity(), b.norm1.normalized_shape[0], dim=-1)
     pool = TokenPool(net.norm, net.global_pool, net.num_prefix_tokens, net.fc_norm)
     return units + [("pool", pool), ("head", net.head)]
@@ -56,8 +63,19 @@ TIMM_VIT = SplitRule("timm_vit", timm_vit_chain, default_budget_m=2.3)
 
 def _cfg(name: str, arch: str, tag: str, table5: Table5) -> ModelCfg:
     # timm ViTs size their position embedding at build time: the input size goes to timm as `img_size`.
-    return ModelCfg(name, "timm", arch, TEACHER_AND_STUDENT, INCEPTION[0], INCEPTION[1], 224, tag, TIMM_VIT,
-                    *table5, size_kwarg="img_size")
+    return ModelCfg(
+        name,
+        "timm",
+        arch,
+        TEACHER_AND_STUDENT,
+        INCEPTION[0],
+        INCEPTION[1],
+        224,
+        tag,
+        TIMM_VIT,
+        *table5,
+        size_kwarg="img_size",
+    )
 
 
 @register_model(_cfg("vit_small", "vit_small_patch16_224", "vit_small_patch16_224.augreg_in21k_ft_in1k", (2.3, 48)))

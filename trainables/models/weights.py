@@ -3,10 +3,12 @@
 Why checked: `load_state_dict`'s own error lists every key; a person needs the file, the kind of mismatch and a
 few example keys. Hub weights are not read here: the libraries load those themselves (see `_builder.py`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         raise ValueError(f"{p}: expected a state dict (names -> tensors), got {type(obj).__name__}")
     if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -59,8 +61,11 @@ def _mismatch(module: nn.Module, state: Mapping[str, Tensor], strict: bool) -> s
         own = {k: v for k, v in own.items() if not k.startswith(S0 + ".")}  # S0 is re-taken after loading
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     problems = [f"{len(shapes)} shape mismatches (file vs model), e.g. {'; '.join(shapes[:2])}"] if shapes else []
     if strict and missing:
         problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:3])}")
