@@ -4,6 +4,11 @@ Every cell shows ours beside the paper's value, `54.3 (55.7)`, with `± std` whe
 no data is "—", never a guess; columns the paper does not have (local-only data, diagnostics) are marked †. A
 "Claims" section says which of the paper's claims hold on these runs, with the numbers, and whether the same check
 holds on the paper's own numbers.
+
+Precision: every number is written with its column's fixed number of decimals, `Col.digits` (one for accuracies
+in %, two for F_correct and the mean FP, two for tuned / one for total parameters in millions, none for seconds;
+the paper's value with `Col.paper_digits` where the paper printed fewer), identically in Markdown, LaTeX and CSV.
+The CSV keeps the leading zero (`0.89` where the tables print `.89`) and leaves a cell without data blank.
 """
 
 from __future__ import annotations
@@ -110,16 +115,34 @@ def to_markdown(res: TableResult, image: str | None = None) -> str:
 # ------------------------------------------------------------------------------------------------ CSV
 
 
+def _csv_number(v: float | None, digits: int) -> str:
+    """A number with exactly `digits` decimals, as the Markdown/LaTeX cell shows it; blank for no data.
+
+    Why text and not floats: pandas would write the float's shortest repr (`88.999999` from a mean of 0.89
+    scaled by 100), and `8.0` for an 8 shown as `8.00`; fixed text keeps every file saying the same number.
+    """
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{float(v):.{digits}f}"
+
+
 def to_csv(res: TableResult) -> str:
-    """One line per row: per column the mean, std, number of runs and the paper's value (blank = none)."""
+    """One line per row: per column the mean, std, number of runs and the paper's value (blank = none).
+
+    Mean and std carry the column's `Col.digits` decimals, the paper's value its `paper_digits` (else `digits`):
+    the numbers the Markdown and LaTeX print, but always with the leading zero (`0.89`, not `.89`) so every
+    spreadsheet reads them as numbers.
+    """
     import pandas as pd
 
     out = pd.DataFrame(index=pd.Index(res.mean.index, name="row"))
     for c in res.mean.columns:
-        out[c] = res.mean[c].astype(float).round(6)
-        out[f"{c} std"] = res.std[c].astype(float).round(6)
+        col = res.col(c)
+        paper_digits = col.paper_digits if col.paper_digits is not None else col.digits
+        out[c] = [_csv_number(v, col.digits) for v in res.mean[c]]
+        out[f"{c} std"] = [_csv_number(v, col.digits) for v in res.std[c]]
         out[f"{c} n"] = res.n[c].astype(int)
-        out[f"{c} paper"] = res.paper[c]
+        out[f"{c} paper"] = [_csv_number(v, paper_digits) for v in res.paper[c]]
     return out.to_csv(lineterminator="\n")
 
 
