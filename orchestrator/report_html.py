@@ -32,6 +32,7 @@ th:first-child, td:first-child, table.text td, table.text th { text-align: left;
 pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 85%; }
 img { max-width: 100%; border: 1px solid #eee; }
 .legend, .note { color: #555; font-size: 90%; }
+dl.settings { display: grid; grid-template-columns: max-content auto; gap: .1em 1em; } dd { margin: 0; }
 """
 VERDICT_CLASS = {True: "holds", False: "fails", None: "unknown"}
 e = html.escape  # short: it wraps every interpolated string below
