@@ -15,6 +15,7 @@ from orchestrator.aggregate import aggregate
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
 from orchestrator.records import SweepContext
+from orchestrator.report import publish_report, read_sweep
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
 
@@ -125,4 +126,5 @@ def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: 
     out.mkdir(parents=True, exist_ok=True)
     files = aggregate(uri, spec.name, out, tables=list(spec.reproduces) or None, sweep_id=sweep_id)
     log_artifacts(uri, parent_id, files, "tables")
-    return files
+    report = publish_report([read_sweep(uri, spec, sweep_id, parent_id, git_commit())], storage / "results")
+    return files + report

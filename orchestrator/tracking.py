@@ -293,6 +293,12 @@ def experiment_exists(uri: str, experiment: str) -> bool:
     return exp is not None
 
 
+def experiment_id(uri: str, experiment: str) -> str | None:
+    """The experiment's id (the MLflow UI addresses runs by it), or None when there is no such experiment."""
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    return None if exp is None else exp.experiment_id
+
+
 def unreachable_reason(uri: str, timeout_s: float = 3.0) -> str | None:
     """Why `uri` cannot be read as a tracking store, or None when it can (a CLI's bad-input check).
 

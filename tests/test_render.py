@@ -165,3 +165,27 @@ def test_render_files_names() -> None:
     files = render.render_files(result("supp_fig1"))
     assert set(files) == {f"supp_fig1.{e}" for e in ("md", "csv", "tex", "png")}
     assert "![Supplement Figure 1" in files["supp_fig1.md"] and "(supp_fig1.png)" in files["supp_fig1.md"]
+
+
+@pytest.mark.parametrize("tid", TABLE_IDS)
+def test_csv_numbers_carry_exactly_the_columns_digits(tid: str) -> None:
+    """No float noise (`88.999999`): mean and std have the column's `digits` decimals, the paper's value its
+    `paper_digits`, and the mean is the number the Markdown cell shows (read as text, not re-parsed floats)."""
+    res = result(tid)
+    df = pd.read_csv(io.StringIO(render.to_csv(res)), index_col="row", dtype=str, keep_default_na=False)
+    checked = 0
+    for c in res.mean.columns:
+        col = res.col(c)
+        paper_digits = col.digits if col.paper_digits is None else col.paper_digits
+        want = {c: col.digits, f"{c} std": col.digits, f"{c} paper": paper_digits}
+        for name, digits in want.items():
+            for v in df[name]:
+                if v:
+                    decimals = len(v.split(".")[1]) if "." in v else 0
+                    assert decimals == digits, f"{tid} {name}: {v!r} has {decimals} decimals, want {digits}"
+                    checked += 1
+        assert set(df[f"{c} n"]) <= {str(k) for k in range(100)}
+        for row in res.mean.index:
+            if df.loc[row, c]:
+                assert render.fmt(float(df.loc[row, c]), col) == render.fmt(res.mean.loc[row, c], col)
+    assert checked > 0

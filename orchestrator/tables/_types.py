@@ -162,6 +162,9 @@ class TableResult:
     paper_claims: list[Claim] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     complete: bool = False  # the runs the paper's item is made of are there (see TableSpec.needs)
+    # The regime checks (assumptions the paper's setting makes, e.g. teacher vs student): None = not checked yet,
+    # which the report says; a later table spec fills this list, the report renders it as it renders claims.
+    assumptions: list[Claim] | None = None
 
     def col(self, label: str) -> Col:
         """The column's spec, by label (an average column's too)."""
