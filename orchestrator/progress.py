@@ -73,18 +73,18 @@ def speed_ratio(items: Iterable[Item]) -> float | None:
 def eta_seconds(items: Iterable[Item], parallel: dict[str, int], since_event_s: float = 0.0) -> float | None:
     """Seconds left: each phase's remaining estimate, scaled by its `speed_ratio` (the phase's own once one of its
     units has finished, else all finished work's: a trial's start-up makes cells slower than stages against the
-    model) and divided by how many of its units run at once, summed over phases; minus the time since the last
-    event, so the ETA counts down between events (never below zero). Failed work is not waited for. None while
-    work remains and nothing has been measured yet: the raw model leaves out start-up costs that dominate small
-    sweeps, and a number that is off by 50x is worse than none."""
+    model) and divided by how many of its units run at once (never more than are left), summed over phases; minus
+    the time since the last event, so the ETA counts down between events (never below zero). Failed work is not
+    waited for. None while work remains and nothing has been measured yet: the raw model leaves out start-up costs
+    that dominate small sweeps, and a number that is off by 50x is worse than none."""
     items = list(items)
     overall, left = speed_ratio(items), 0.0
     for kind in ("stage", "cell"):
-        rem = sum(it.est_s for it in items if it.kind == kind and it.state in ("pending", "running"))
+        todo = [it.est_s for it in items if it.kind == kind and it.state in ("pending", "running")]
         ratio = speed_ratio(it for it in items if it.kind == kind) or overall
-        if rem > 0 and ratio is None:
+        if todo and ratio is None:
             return None
-        left += rem * (ratio or 1.0) / max(1, parallel.get(kind, 1))
+        left += sum(todo) * (ratio or 1.0) / max(1, min(parallel.get(kind, 1), len(todo)))
     return max(0.0, left - since_event_s)
 
 

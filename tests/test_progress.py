@@ -49,14 +49,16 @@ def test_eta_scales_remaining_by_speed_and_divides_by_parallelism() -> None:
         Item("cell", "z", 30.0, "failed"),  # not waited for
         Item("cell", "w", 30.0, "done", None),
     ]
-    # stages: 12 s * 2 / 3 at once = 8; cells: 60 s * 2 / 2 at once = 60
-    assert eta_seconds(items, {"stage": 3, "cell": 2}) == pytest.approx(68.0)
-    assert eta_seconds(items, {"stage": 3, "cell": 2}, since_event_s=8.0) == pytest.approx(60.0)
+    # stages: 12 s * 2 / 2 at once (3 slots, 2 left) = 12; cells: 60 s * 2 / 2 at once = 60
+    assert eta_seconds(items, {"stage": 3, "cell": 2}) == pytest.approx(72.0)
+    assert eta_seconds(items, {"stage": 3, "cell": 2}, since_event_s=8.0) == pytest.approx(64.0)
     assert eta_seconds(items, {"stage": 3, "cell": 2}, since_event_s=500.0) == 0.0
     assert eta_seconds(items, {}) == pytest.approx(12.0 * 2 + 60.0 * 2)  # unknown parallelism: one at a time
     # once a cell has finished, cells go by their own ratio (a trial's start-up makes them slower than stages)
     items.append(Item("cell", "v", 10.0, "done", 50.0))
-    assert eta_seconds(items, {"stage": 3, "cell": 2}) == pytest.approx(8.0 + 60.0 * 5 / 2)
+    assert eta_seconds(items, {"stage": 3, "cell": 2}) == pytest.approx(12.0 + 60.0 * 5 / 2)
+    # the last unit runs alone, however many slots there are
+    assert eta_seconds([Item("cell", "a", 10.0, "done", 20.0), Item("cell", "b", 10.0)], {"cell": 4}) == 20.0
 
 
 def test_no_eta_before_anything_was_measured() -> None:
