@@ -272,11 +272,15 @@ def _staged(sc: SweepContext, kind: str, since: float) -> set[str]:
 
 
 def _pending_cells(
-    sc: SweepContext, outcome: Outcome, rerun_failed: bool, failed_stages: dict[str, str], progress: Progress
+    sc: SweepContext,
+    outcome: Outcome,
+    rerun_failed: bool,
+    failed_stages: dict[str, str],
+    progress: Progress | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Sort every cell by its run's status: FINISHED or previously FAILED ones are counted, cached ones logged,
     ones whose upstream failed are failed; the rest come back as work for the trials, with their run ids."""
-    plan, tracker = sc.plan, sc.tracker
+    plan, tracker, progress = sc.plan, sc.tracker, progress or Progress(LinesView(sc.log))
     runs = tracker.child_runs(sc.sweep_id, "cell")
     fail_cells = list(plan.spec.train.fail_cells) + [s for s in os.environ.get(FAIL_ENV, "").split(",") if s]
     pending: list[dict[str, Any]] = []
@@ -302,13 +306,8 @@ def _pending_cells(
         )
         bad = [d for d in stage.deps.values() if d in failed_stages]
         if bad:
-            fail_cell(
-                sc,
-                run_ids[key],
-                key,
-                f"upstream stage {plan.stages[bad[0]].kind} failed: {failed_stages[bad[0]]}",
-                outcome,
-            )
+            up = plan.stages[bad[0]]
+            fail_cell(sc, run_ids[key], key, f"upstream stage {up.kind} failed: {failed_stages[up.key]}", outcome)
             progress.cell_failed(key)
         elif verified(sc, stage):
             finish_cell(sc, run_ids[key], key, cached=True)
