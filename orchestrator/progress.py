@@ -230,9 +230,11 @@ class Progress:
             self.show.update(self.snapshot())
 
     def waiting(self, reason: str | None) -> None:
-        """What queued work waits for (None: nothing); logged when it changes."""
+        """What queued work waits for (None: nothing). Logged when what is waited for changes ("waiting for 1 GPU"),
+        not when only the numbers after the colon do: those change with every trial that starts or ends, and the
+        status line carries them."""
         with self.lock:
-            if reason != self.waiting_for and reason:
+            if reason and (self.waiting_for or "").split(":")[0] != reason.split(":")[0]:
                 self.log(f"  {reason}")
             self.waiting_for = reason
             self.show.update(self.snapshot())

@@ -148,6 +148,7 @@ def test_plain_status_lines_are_spaced_and_all_lines_reach_the_log_file(tmp_path
     p.status()
     p.waiting("waiting for 1 CPU: 2 of 2 in use")
     p.waiting("waiting for 1 CPU: 2 of 2 in use")  # unchanged: said once
+    p.waiting("waiting for 1 CPU: 1 of 2 in use")  # only the numbers changed: the status line has them
     p.log("boom", err=True)
     p.status(force=True)
     p.close()
@@ -155,6 +156,7 @@ def test_plain_status_lines_are_spaced_and_all_lines_reach_the_log_file(tmp_path
     stamps = [ln.split("]")[0] for ln in lines if ln.startswith("[")]
     assert stamps == ["[0 s elapsed", "[35 s elapsed", "[35 s elapsed"]
     assert sum("waiting for 1 CPU" in ln for ln in lines) == 2  # its own line, then in the forced status line
+    assert lines[-1].endswith("; waiting for 1 CPU: 1 of 2 in use")
     logged = (tmp_path / "logs" / "sweep.log").read_text().splitlines()
     assert [ln.split(" ", 1)[1] for ln in logged] == lines
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", ln) for ln in logged)
