@@ -113,18 +113,30 @@ def waiting_for() -> str | None:
         for b in d.bundles_by_count:
             key = tuple(sorted((r, v) for r, v in b.bundle.items() if r in _WAITED_ON and v > 0))
             pending[key] = pending.get(key, 0) + b.count
-    total, free = ray.cluster_resources(), ray.available_resources()
+    if not pending:
+        return None
     starting = sum(r.count for r in status.pending_launches) + len(status.pending_nodes)
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    return describe_wait(pending, ray.cluster_resources(), ray.available_resources(), nodes, starting)
+
+
+def describe_wait(
+    pending: dict[tuple, int], total: dict[str, float], free: dict[str, float], nodes: list[dict], starting: int
+) -> str | None:
+    """The words of `waiting_for`, from plain numbers: the scarcest resource that a pending request (a bundle of
+    resources -> how many such requests) asks for beyond what is free; the cluster's use of it, or, when no node has
+    it, how many nodes with it are up of those up or starting (an autoscaler adds nodes for pending demand)."""
     for res in _WAITED_ON:
         for bundle, count in pending.items():
             amount = dict(bundle).get(res, 0.0)
-            if amount > free.get(res, 0.0) + 1e-9:
-                what = f"waiting for {amount:g} {res}" + (f" (x{count})" if count > 1 else "")
-                if not total.get(res):
-                    up = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get(res))
-                    return f"{what}: {up} of {up + starting} nodes up" if starting else f"{what}: no node has one"
-                used = f"{total[res] - free.get(res, 0.0):g} of {total[res]:g} in use"
-                return f"{what}: {used}" + (f", {starting} node(s) starting" if starting else "")
+            if amount <= free.get(res, 0.0) + 1e-9:
+                continue
+            what = f"waiting for {amount:g} {res}" + (f" (x{count})" if count > 1 else "")
+            if not total.get(res):
+                up = sum(1 for n in nodes if n.get(res))
+                return f"{what}: {up} of {up + starting} nodes up" if starting else f"{what}: no node has one"
+            used = f"{total[res] - free.get(res, 0.0):g} of {total[res]:g} in use"
+            return f"{what}: {used}" + (f", {starting} node(s) starting" if starting else "")
     return None
 
 

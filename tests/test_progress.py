@@ -24,6 +24,7 @@ from orchestrator.progress import (
     watching,
 )
 from orchestrator.progress_views import LiveView, PlainView
+from orchestrator.ray_backend import describe_wait
 
 # ------------------------------------------------------------------------------------------------ ETA arithmetic
 
@@ -100,6 +101,17 @@ def test_status_line() -> None:
     assert status_line(busy).endswith("; ETA after the first result")
     busy.eta_s = 0.0
     assert status_line(busy).endswith("; ETA overdue")
+
+
+def test_waiting_words_from_ray_numbers() -> None:
+    gpu, cpu = (("CPU", 1.0), ("GPU", 1.0)), (("CPU", 1.0),)
+    cold = {"CPU": 8.0, "trial_driver": 1000.0}  # the head only: GPU workers scale from 0
+    assert describe_wait({gpu: 1}, cold, cold, [cold], 2) == "waiting for 1 GPU: 0 of 2 nodes up"
+    assert describe_wait({gpu: 3}, cold, cold, [cold], 0) == "waiting for 1 GPU (x3): no node has one"
+    laptop, busy = {"CPU": 2.0}, {"CPU": 0.0}
+    assert describe_wait({cpu: 2}, laptop, busy, [laptop], 0) == "waiting for 1 CPU (x2): 2 of 2 in use"
+    assert describe_wait({cpu: 1}, laptop, {"CPU": 1.0}, [laptop], 0) is None  # it fits: about to start
+    assert describe_wait({}, laptop, busy, [laptop], 0) is None
 
 
 # ------------------------------------------------------------------------------------------------ the sink
