@@ -25,6 +25,7 @@ import ray.train
 import ray.train.torch as rtt
 import torch
 from ray import tune
+from ray.autoscaler.v2 import sdk as autoscaler_sdk
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -98,6 +99,48 @@ def max_concurrent(
     else:
         fit = int(info.cpus // (workers * cpus)) if info.cpus else 1
     return max(1, min(fit, n_cells))
+
+
+def waiting_for() -> str | None:
+    """What queued work waits for, in words ("waiting for 1 GPU: 0 of 2 nodes up", "waiting for 1 CPU (x2): 2 of 2
+    in use"), or None when nothing waits. Why here: Ray's own view is the only one that sees every request (stage
+    tasks, trial drivers, Train worker groups), so we read its pending demand (the autoscaler's summary in the GCS:
+    a few ms, no dashboard needed) rather than guess from our trial count."""
+    status = autoscaler_sdk.get_cluster_status(ray.get_runtime_context().gcs_address, timeout=5)
+    pending: dict[tuple, int] = {}
+    demands = status.resource_demands
+    for d in [*demands.placement_group_demand, *demands.ray_task_actor_demand]:
+        for b in d.bundles_by_count:
+            key = tuple(sorted((r, v) for r, v in b.bundle.items() if r in _WAITED_ON and v > 0))
+            pending[key] = pending.get(key, 0) + b.count
+    if not pending:
+        return None
+    starting = sum(r.count for r in status.pending_launches) + len(status.pending_nodes)
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    return describe_wait(pending, ray.cluster_resources(), ray.available_resources(), nodes, starting)
+
+
+def describe_wait(
+    pending: dict[tuple, int], total: dict[str, float], free: dict[str, float], nodes: list[dict], starting: int
+) -> str | None:
+    """The words of `waiting_for`, from plain numbers: the scarcest resource that a pending request (a bundle of
+    resources -> how many such requests) asks for beyond what is free; the cluster's use of it, or, when no node has
+    it, how many nodes with it are up of those up or starting (an autoscaler adds nodes for pending demand)."""
+    for res in _WAITED_ON:
+        for bundle, count in pending.items():
+            amount = dict(bundle).get(res, 0.0)
+            if amount <= free.get(res, 0.0) + 1e-9:
+                continue
+            what = f"waiting for {amount:g} {res}" + (f" (x{count})" if count > 1 else "")
+            if not total.get(res):
+                up = sum(1 for n in nodes if n.get(res))
+                return f"{what}: {up} of {up + starting} nodes up" if starting else f"{what}: no node has one"
+            used = f"{total[res] - free.get(res, 0.0):g} of {total[res]:g} in use"
+            return f"{what}: {used}" + (f", {starting} node(s) starting" if starting else "")
+    return None
+
+
+_WAITED_ON = ("GPU", "CPU", TRIAL_DRIVER)  # the resources our work asks for, the scarcest first
 
 
 # ------------------------------------------------------------------------------------------------ stage tasks
