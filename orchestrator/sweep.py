@@ -210,10 +210,10 @@ def _stdout_to_devnull() -> None:
 
 def _dry_run(args: argparse.Namespace, spec: SweepSpec) -> int:
     """Plan and print; reads the stage cache only if it is already on local disk (no folder made, no network)."""
-    from orchestrator.plan import build_plan, dry_run_report, format_report
+    from orchestrator.plan import build_plan, dry_run_report, format_packing, format_report
 
     plan = build_plan(spec, _cached_on_disk(args.storage))
-    report = dry_run_report(plan)
+    report = {**dry_run_report(plan), "packing": _packing(args, plan)}
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -221,8 +221,40 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec) -> int:
     lines = format_report({**report, "cells": cells[:DRY_RUN_CELLS]}).splitlines()
     if len(cells) > DRY_RUN_CELLS:
         lines.insert(1 + DRY_RUN_CELLS, f"  ... and {len(cells) - DRY_RUN_CELLS:,} more cells (--json lists all)")
-    print("\n".join(lines))
+    print("\n".join(lines + format_packing(report["packing"])))
     return 0
+
+
+def _packing(args: argparse.Namespace, plan) -> dict:
+    """How the cells would be packed into trials (`driver._packs`), on the Ray this command would use, without
+    starting or joining it: a local Ray gets this machine's CPUs (or `--num-cpus`) and GPUs; a cluster's
+    resources are unknown until it is joined, unless the spec fixes the trials at once itself."""
+    from orchestrator import ray_backend
+    from orchestrator.plan import pending_cells, trial_packs
+
+    res = plan.spec.resources
+    if args.address is not None and res.max_concurrent_trials is None:
+        return {
+            "where": f"the cluster at {args.address}",
+            "trials": None,
+            "note": "packing depends on the cluster's resources (set resources.max_concurrent_trials to fix it)",
+        }
+    gpus = _local_gpus() if res.gpus_per_worker > 0 and args.address is None else 0
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
+    info = ray_backend.ClusterInfo(cpus, float(gpus), True, args.address is None)
+    gpw = res.gpus_per_worker if ray_backend.uses_gpus(info, res.gpus_per_worker) else 0.0
+    n = max(1, len(pending_cells(plan)))
+    per_trial = (res.workers_per_trial, res.cpus_per_worker, gpw)
+    slots = ray_backend.max_concurrent(info, *per_trial, n, res.max_concurrent_trials)
+    where = f"the cluster at {args.address}" if args.address else f"the local Ray ({cpus:g} CPUs, {gpus} GPUs)"
+    labels = {plan.cell_stage[c]: c.label() for c in plan.cells}
+    return {"where": where, "slots": slots, "trials": trial_packs(plan, slots), "labels": labels}
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _cached_on_disk(storage: str):

@@ -164,3 +164,22 @@ def test_dry_run_reads_the_cache_without_creating_it_and_summarises_cells(tmp_pa
     lines = proc.stdout.splitlines()
     assert lines[0].endswith(": 80 cells") and all(ln.startswith("  cell ") for ln in lines[1:51])
     assert lines[51] == "  ... and 30 more cells (--json lists all)" and lines[52].startswith("stages")
+
+
+def test_minimal_spec_dry_run_shows_the_packing(tmp_path: Path) -> None:
+    """A file with only `name` and `grid`: planned on the built-in local defaults, with the trials it would run as
+    on this machine (the same packing as the driver's) and, for a cluster, the reason the trials are unknown."""
+    spec = tmp_path / "minimal.yaml"
+    spec.write_text("name: minimal\ngrid: {student: [vit_small], method: [apt, original], seed: [0, 1]}\n")
+    base = ["orchestrator.sweep", str(spec), "--dry-run", "--storage", str(tmp_path / "r")]
+    proc = run_cli([*base, "--json", "--num-cpus", "3"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    packing = report["packing"]
+    assert report["profile"] == "local" and report["n_cells"] == 4 and packing["slots"] == 3
+    assert sorted(k for t in packing["trials"] for k in t) == sorted(c["key"] for c in report["cells"])
+    text = run_cli(base, timeout=120).stdout.splitlines()
+    assert any(ln.startswith("packing on the local Ray (") and "Ray Tune trial(s)" in ln for ln in text), text
+    remote = run_cli([*base, "--address", "10.0.0.1:6379"], timeout=120)
+    assert remote.returncode == 0 and "packing depends on the cluster's resources" in remote.stdout
+    assert not (tmp_path / "r").exists()
