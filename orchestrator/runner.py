@@ -144,7 +144,7 @@ def write_invocation_report(storage: Path, results: list[SweepResult]) -> Path:
     lines.append("|---|---|---|---|---|")
     for r in results:
         tables = f"[{r.name}/index.md]({r.name}/index.md)" if (out.parent / r.name / "index.md").is_file() else "-"
-        failed = r.error or str(r.failed)
+        failed = "stopped on an error (logs/last_error.txt)" if r.error else str(r.failed)  # one table cell
         lines.append(f"| {r.name} | {r.wall_s:.0f} | {r.finished} | {failed} | {tables} |")
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
