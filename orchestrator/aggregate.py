@@ -136,25 +136,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m orchestrator.aggregate", description=__doc__.split("\n")[0])
+    p = _Parser(
+        prog="python -m orchestrator.aggregate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every flag's help ends with its default
+    )
     p.add_argument("--experiment", help="experiment name (= the sweep's name)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI; default: a server on <storage>/mlflow")
-    p.add_argument("--out", help="output folder; default <storage>/results/<experiment>")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI; None: a server on <storage>/mlflow")
+    p.add_argument("--out", help="output folder; None: <storage>/results/<experiment>")
     p.add_argument(
         "--table",
         action="append",
         dest="tables",
         metavar="ID",
-        help=f"table id, repeatable; default: every table with data ({', '.join(TABLE_IDS)})",
+        help=f"table id, repeatable; None: every table with data ({', '.join(TABLE_IDS)})",
     )
-    p.add_argument("--sweep-id", help="read only this sweep invocation's runs")
+    p.add_argument("--sweep-id", help="read only this sweep invocation's runs; None: those of every invocation")
     p.add_argument(
         "--profile",
         choices=["local", "paper"],
         default="local",
         help="with --table supp_table5 and paper: count the architectures at paper settings",
     )
-    p.add_argument("--storage", default="runs", help="the sweep's storage folder (default ./runs)")
+    p.add_argument("--storage", default="runs", help="the sweep's storage folder")
     return p
 
 

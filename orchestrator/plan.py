@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.costs import estimate
+from orchestrator.costs import estimate, stage_seconds
+from orchestrator.packing import pack_cells
 from orchestrator.spec import SweepSpec
 from trainables.kinds import (
     CELL,
@@ -305,6 +306,37 @@ def format_report(report: dict[str, Any]) -> str:
     for kind, c in cost["per_kind"].items():
         lines.append(f"  {kind:<18} x{c['count']:<3} {c['device_hours']:.3f} h")
     return "\n".join(lines)
+
+
+def pending_cells(plan: Plan) -> list[str]:
+    """Keys of the cells a run would still compute (not in the cache), in plan order."""
+    keys = dict.fromkeys(plan.cell_stage[c] for c in plan.cells)
+    return [k for k in keys if not plan.stages[k].cached]
+
+
+def trial_packs(plan: Plan, slots: int) -> list[list[str]]:
+    """How `driver._packs` would group the pending cells into Ray Tune trials, given `slots` trials at once: the
+    same `pack_cells` over the same `stage_seconds` estimates, so `--dry-run` shows what a run will do."""
+    cells = [(k, stage_seconds(plan.stages[k], plan.spec)) for k in pending_cells(plan)]
+    return pack_cells(cells, slots, plan.spec.resources.cells_per_trial)
+
+
+def format_packing(packing: dict[str, Any], shown: int = 10) -> list[str]:
+    """Text lines of the dry run's `packing` entry (`sweep._packing`): the trials, or why they are unknown."""
+    where = packing["where"]
+    trials = packing.get("trials")
+    if trials is None:
+        return [f"packing on {where}: {packing['note']}"]
+    n = sum(len(t) for t in trials)
+    head = f"packing on {where}: {n} cell(s) to run as {len(trials)} Ray Tune trial(s), {packing['slots']} at a time"
+    lines = [head + (f"; largest trial {max(map(len, trials))} cells" if trials else "")]
+    labels = packing.get("labels", {})
+    for i, t in enumerate(trials[:shown], 1):
+        names = ", ".join(labels.get(k, k[:10]) for k in t[:3]) + (f", ... (+{len(t) - 3})" if len(t) > 3 else "")
+        lines.append(f"  trial {i:<3} {len(t)} cell(s): {names}")
+    if len(trials) > shown:
+        lines.append(f"  ... and {len(trials) - shown} more trials")
+    return lines
 
 
 def iter_upstream(plan: Plan, key: str) -> Iterable[Stage]:

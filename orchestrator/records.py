@@ -59,7 +59,8 @@ class SweepContext:
 
 
 def stage_params(stage: Stage) -> dict[str, Any]:
-    """A stage run's params: its kind, key, model and seed, and its resolved inputs as `cfg.*`."""
+    """A stage run's params: its kind, key, model and seed, its sizes as plain params, and its resolved inputs as
+    `cfg.*`."""
     inp = stage.inputs.payload()
     p: dict[str, Any] = {"stage": stage.kind, "stage_key": stage.key}
     model = inp.get("model")
@@ -67,10 +68,32 @@ def stage_params(stage: Stage) -> dict[str, Any]:
         p["model"] = model["name"]
     if isinstance(inp.get("teacher"), str):
         p["model"] = inp["teacher"]
-    if "seed" in inp:
-        p["seed"] = inp["seed"]
+    for key in ("seed", "data_fraction"):
+        if key in inp:
+            p[key] = "none" if inp[key] is None else inp[key]
+    p.update(_size_params(inp))
     p.update({f"cfg.{k}": v for k, v in flatten({k: v for k, v in inp.items() if k != "model"}).items()})
     return p
+
+
+_TRAINING_SECTIONS = ("pretrain", "teacher_train", "pool", "train")  # the one a stage's inputs carry, if any
+_SIZE_KNOBS = ("epochs", "batch_size", "lr", "n_images", "pool_images", "ae_epochs", "full_ft_epochs", "full_ft_lr")
+
+
+def _size_params(inp: dict[str, Any]) -> dict[str, Any]:
+    """Plain, unprefixed params (`n_train`, `image_size`, `epochs`, `n_images`, ...) that the MLflow UI's runs
+    table can filter, group and compare stage runs by: the dotted `cfg.*` record is complete but reads poorly
+    there. An unset size (`None`: the whole split or pool) reads `all`."""
+    out: dict[str, Any] = {}
+    data = inp.get("data")
+    if isinstance(data, dict):
+        out["data_source"] = data.get("source")
+        out.update({k: "all" if data.get(k) is None else data[k] for k in ("image_size", "n_train", "n_test")})
+    for section in _TRAINING_SECTIONS:
+        cfg = inp.get(section)
+        if isinstance(cfg, dict):
+            out.update({k: "all" if cfg[k] is None else cfg[k] for k in _SIZE_KNOBS if k in cfg})
+    return out
 
 
 def stage_name(stage: Stage) -> str:
@@ -79,7 +102,7 @@ def stage_name(stage: Stage) -> str:
 
 
 def cell_params(plan: Plan, cell: Cell) -> dict[str, Any]:
-    """A cell run's params: every axis (filterable in the UI's runs table) and the train config."""
+    """A cell run's params: every axis (filterable in the UI's runs table), the data sizes and the train config."""
     ax = cell.axes()
     params = {
         "student": ax["student"],
@@ -91,6 +114,7 @@ def cell_params(plan: Plan, cell: Cell) -> dict[str, Any]:
     spec = plan.spec
     params.update({f"train.{k}": v for k, v in spec.train.model_dump(mode="json").items() if k != "fail_cells"})
     params.update({"profile": spec.profile, "eval": ",".join(s.value for s in spec.eval)})
+    params.update(_size_params({"data": spec.data.model_dump(mode="json")}))
     return params
 
 

@@ -1,20 +1,24 @@
-"""The sweep's life cycle once the input is known to be good: services up, execute, tables, services down."""
+"""The life cycle of an invocation once the input is known to be good: services up, each sweep (execute, tables),
+the invocation's report, services down. One Ray and one MLflow serve every sweep of the invocation."""
 
 from __future__ import annotations
 
 import argparse
 import subprocess
+import time
 import traceback
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import driver, ray_backend
 from orchestrator.aggregate import aggregate
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
+from orchestrator.progress import Progress
 from orchestrator.progress_views import open_progress
 from orchestrator.records import SweepContext
-from orchestrator.report import publish_report, read_sweep
+from orchestrator.report import SweepReportInput, publish_report, read_sweep
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
 
@@ -33,12 +37,49 @@ def git_commit() -> str:
         return "unknown"
 
 
+@dataclass
+class SweepResult:
+    """What one sweep of an invocation came to: the summary line, the exit code and the invocation report."""
+
+    name: str
+    wall_s: float
+    finished: int = 0
+    failed: int = 0  # cells that failed in this invocation
+    skipped_failed: int = 0  # cells that had failed before and were not rerun (--rerun-failed)
+    error: str | None = None  # the sweep stopped on an error (traceback in <storage>/logs/last_error.txt)
+    files: list[Path] = field(default_factory=list)
+    report: SweepReportInput | None = None  # its part of the invocation's reproduction report
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.failed == 0
+
+    def line(self) -> str:
+        if self.error is not None:
+            return f"sweep {self.name}: stopped after {self.wall_s:.0f} s: {self.error}"
+        before = f", {self.skipped_failed} previously failed" if self.skipped_failed else ""
+        return f"sweep {self.name}: {self.wall_s:.0f} s, {self.finished} cells finished, {self.failed} failed{before}"
+
+
 def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServer | None) -> int:
-    """Args:
-    server: our own MLflow server (no `--tracking-uri`), already launched by `sweep._run`, which stops it;
-        None with `--tracking-uri`.
+    """One spec: `run_sweeps` with a list of one."""
+    return run_sweeps([spec], args, server)
+
+
+def run_sweeps(specs: list[SweepSpec], args: argparse.Namespace, server: LocalMlflowServer | None) -> int:
+    """Run validated specs one after the other on one Ray and one MLflow; 0 only if every cell of every sweep ran.
+
+    Why one after the other and not interleaved: each sweep already fills the cluster with its own stages and
+    cells, and stages two sweeps share (pool, eval sets, common teachers and students) are then computed by the
+    first and found in the cache by the next (same `--storage`, same content keys).
+
+    Args:
+        server: our own MLflow server (no `--tracking-uri`), already launched by `sweep._run`, which stops it;
+            None with `--tracking-uri`.
     """
     storage = Path(args.storage).resolve()
+    results: list[SweepResult] = []
+    code = 0
     with ExitStack() as stack:
         progress = open_progress(storage / "logs" / "sweep.log")  # every line shown also lands in this file
         stack.callback(progress.close)  # registered first: closed last, after Ray and our services stop
@@ -50,16 +91,72 @@ def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServ
             if server is not None:
                 uri = server.wait().uri
                 progress.log(f"MLflow: {uri} (store {storage / 'mlflow'})")
-            return _execute(spec, args, storage, uri, stack, info, progress)
+            for spec in specs:
+                results.append(_one_sweep(spec, args, storage, uri, info, progress))
         except TrackingUnavailable as err:
             progress.log(f"error: {err}. Nothing is lost: rerun the same command to resume.", err=True)
-            return 1
+            code = 1
         except Exception as err:  # noqa: BLE001 - one line for people, the traceback in a file
-            log = storage / "logs" / "last_error.txt"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
-            progress.log(f"error: {type(err).__name__}: {err} (traceback: {log})", err=True)
-            return 1
+            progress.log(f"error: {_log_error(storage, err)}", err=True)
+            code = 1
+        if results:
+            _summarise(storage, results, progress, several=len(specs) > 1)
+    return code or int(not all(r.ok for r in results))
+
+
+def _one_sweep(
+    spec: SweepSpec, args, storage: Path, uri: str, info: ray_backend.ClusterInfo, progress: Progress
+) -> SweepResult:
+    """One sweep of the invocation; a bug in it is reported and the next sweep still runs (an MLflow outage
+    stops them all: the next would wait out the same patience)."""
+    t0 = time.perf_counter()
+    try:
+        return _execute(spec, args, storage, uri, info, t0, progress)
+    except TrackingUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - one line for people, the traceback in a file
+        line = _log_error(storage, err)
+        progress.log(f"error: {line}", err=True)
+        return SweepResult(spec.name, time.perf_counter() - t0, error=line)
+
+
+def _log_error(storage: Path, err: BaseException) -> str:
+    log = storage / "logs" / "last_error.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(traceback.format_exc())
+    return f"{type(err).__name__}: {err} (traceback: {log})"
+
+
+def _summarise(storage: Path, results: list[SweepResult], progress: Progress, several: bool) -> None:
+    """The report of the whole invocation, and one line per sweep when there were several."""
+    report = write_invocation_report(storage, results)
+    progress.log(f"report: {report}")
+    if several:
+        progress.log(f"{len(results)} sweeps, {sum(r.wall_s for r in results):.0f} s of sweeps")
+        for r in results:
+            progress.log(f"  {r.line()}")
+
+
+def write_invocation_report(storage: Path, results: list[SweepResult]) -> Path:
+    """The one reproduction report of an invocation, over all its sweeps (orchestrator/report.py):
+    `<storage>/results/report.html` and `report.md`, logged on every sweep's parent run; beside it
+    `results/index.md`, the sweeps' table indexes with each sweep's wall time and cell counts."""
+    _write_index(storage, results)
+    parts = [r.report for r in results if r.report is not None]
+    return publish_report(parts, storage / "results")[0] if parts else storage / "results" / "index.md"
+
+
+def _write_index(storage: Path, results: list[SweepResult]) -> Path:
+    out = storage / "results" / "index.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# Sweeps of the last invocation", "", "| sweep | wall (s) | finished | failed | tables |"]
+    lines.append("|---|---|---|---|---|")
+    for r in results:
+        tables = f"[{r.name}/index.md]({r.name}/index.md)" if (out.parent / r.name / "index.md").is_file() else "-"
+        failed = "stopped on an error (logs/last_error.txt)" if r.error else str(r.failed)  # one table cell
+        lines.append(f"| {r.name} | {r.wall_s:.0f} | {r.finished} | {failed} | {tables} |")
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
 
 
 def _start_ray(args: argparse.Namespace, stack: ExitStack) -> ray_backend.ClusterInfo:
@@ -69,10 +166,10 @@ def _start_ray(args: argparse.Namespace, stack: ExitStack) -> ray_backend.Cluste
 
 
 def _execute(
-    spec: SweepSpec, args, storage: Path, uri: str, stack: ExitStack, info: ray_backend.ClusterInfo | None, progress
-) -> int:
-    """Ray is already up (`info`); the parent run is opened only now. `progress` (orchestrator/progress.py) shows
-    every line and keeps the sweep's log; its clock started with the sweep."""
+    spec: SweepSpec, args, storage: Path, uri: str, info: ray_backend.ClusterInfo, t0: float, progress: Progress
+) -> SweepResult:
+    """Ray is up (`info`); the sweep's parent run is opened only now, and closed with the sweep's wall time.
+    `progress` (orchestrator/progress.py) shows every line and keeps the invocation's log."""
     cache = Cache(storage)
     plan = build_plan(spec, cache.has, feature_cache=not args.no_feature_cache)
     sweep_id = spec.content_hash()
@@ -92,11 +189,25 @@ def _execute(
         + (" (resumed)" if resumed else "")
         + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else "")
     )
-    info = info or _start_ray(args, stack)
     sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info, log=progress.log)
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed, progress=progress)
     files = _tables(spec, uri, storage, sweep_id, parent_id)
-    wall = progress.elapsed()
+    report = read_sweep(uri, spec, sweep_id, parent_id, git_commit())
+    wall = time.perf_counter() - t0
+    _close_parent(parent, outcome, wall)
+    driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
+    progress.log(
+        f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
+        f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
+        f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached"
+    )
+    for f in files:
+        progress.log(f"  {f}")
+    n = (len(outcome.finished), len(outcome.failed), len(outcome.skipped_failed))
+    return SweepResult(spec.name, wall, *n, files=files, report=report)
+
+
+def _close_parent(parent, outcome, wall: float) -> None:
     parent.log_metrics(
         {
             "time/sweep_s": wall,
@@ -107,15 +218,6 @@ def _execute(
     )
     parent.set_tags({"failed_cells": ",".join(sorted(outcome.failed) + outcome.skipped_failed) or "none"})
     parent.finish(FINISHED)
-    driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
-    progress.log(
-        f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
-        f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
-        f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached"
-    )
-    for f in files:
-        progress.log(f"  {f}")
-    return 0 if not outcome.failed else 1
 
 
 def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str) -> list[Path]:
@@ -123,5 +225,4 @@ def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: 
     out.mkdir(parents=True, exist_ok=True)
     files = aggregate(uri, spec.name, out, tables=list(spec.reproduces) or None, sweep_id=sweep_id)
     log_artifacts(uri, parent_id, files, "tables")
-    report = publish_report([read_sweep(uri, spec, sweep_id, parent_id, git_commit())], storage / "results")
-    return files + report
+    return files

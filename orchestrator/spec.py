@@ -14,7 +14,9 @@ Layout of a sweep file (values only, no code)::
     train: {...}; teacher_train: {...}; pretrain: {...}; pool: {...}; data: {...}; resources: {...}
     profiles: {local: {<any of the sections above, merged over the base>}, paper: {...}}
 
-A profile is a partial override of the base sections; `--set a.b=v` overrides the merged result. The resolved
+A profile is a partial override of the base sections; `--set a.b=v` overrides the merged result. Only `name` and
+`grid` are required: a file without `profiles.local` runs on `--profile local` (the default) from built-in local
+defaults (`LOCAL_DEFAULTS`: the embedded digits at local sizes), which every value in the file overrides. The resolved
 document is validated as a whole, so an override can never smuggle in an unknown key.
 """
 
@@ -33,6 +35,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from orchestrator.inputs import BadInput, check_part, load_yaml, read_bounded, show, show_path
 from orchestrator.spec_errors import first_error, lookup, unknown_key_msg
 from orchestrator.spec_sections import (  # noqa: F401
+    BUILTIN_PROFILES,
+    LOCAL_DEFAULTS,
     DataConfig,
     PoolConfig,
     PretrainConfig,
@@ -251,7 +255,8 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
 
     Args:
         path: the YAML file (at most `inputs.MAX_SPEC_BYTES`, read with `inputs.BoundedLoader`).
-        profile: which entry of `profiles:` to merge over the base sections.
+        profile: which entry of `profiles:` to merge over the base sections; `local` may be left undefined:
+            the file's sections then merge over the built-in `LOCAL_DEFAULTS` (orchestrator/spec_sections.py).
         overrides: `KEY=VALUE` strings; VALUE is parsed as YAML (`3`, `1e-3`, `[a, b]`, `true`) by the same
             bounded loader.
 
@@ -267,10 +272,13 @@ def load_spec(path: str | Path, profile: str = "local", overrides: list[str] | t
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
         raise SpecError(f"{src}: key 'profiles': expected a mapping of profile name -> overrides, got {show(profiles)}")
-    if profile not in profiles:
-        allowed = ", ".join(sorted(show(p, 40) for p in profiles)) or "(none defined)"
+    if profile not in profiles and profile in BUILTIN_PROFILES:
+        raw = _deep_merge(BUILTIN_PROFILES[profile], raw)  # built-in defaults under the file: the file wins
+    elif profile not in profiles:
+        names = sorted({*profiles, *BUILTIN_PROFILES}, key=str)
+        allowed = ", ".join(show(p, 40) + (" (built in)" if p not in profiles else "") for p in names)
         raise SpecError(f"{src}: --profile {show(profile)} is not defined under 'profiles'; allowed: {allowed}")
-    body = profiles[profile] or {}
+    body = profiles.get(profile) or {}
     if not isinstance(body, dict):
         raise SpecError(f"{src}: key 'profiles.{show(profile)[1:-1]}': expected a mapping, got {show(body)}")
     for key in body:

@@ -143,6 +143,35 @@ class SearchConfig(Strict):
         return v
 
 
+# The built-in `local` profile: what `--profile local` (the default) starts from when a sweep file has no
+# `profiles.local` of its own. Why these values: they are what the shipped sweeps' local profiles typically set
+# (sweeps/kd_pairs.yaml, data_fraction.yaml, multimodal.yaml, ...), sized so that a cell takes seconds and a small
+# grid minutes on a 2-core laptop: the embedded digits at 32 px, 800 train / 300 test images, a pool of 800, two
+# teacher epochs, fifteen distillation epochs. ViTs get patches that leave 16 (vit_small) or 4 (vit_base) tokens
+# at 32 px: ViT-B at 16 tokens alone costs minutes per epoch on CPU. It sits *under* the file: every value the file
+# sets (base sections, `--set`) wins; a file with its own `profiles.local` starts from the field defaults as before,
+# so the shipped sweeps resolve exactly as they did.
+LOCAL_DEFAULTS: dict[str, Any] = {
+    "data": {
+        "source": "embedded",
+        "image_size": 32,
+        "n_train": 800,
+        "n_test": 300,
+        "c_per_cell": 30,
+        "p_sequences": 10,
+        "p_frames": 6,
+        "reference_model": "resnet34",
+    },
+    "pool": {"n_images": 800, "ae_epochs": 3},
+    "pretrain": {"epochs": 3, "batch_size": 32, "lr": 3.0e-4},
+    "teacher_train": {"epochs": 2, "batch_size": 16, "n_images": 400, "pool_images": 400, "lr": 5.0e-4},
+    "train": {"epochs": 15, "batch_size": 64},
+    "model_overrides": {"vit_small": {"patch_size": 8}, "vit_base": {"patch_size": 16}},
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+}
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {"local": LOCAL_DEFAULTS}
+
+
 # Library keywords in `model_overrides` whose wrong type or sign would only fail inside a worker, hours later.
 _POSITIVE_INT_KNOBS = frozenset({"patch_size", "depth", "num_heads", "embed_dim", "width", "layers"})
 _POSITIVE_NUMBER_KNOBS = frozenset({"budget_m", "mlp_ratio"})

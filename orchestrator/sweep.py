@@ -1,8 +1,9 @@
-"""`python -m orchestrator.sweep SPEC`: plan, execute on Ray, track in MLflow, and render the paper's tables.
+"""`python -m orchestrator.sweep SPEC [SPEC ...]`: plan, execute on Ray, track in MLflow, and render the paper's tables.
 
 Read top to bottom, `main` is the whole story: validate everything (exit 2 on bad input, nothing started) ->
 plan (`--dry-run` stops here) -> start MLflow (unless `--tracking-uri`) and Ray -> run the shared stages and the
 cells -> aggregate the tables into `<storage>/results/<sweep>/` and onto the parent run -> stop what we started.
+Several spec files run in one invocation, one after the other, on the same Ray, MLflow server and stage cache.
 """
 
 from __future__ import annotations
@@ -39,13 +40,25 @@ class _Parser(argparse.ArgumentParser):
         raise SpecError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m orchestrator.sweep") -> argparse.ArgumentParser:
+    """Every flag's help ends with its default (`--help`)."""
     p = _Parser(
-        prog="python -m orchestrator.sweep",
-        description="Run a robustification sweep (Ray Tune x Ray Train, tracked in MLflow).",
+        prog=prog,
+        description="Run robustification sweeps (Ray Tune x Ray Train, tracked in MLflow).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("spec", help="sweep YAML, e.g. sweeps/teacher_vs_student.yaml")
-    p.add_argument("--profile", default="local", help="profile defined in the sweep file (local | paper)")
+    p.add_argument(
+        "specs",
+        nargs="+",
+        metavar="SPEC",
+        help="sweep YAML file(s), e.g. sweeps/smoke.yaml or sweeps/*.yaml: several run one after the other on one "
+        "Ray and one MLflow, sharing the stage cache",
+    )
+    p.add_argument(
+        "--profile",
+        default="local",
+        help="profile of the sweep file (local | paper); 'local' needs no definition: built-in local defaults",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -54,18 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a value of the resolved spec, e.g. --set train.epochs=3",
     )
-    p.add_argument("--dry-run", action="store_true", help="print cells, stages, cache state and cost; start nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
-    p.add_argument("--tracking-uri", help="MLflow tracking server (default: a local server over <storage>/mlflow)")
-    p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store (default ./runs)")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print cells, stages, cache state, cost and trial packing; start nothing"
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object (a list for several specs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking server; None: a local server over <storage>/mlflow")
+    p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store")
+    p.add_argument("--address", help="Ray cluster address; None: start a local Ray")
     p.add_argument("--rerun-failed", action="store_true", help="rerun only the cells whose runs FAILED")
     p.add_argument(
         "--no-feature-cache",
         action="store_true",
         help="encode images with the full student every batch (benchmark baseline)",
     )
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray; None: all of this machine's")
     p.add_argument(
         "--mlflow-patience",
         type=float,
@@ -160,31 +175,48 @@ def _needed_roots(spec: SweepSpec) -> list[str]:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def validate(argv: list[str] | None) -> tuple[argparse.Namespace, SweepSpec]:
-    """Every check, cheapest first; creates nothing, starts nothing, and contacts servers only for a real run.
+def validate(argv: list[str] | None, prog: str | None = None) -> tuple[argparse.Namespace, list[SweepSpec]]:
+    """Every check of every spec file, cheapest first; creates nothing, starts nothing, and contacts servers only
+    for a real run. Several files are all checked before any runs: a typo in the last must not surface after
+    the first has run for an hour.
 
     Raises:
         BadInput: the first problem, as one line for a person.
     """
-    args = build_parser().parse_args(argv)
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     check_flags(args)
     check_env()
-    spec = load_spec(args.spec, args.profile, args.overrides)
+    specs = [load_spec(path, args.profile, args.overrides) for path in args.specs]
+    check_distinct_names(args.specs, specs)
     check_storage(args.storage, dry_run=args.dry_run)
-    check_data_roots(spec, args.spec)
+    for path, spec in zip(args.specs, specs, strict=True):
+        check_data_roots(spec, path)
     if not args.dry_run:
         check_services(args)
-    return args, spec
+    return args, specs
+
+
+def check_distinct_names(paths: list[str], specs: list[SweepSpec]) -> None:
+    """A sweep's name is its MLflow experiment and its results folder: two in one invocation would mix."""
+    seen: dict[str, str] = {}
+    for path, spec in zip(paths, specs, strict=True):
+        if spec.name in seen:
+            raise SpecError(
+                f"{show_path(path)}: sweep name {show(spec.name)} is also the name of {show_path(seen[spec.name])}; "
+                "the sweeps of one invocation need distinct names (each is an MLflow experiment and a results folder)"
+            )
+        seen[spec.name] = path
 
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer whose reader went away (`... --dry-run | head`)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The CLI (also `robustify sweep`, orchestrator/cli.py, which passes its own `prog`); returns the exit code."""
     try:
-        args, spec = validate(argv)
+        args, specs = validate(argv, prog)
         if args.dry_run:
-            return _dry_run(args, spec)
+            return _dry_runs(args, specs)
         args.storage = str(make_dir(storage_path(args.storage), "--storage"))  # the first thing created
     except BadInput as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
@@ -195,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a bug: one line for people, the traceback in a file
         return report_bug(err)
     try:
-        return _run(args, spec)
+        return _run(args, specs)
     except Exception as err:  # noqa: BLE001 - runner reports its own; this is launching/stopping the server
         return report_bug(err)
 
@@ -208,21 +240,64 @@ def _stdout_to_devnull() -> None:
         pass  # in-process callers (tests) may have replaced sys.stdout
 
 
-def _dry_run(args: argparse.Namespace, spec: SweepSpec) -> int:
-    """Plan and print; reads the stage cache only if it is already on local disk (no folder made, no network)."""
-    from orchestrator.plan import build_plan, dry_run_report, format_report
+def _dry_runs(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
+    """Plan and print every spec; `--json` prints one object for one spec (as always), a list for several."""
+    reports = [_dry_run_report(args, spec) for spec in specs]
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
+        return 0
+    print("\n\n".join(_dry_run_text(r) for r in reports))
+    return 0
+
+
+def _dry_run_report(args: argparse.Namespace, spec: SweepSpec) -> dict:
+    """Reads the stage cache only if it is already on local disk (no folder made, no network)."""
+    from orchestrator.plan import build_plan, dry_run_report
 
     plan = build_plan(spec, _cached_on_disk(args.storage))
-    report = dry_run_report(plan)
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return 0
+    return {**dry_run_report(plan), "packing": _packing(args, plan)}
+
+
+def _dry_run_text(report: dict) -> str:
+    from orchestrator.plan import format_packing, format_report
+
     cells = report["cells"]
     lines = format_report({**report, "cells": cells[:DRY_RUN_CELLS]}).splitlines()
     if len(cells) > DRY_RUN_CELLS:
         lines.insert(1 + DRY_RUN_CELLS, f"  ... and {len(cells) - DRY_RUN_CELLS:,} more cells (--json lists all)")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines + format_packing(report["packing"]))
+
+
+def _packing(args: argparse.Namespace, plan) -> dict:
+    """How the cells would be packed into trials (`driver._packs`), on the Ray this command would use, without
+    starting or joining it: a local Ray gets this machine's CPUs (or `--num-cpus`) and GPUs; a cluster's
+    resources are unknown until it is joined, unless the spec fixes the trials at once itself."""
+    from orchestrator import ray_backend
+    from orchestrator.plan import pending_cells, trial_packs
+
+    res = plan.spec.resources
+    if args.address is not None and res.max_concurrent_trials is None:
+        return {
+            "where": f"the cluster at {args.address}",
+            "trials": None,
+            "note": "packing depends on the cluster's resources (set resources.max_concurrent_trials to fix it)",
+        }
+    gpus = _local_gpus() if res.gpus_per_worker > 0 and args.address is None else 0
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
+    info = ray_backend.ClusterInfo(cpus, float(gpus), True, args.address is None)
+    gpw = res.gpus_per_worker if ray_backend.uses_gpus(info, res.gpus_per_worker) else 0.0
+    n = max(1, len(pending_cells(plan)))
+    per_trial = (res.workers_per_trial, res.cpus_per_worker, gpw)
+    slots = ray_backend.max_concurrent(info, *per_trial, n, res.max_concurrent_trials)
+    where = f"the cluster at {args.address}" if args.address else f"the local Ray ({cpus:g} CPUs, {gpus} GPUs)"
+    labels = {plan.cell_stage[c]: c.label() for c in plan.cells}
+    return {"where": where, "slots": slots, "trials": trial_packs(plan, slots), "labels": labels}
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _cached_on_disk(storage: str):
@@ -237,15 +312,16 @@ def _cached_on_disk(storage: str):
     return lambda kind, key: (root / kind / key / MANIFEST).is_file()
 
 
-def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
-    """Our own MLflow server (no `--tracking-uri`) is launched first: it boots while torch, MLflow and Ray load."""
+def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
+    """Our own MLflow server (no `--tracking-uri`) is launched first: it boots while torch, MLflow and Ray load.
+    One server and one Ray serve every spec of the invocation (`runner.run_sweeps`)."""
     from orchestrator.mlflow_server import LocalMlflowServer
 
     server = None if args.tracking_uri else LocalMlflowServer(Path(args.storage).resolve() / "mlflow").launch()
     try:
         from orchestrator import runner
 
-        return runner.run_sweep(spec, args, server)
+        return runner.run_sweeps(specs, args, server)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

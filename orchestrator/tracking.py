@@ -15,10 +15,12 @@ they get an explicit http:// URI and a run id, and talk through `RunLogger`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +316,46 @@ def unreachable_reason(uri: str, timeout_s: float = 3.0) -> str | None:
     except (MlflowException, OSError, ValueError) as err:
         return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     return None
+
+
+SYSTEM_METRICS_INTERVAL_S = 1.0  # seconds between samples; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str) -> Iterator[None]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, `system/system_memory_usage_megabytes`, disk,
+    network, GPU where NVML answers) sampled into `run_id` while the block runs.
+
+    Why not `mlflow.start_run(log_system_metrics=True)`: workers never use fluent active runs (see the module
+    docstring), and `SystemMetricsMonitor` takes an explicit run id and URI. Why 1 s: local cells take seconds, and
+    the monitor publishes nothing before its first interval is over; a block shorter than that still gets one sample
+    at its end. Monitoring is best effort: a missing psutil or an unreachable server never fails the cell.
+    """
+    monitor = None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # no start/stop chatter per cell
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=uri)
+        monitor.start()
+    except Exception:  # noqa: BLE001 - best effort (psutil missing, ...): the cell runs without them
+        monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            _finish_monitor(monitor)
+
+
+def _finish_monitor(monitor: Any) -> None:
+    monitor.finish()
+    try:
+        if monitor._logging_step == 0:  # shorter than one interval: nothing published yet (mlflow 3.17 internals)
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+    except Exception:  # noqa: BLE001 - best effort, as above
+        pass
 
 
 def log_artifacts(uri: str, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:

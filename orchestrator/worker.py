@@ -8,6 +8,7 @@ packed cells, fault injection) and the adapter holds the mechanics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -23,7 +24,7 @@ import torch
 from orchestrator.cache import Cache
 from orchestrator.ray_backend import TrainSession
 from orchestrator.search import run_study
-from orchestrator.tracking import RunLogger
+from orchestrator.tracking import RunLogger, system_metrics
 from trainables.common import NullReporter, StageContext, read_metrics, seed_everything, write_metrics
 from trainables.kinds import CELL, KINDS, CellInputs
 from trainables.pipeline import run_stage
@@ -234,10 +235,12 @@ def run_cell(cfg: dict[str, Any], session: TrainSession, resume: dict | None, ch
     inputs = CellInputs.from_payload(cfg["inputs"])
     out = cache.staging(CELL, cfg["key"]) if session.rank == 0 else Path(tempfile.mkdtemp())
     start = time.time()
-    if inputs.search and session.rank == 0:
-        metrics = _search_cell(cfg, inputs, deps, out, ctx)
-    else:
-        metrics = run_stage(CELL, inputs, deps, out, ctx)
+    # rank 0 only: one monitor per run (other ranks would log the same steps); see tracking.system_metrics
+    with system_metrics(cfg["uri"], cfg["run_id"]) if session.rank == 0 else contextlib.nullcontext():
+        if inputs.search and session.rank == 0:
+            metrics = _search_cell(cfg, inputs, deps, out, ctx)
+        else:
+            metrics = run_stage(CELL, inputs, deps, out, ctx)
     metrics.update({"time/start_unix": start, "time/end_unix": time.time()})
     if session.rank == 0:
         write_metrics(out, metrics)

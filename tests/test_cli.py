@@ -164,3 +164,104 @@ def test_dry_run_reads_the_cache_without_creating_it_and_summarises_cells(tmp_pa
     lines = proc.stdout.splitlines()
     assert lines[0].endswith(": 80 cells") and all(ln.startswith("  cell ") for ln in lines[1:51])
     assert lines[51] == "  ... and 30 more cells (--json lists all)" and lines[52].startswith("stages")
+
+
+def test_minimal_spec_dry_run_shows_the_packing(tmp_path: Path) -> None:
+    """A file with only `name` and `grid`: planned on the built-in local defaults, with the trials it would run as
+    on this machine (the same packing as the driver's) and, for a cluster, the reason the trials are unknown."""
+    spec = tmp_path / "minimal.yaml"
+    spec.write_text("name: minimal\ngrid: {student: [vit_small], method: [apt, original], seed: [0, 1]}\n")
+    base = ["orchestrator.sweep", str(spec), "--dry-run", "--storage", str(tmp_path / "r")]
+    proc = run_cli([*base, "--json", "--num-cpus", "3"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    packing = report["packing"]
+    assert report["profile"] == "local" and report["n_cells"] == 4 and packing["slots"] == 3
+    assert sorted(k for t in packing["trials"] for k in t) == sorted(c["key"] for c in report["cells"])
+    text = run_cli(base, timeout=120).stdout.splitlines()
+    assert any(ln.startswith("packing on the local Ray (") and "Ray Tune trial(s)" in ln for ln in text), text
+    remote = run_cli([*base, "--address", "10.0.0.1:6379"], timeout=120)
+    assert remote.returncode == 0 and "packing depends on the cluster's resources" in remote.stdout
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------------ robustify
+
+
+def test_robustify_is_the_console_entry_point() -> None:
+    import tomllib
+
+    from orchestrator import cli
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"robustify": "orchestrator.cli:main"} and callable(cli.main)
+
+
+@pytest.mark.parametrize("verb", ["sweep", "aggregate", "ui"])
+def test_help_lists_every_flag_with_its_default(verb: str, capsys) -> None:
+    """`robustify VERB --help` (in process, as the console script calls it): one '(default: ...)' per flag."""
+    from orchestrator import aggregate, cli, sweep
+
+    parser = {"sweep": sweep.build_parser, "aggregate": aggregate._parser, "ui": cli.ui_parser}[verb]()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    try:
+        code = cli.main([verb, "--help"])
+    except SystemExit as done:
+        code = done.code
+    text = capsys.readouterr().out
+    assert code == 0 and text.startswith("usage: ")
+    assert text.count("(default:") == len(flags) >= 2, text
+    assert all(any(o in text for o in a.option_strings) for a in flags)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        ([], "usage: robustify"),
+        (["frob"], "unknown command 'frob'"),
+        (["sweep", "sweeps/nope.yaml"], "no such sweep"),
+    ],
+)
+def test_robustify_refusals(argv: list[str], needle: str, capsys) -> None:
+    from orchestrator import cli
+
+    assert cli.main(argv) == 2
+    out = capsys.readouterr()
+    assert needle in out.out + out.err and "Traceback" not in out.err
+
+
+def test_ui_refuses_a_storage_without_a_store(tmp_path: Path, capsys) -> None:
+    from orchestrator import cli
+
+    assert cli.main(["ui", "--storage", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no MLflow store" in err and str(tmp_path) in err
+    assert _tree(tmp_path) == []
+
+
+def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path) -> None:
+    """A real store, a real `robustify ui` process: its URL answers; SIGINT ends it and the server it started."""
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from orchestrator.mlflow_server import LocalMlflowServer, wait_healthy
+    from tests.procs import kill_marked, marked_env, pids_with_mark
+
+    LocalMlflowServer(tmp_path / "runs" / "mlflow").start().stop()  # a store, as a finished sweep leaves it
+    mark = uuid.uuid4().hex
+    code = "from orchestrator.cli import main; raise SystemExit(main())"
+    argv = [sys.executable, "-c", code, "ui", "--storage", str(tmp_path / "runs"), "--port", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=marked_env(mark), stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("MLflow UI: http://127.0.0.1:"), line
+        uri = line.split()[2]
+        assert wait_healthy(uri, 30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not wait_healthy(uri, 2) and pids_with_mark(mark) == []
+    finally:
+        proc.kill()
+        kill_marked(mark)

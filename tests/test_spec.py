@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import Method, SpecError, load_spec
+from orchestrator.spec import LOCAL_DEFAULTS, Method, SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -89,12 +89,47 @@ def test_empty_axis_and_missing_teacher(tmp_path: Path) -> None:
     [
         ("name: [unclosed", "malformed YAML"),
         ("- just\n- a list\n", "mapping at the top level"),
-        ("name: t\ngrid: {student: [clip_vit_b16], method: [apt]}\n", "--profile 'local' is not defined"),
     ],
 )
 def test_malformed_documents(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(SpecError, match=needle):
         load_spec(write(tmp_path, text), "local")
+
+
+MINIMAL = "name: t\ngrid: {student: [vit_small], method: [apt]}\n"
+
+
+def test_a_name_and_a_grid_run_locally_on_the_built_in_defaults(tmp_path: Path) -> None:
+    """No `profiles:` at all: `--profile local` (the default) resolves to the built-in local defaults."""
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert spec.profile == "local" and spec.data.source == "embedded"
+    for section, values in LOCAL_DEFAULTS.items():
+        got = getattr(spec, section)
+        got = got if isinstance(got, dict) else got.model_dump()
+        assert {k: got[k] for k in values} == values, section
+
+
+def test_the_file_overrides_the_built_in_defaults(tmp_path: Path) -> None:
+    p = write(tmp_path, MINIMAL + "train: {epochs: 4}\nmodel_overrides: {vit_small: {patch_size: 16}}\n")
+    spec = load_spec(p, "local", ["data.n_train=120"])
+    assert spec.train.epochs == 4 and spec.train.batch_size == LOCAL_DEFAULTS["train"]["batch_size"]
+    assert spec.model_overrides["vit_small"] == {"patch_size": 16} and spec.data.n_train == 120
+    only_paper = write(tmp_path, MINIMAL + "profiles: {paper: {data: {source: imagenet}}}\n")
+    assert load_spec(only_paper).data.n_train == LOCAL_DEFAULTS["data"]["n_train"]
+
+
+@pytest.mark.parametrize("profile", ["paper", "cloud"])
+def test_other_profiles_still_need_a_definition(tmp_path: Path, profile: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, MINIMAL), profile)
+    msg = str(err.value)
+    assert f"--profile '{profile}' is not defined" in msg and "'local' (built in)" in msg and "\n" not in msg
+
+
+def test_a_file_with_its_own_local_profile_ignores_the_built_in_one(tmp_path: Path) -> None:
+    """The shipped sweeps define `profiles.local`: they resolve from the field defaults exactly as before."""
+    spec = load_spec(write(tmp_path, BASE), "local")
+    assert spec.train.epochs == 2 and spec.data.n_train == 2000 and spec.model_overrides == {}
 
 
 def test_missing_file_and_bad_override(tmp_path: Path) -> None:
