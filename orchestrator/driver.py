@@ -32,9 +32,9 @@ from orchestrator.records import (
     finish_cell,
     log_cached_stage,
     log_teacher_flip_rates,
+    open_stage_run,
     stage_done,
     stage_name,
-    stage_params,
 )
 from orchestrator.tracking import FAILED, FINISHED
 from trainables.common import read_metrics
@@ -143,15 +143,7 @@ def _stage_finished(sc: SweepContext, task, result, err, failed, outcome, progre
 
 def _stage_task(sc: SweepContext, stage: Stage) -> dict[str, Any]:
     """Open the stage's run and describe its Ray task: everything `worker.stage_task` needs, as plain data."""
-    run_id = sc.tracker.open_child(
-        sc.parent_id,
-        sc.sweep_id,
-        "stage",
-        stage.key,
-        stage_name(stage),
-        {"stage": stage.kind, "cache_hit": "false"},
-        stage_params(stage),
-    )
+    run_id = open_stage_run(sc, stage, cache_hit=False)
     return {
         "kind": stage.kind,
         "key": stage.key,

@@ -143,18 +143,23 @@ def stage_done(
     sc.log(f"  stage {stage_name(sc.plan.stages[task['key']])} done in {result['wall_s']:.0f} s")
 
 
-def log_cached_stage(sc: SweepContext, stage: Stage) -> None:
-    """A stage this sweep found in the cache still gets its run (tag `cache_hit=true`), so every table can name it."""
-    run_id = sc.tracker.open_child(
+def open_stage_run(sc: SweepContext, stage: Stage, cache_hit: bool) -> str:
+    """Open (or reopen) the stage's child run of this sweep, with its params; returns its run id."""
+    hit = "true" if cache_hit else "false"
+    return sc.tracker.open_child(
         sc.parent_id,
         sc.sweep_id,
         "stage",
         stage.key,
         stage_name(stage),
-        {"stage": stage.kind, "cache_hit": "true"},
+        {"stage": stage.kind, "cache_hit": hit},
         stage_params(stage),
     )
-    logger = sc.tracker.logger(run_id)
+
+
+def log_cached_stage(sc: SweepContext, stage: Stage) -> None:
+    """A stage this sweep found in the cache still gets its run (tag `cache_hit=true`), so every table can name it."""
+    logger = sc.tracker.logger(open_stage_run(sc, stage, cache_hit=True))
     logger.set_tags({"cache_hit": "true"})
     logger.log_metrics(sc.metrics(stage), step=0)
     logger.finish(FINISHED)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainables import metrics
 from trainables.data import ImageSet
 
 CORRUPTIONS = (
@@ -35,18 +36,7 @@ CORRUPTIONS = (
 )
 SEVERITIES = (1, 2, 3, 4, 5)
 SEEDED = ("impulse_noise", "glass_blur")  # imagecorruptions functions that take an explicit seed
-TEST_PERTURBATIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "brightness",
-    "translate",
-    "rotate",
-    "tilt",
-    "scale",
-)
+TEST_PERTURBATIONS = metrics.TEST_PERTURBATIONS  # ImageNet-P's 10 test perturbations (one list: metrics.py)
 NOISE_PERTURBATIONS = ("gaussian_noise", "shot_noise")
 
 
