@@ -6,6 +6,7 @@ imports MLflow, torch and Ray: the server boots while they load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -97,16 +98,20 @@ class LocalMlflowServer:
         return self
 
     def stop(self) -> None:
+        """End the server's whole process group (the server and its uvicorn workers), not just its leader: a
+        worker that outlives `stop()` would hold the port and show up as a process left behind."""
         if self.proc is None:
             return
+        pgid = self.proc.pid
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
             self.proc.wait(timeout=15)
         except ProcessLookupError:
             pass
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+        _wait_group_gone(pgid, timeout_s=10.0)
         self.proc = None
 
     def __enter__(self) -> LocalMlflowServer:
@@ -114,3 +119,18 @@ class LocalMlflowServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Wait until no process of group `pgid` is left; SIGKILL what remains after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
