@@ -260,7 +260,8 @@ def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path) 
         uri = line.split()[2]
         assert wait_healthy(uri, 30)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        # the server's graceful shutdown (then SIGKILL of its group) can take tens of seconds on 2 loaded cores
+        assert proc.wait(timeout=120) == 0
         assert not wait_healthy(uri, 2) and pids_with_mark(mark) == []
     finally:
         proc.kill()
