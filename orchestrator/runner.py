@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import driver, ray_backend
+from orchestrator import driver, ray_backend, render
 from orchestrator.aggregate import aggregate
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
@@ -193,6 +193,8 @@ def _execute(
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed, progress=progress)
     files = _tables(spec, uri, storage, sweep_id, parent_id)
     report = read_sweep(uri, spec, sweep_id, parent_id, git_commit())
+    for line in render.claim_lines(report.results):  # each verdict with its interval, as the tables print it
+        progress.log(line)
     wall = time.perf_counter() - t0
     _close_parent(parent, outcome, wall)
     driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
