@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from orchestrator.tables import METHODS, MISSING, TIME_COL, Claim, Col, TableResult, pretty
 
 # Keyed by `Claim.verdict`: ✓ / ✗ / ~ come from a bootstrap interval (orchestrator/tables/verdicts.py); ? has none.
-MARK = {True: "✓", False: "✗", "~": "~", None: "?"}
-WORD = {True: "holds", False: "contradicted", "~": "inconclusive", None: "not enough data"}
+MARK = {True: "✓", "x": "✗", False: "✗", "~": "~", None: "?"}
+WORD = {True: "holds", "x": "contradicted", False: "does not hold", "~": "inconclusive", None: "not enough data"}
 EXTRA = "†"
 
 
@@ -50,20 +50,35 @@ def cell_text(res: TableResult, row: str, col: str) -> str:
     sd = res.std.loc[row, col]
     if ours != MISSING and not math.isnan(float(sd)):
         ours += f" ± {fmt(sd, c)}"
+    if ours != MISSING and res.spec.seed and _uniform_n(res) is None:  # n varies: each cell says its own
+        ours += f" [n={int(res.n.loc[row, col])}]"
     if not _has_paper(res, col):
         return ours
     return f"{ours} ({fmt(res.paper.loc[row, col], c, paper=True)})"
+
+
+def _uniform_n(res: TableResult) -> int | None:
+    """The number of seeds behind every cell with data, when it is the same for all (else None)."""
+    ns = {int(v) for v in res.n.to_numpy().ravel() if v > 0}
+    return ns.pop() if len(ns) == 1 else None
 
 
 def header(res: TableResult, col: str) -> str:
     return f"{col} {EXTRA}" if res.col(col).extra else col
 
 
+def _seeds_legend(res: TableResult) -> str:
+    n = _uniform_n(res)
+    if n is None:
+        return "± = std over seeds, [n=k] = k seeds" if (res.n > 0).any().any() else "± = std over seeds"
+    return f"n = {n} seed{'s' if n > 1 else ''} per cell" + (", ± = std over them" if n > 1 else " (no std)")
+
+
 def legend(res: TableResult) -> str:
     """How to read a cell, one line (the report prints it above each table too)."""
     parts = [
         "Each cell: ours (paper)" if res.paper.notna().any().any() else "Each cell: ours (the paper gives no numbers)",
-        *(["± = std over seeds"] if res.spec.seed else []),
+        *([_seeds_legend(res)] if res.spec.seed else []),
         f"{MISSING} = no data in these runs",
     ]
     if any(res.col(c).extra for c in res.mean.columns):
@@ -304,9 +319,9 @@ def claims_summary(claims: Sequence[Claim]) -> str:
     if not claims:
         return MISSING
     return ", ".join(
-        f"{sum(c.verdict == h for c in claims)} {MARK[h]}"
-        for h in (True, False, "~", None)
-        if any(c.verdict == h for c in claims)
+        f"{sum(MARK[c.verdict] == m for c in claims)} {m}"
+        for m in ("✓", "✗", "~", "?")
+        if any(MARK[c.verdict] == m for c in claims)
     )
 
 

@@ -34,7 +34,7 @@ img { max-width: 100%; border: 1px solid #eee; }
 .legend, .note { color: #555; font-size: 90%; }
 dl.settings { display: grid; grid-template-columns: max-content auto; gap: .1em 1em; } dd { margin: 0; }
 """
-VERDICT_CLASS = {True: "holds", False: "fails", "~": "unknown", None: "unknown"}
+VERDICT_CLASS = {True: "holds", False: "fails", "x": "fails", "~": "unknown", None: "unknown"}
 e = html.escape  # short: it wraps every interpolated string below
 
 

@@ -93,8 +93,11 @@ class Claim:
 
     @property
     def verdict(self) -> bool | str | None:
-        """True, False, "~" (inconclusive) or None (no data): the key renderers look marks up by."""
-        return "~" if self.holds is None and self.decided else self.holds
+        """The key renderers look marks up by: True, "x" (contradicted by an interval), False (fails, no
+        interval: a regime check), "~" (inconclusive) or None (no data)."""
+        if self.decided and self.holds is not True:
+            return "x" if self.holds is False else "~"
+        return self.holds
 
     def __post_init__(self) -> None:  # numpy booleans would break `holds is True` checks downstream
         for name in ("holds", "points"):

@@ -94,7 +94,7 @@ def improves(
             iv = verdicts.interval(res, _name(text, r), [[(r, before)], [(r, after)]], diff)
             change = f" ({b - a:+.1f})" if show_change else ""
             better = b < a if lower_is_better else b > a
-            items.append((f"{r}: {a:.1f} → {b:.1f}{change}, improvement {verdicts.describe(iv)}", iv, better))
+            items.append((f"{r}: {a:.1f} → {b:.1f}{change}{verdicts.tail(iv, ', improvement ')}", iv, better))
         return verdicts.every(text, items, empty, noun)
 
     return check
@@ -117,7 +117,7 @@ def at_least_others(text: str, row: str, prefix: str, empty: str) -> Check:
                 items = []
                 for r, v in others.items():
                     iv = verdicts.interval(res, _name(text, col, r), [[(r, col)], [(row, col)]], diff)
-                    items.append((f"{row} {best:.1f} vs {r} {v:.1f}: {verdicts.describe(iv)}", iv, best >= v - 1e-9))
+                    items.append((f"{row} {best:.1f} vs {r} {v:.1f}{verdicts.tail(iv, ': ')}", iv, best >= v - 1e-9))
                 claim = verdicts.every(text, items, empty, "ablations")
                 return Claim(text, claim.holds, f"{col}: {claim.detail}", claim.decided, claim.points)
         return Claim(text, None, empty)
@@ -144,7 +144,7 @@ def highest_mean(text: str, row: str, digits: int, empty: str) -> Check:
             iv = verdicts.interval(res, _name(text, r), [[(r, c) for c in cols], [(row, c) for c in cols]], diff)
             items.append(
                 (
-                    f"{row} {avg[row]:.{digits}f} vs {r} {avg[r]:.{digits}f}: {verdicts.describe(iv, '', digits)}",
+                    f"{row} {avg[row]:.{digits}f} vs {r} {avg[r]:.{digits}f}{verdicts.tail(iv, ': ', '', digits)}",
                     iv,
                     avg[row] >= avg[r] - 1e-9,
                 )
@@ -235,8 +235,12 @@ def loses_and_keeps(text: str, ref: str, loses: str, keeps: str, tolerance: floa
         )
         points = f"mean over {', '.join(rows)}: {ref} {mm[ref]:.1f}, {loses} {mm[loses]:.1f}, {keeps} {mm[keeps]:.1f}"
         items = [
-            (f"{ref} − {loses} {verdicts.describe(lose)}", lose, mm[loses] < mm[ref]),
-            (f"{keeps} − {ref} + {tolerance:g} {verdicts.describe(keep)}", keep, mm[keeps] >= mm[ref] - tolerance),
+            (f"{ref} − {loses}{verdicts.tail(lose, ' ') or ' (no interval)'}", lose, mm[loses] < mm[ref]),
+            (
+                f"{keeps} − {ref} + {tolerance:g}{verdicts.tail(keep, ' ') or ' (no interval)'}",
+                keep,
+                mm[keeps] >= mm[ref] - tolerance,
+            ),
         ]
         claim = verdicts.every(text, items, "", "parts")
         return Claim(text, claim.holds, f"{points}; {claim.detail}", claim.decided, claim.points)
@@ -262,7 +266,7 @@ def beats_apt(text: str, col: str, lower_is_better: bool = False) -> Check:
             if have(a, b):
                 iv = verdicts.interval(res, _name(text, row), [[(apt, col)], [(row, col)]], diff)
                 better = b < a if lower_is_better else b > a
-                items.append((f"{row}: {b:.1f} vs APT {a:.1f}, improvement {verdicts.describe(iv)}", iv, better))
+                items.append((f"{row}: {b:.1f} vs APT {a:.1f}{verdicts.tail(iv, ', improvement ')}", iv, better))
         return verdicts.every(text, items, "no student with both APT and a teacher")
 
     return check

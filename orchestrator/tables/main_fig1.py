@@ -45,8 +45,9 @@ def ours_cheaper(res: TableResult) -> Claim:
         iv = verdicts.interval(res, f"{text} | {row}", [[(ft, "C acc")], [(row, "C acc")]], diff)
         items.append(
             (
-                f"{pretty(where.get('student', ''))}: C {c_o:.1f} vs complete FT {c_f:.1f} (ours − FT + "
-                f"{COMPARABLE_C_PTS:g}: {verdicts.describe(iv)}), time {t_o:.0f} s vs {t_f:.0f} s ({ratio:.1f}×)",
+                f"{pretty(where.get('student', ''))}: C {c_o:.1f} vs complete FT {c_f:.1f}"
+                f"{verdicts.tail(iv, f' (ours − FT + {COMPARABLE_C_PTS:g}: ')}{'' if isinstance(iv, str) else ')'}"
+                f", time {t_o:.0f} s vs {t_f:.0f} s ({ratio:.1f}×)",
                 iv if ratio >= MUCH_LESS_TIME else False,  # too slow: ✗ whatever the accuracy
                 ratio >= MUCH_LESS_TIME and c_o >= c_f - COMPARABLE_C_PTS,
             )

@@ -102,6 +102,11 @@ def describe(iv: stats.Interval | str, unit: str = " points", digits: int = 1) -
     return f"{iv.text(digits, unit)} {MARK[iv.verdict()]}"
 
 
+def tail(iv: stats.Interval | str, lead: str, unit: str = " points", digits: int = 1) -> str:
+    """`lead` + `describe(iv)`, or nothing when there is no interval (the claim says why, once, at its end)."""
+    return "" if isinstance(iv, str) else lead + describe(iv, unit, digits)
+
+
 def footer(ivs: Sequence[stats.Interval | str]) -> str:
     """What the intervals are: `95 % paired bootstrap, 3 seed(s) × 300 examples, B = 2000`."""
     done = [iv for iv in ivs if not isinstance(iv, str)]
@@ -141,4 +146,7 @@ def every(text: str, items: Sequence[Item], empty: str, noun: str = "") -> Claim
         return Claim(text, None, f"{lines}; {next(iv for _, iv, _ in items if isinstance(iv, str))}", points=points)
     holds = False if False in verdicts else (True if n_ok == len(items) else None)
     foot = footer([iv for iv in done if not isinstance(iv, bool)])
+    missing = [iv for _, iv, _ in items if isinstance(iv, str)]
+    if missing:
+        foot += f"{'; ' if foot else ''}{len(missing)} item(s) without interval ({missing[0]})"
     return Claim(text, holds, f"{head}: {lines}" + (f"; {foot}" if foot else ""), decided=True, points=points)
