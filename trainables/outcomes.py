@@ -51,9 +51,9 @@ def _correct(preds: dict[str, Tensor], y: Tensor, set_name: str, expected_head: 
     for k, v in preds.items():
         name = _name(k, set_name, "main")
         if k.startswith("chosen/"):
-            out[name] = (v == expected_head).numpy()
+            out[name] = (v == expected_head).cpu().numpy()
         else:
-            out[name] = ((v if targets is None else targets[v]) == y).numpy()
+            out[name] = ((v if targets is None else targets[v]) == y).cpu().numpy()
     return out
 
 
@@ -80,7 +80,7 @@ def _flips(predict: Predictor, bundle: dict, batch_size: int) -> dict:
     per = []
     for pi, pert in enumerate(names):
         m, n = x.shape[1], x.shape[2]
-        f = _predict(predict, x[pi].reshape(m * n, *x.shape[3:]), batch_size)["main"].reshape(m, n).numpy()
+        f = _predict(predict, x[pi].reshape(m * n, *x.shape[3:]), batch_size)["main"].reshape(m, n).cpu().numpy()
         ref = f[:, :1] if is_noise_perturbation(pert) else f[:, :-1]
         per.append((f[:, 1:] != ref).mean(axis=1))
     return {"fp/mean": np.mean(per, axis=0).astype(np.float32)}
