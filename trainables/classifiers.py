@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables import augment
+from trainables import augment, outcomes
 from trainables.artifacts import load_bundles, load_pool, write_model_json
 from trainables.build import build_student, build_teacher, source_split
 from trainables.common import (
@@ -103,7 +103,9 @@ def _teacher_stage(
         _train_classifier(net, x, y, tt["epochs"], tt["lr"], tt["batch_size"], seed, ctx, step_fn)
         precise_bn(net, x[torch.randperm(len(x), generator=g)], net)
     net.eval()
-    metrics = evaluate_suites(classifier_predictor(net), bundles, ["clean", "c", "p"])
+    pred = outcomes.memo(classifier_predictor(net))  # one forward pass for the metrics and the outcomes file
+    metrics = evaluate_suites(pred, bundles, ["clean", "c", "p"])
+    outcomes.save(out / outcomes.OUTCOMES_FILE, outcomes.collect(pred, bundles, ["clean", "c", "p"]))
     if pool is not None:
         metrics["acc/pool"] = accuracy(net, pool["x"], pool["y"])
     metrics.update({"time/train_s": t.s, "time/stage_s": t.s})
