@@ -71,13 +71,7 @@ def build_parser(prog: str = "python -m orchestrator.sweep") -> argparse.Argumen
         "--dry-run", action="store_true", help="print cells, stages, cache state, cost and trial packing; start nothing"
     )
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object (a list for several specs)")
-    p.add_argument("--tracking-uri", help="MLflow tracking server; None: a local server over <storage>/mlflow")
-    p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store")
-    p.add_argument(
-        "--address",
-        default=os.environ.get("RAY_ADDRESS") or None,  # `ray job submit` hands its driver the cluster this way
-        help="Ray cluster address (host:port, ray://, auto); None: $RAY_ADDRESS if set, else start a local Ray",
-    )
+    _service_flags(p)
     p.add_argument("--rerun-failed", action="store_true", help="rerun only the cells whose runs FAILED")
     p.add_argument(
         "--no-feature-cache",
@@ -85,13 +79,24 @@ def build_parser(prog: str = "python -m orchestrator.sweep") -> argparse.Argumen
         help="encode images with the full student every batch (benchmark baseline)",
     )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray; None: all of this machine's")
+    return p
+
+
+def _service_flags(p: argparse.ArgumentParser) -> None:
+    """Where the sweep runs and logs: MLflow, storage, the Ray cluster, and how long to wait for MLflow."""
+    p.add_argument("--tracking-uri", help="MLflow tracking server; None: a local server over <storage>/mlflow")
+    p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or None,  # `ray job submit` hands its driver the cluster this way
+        help="Ray cluster address (host:port, ray://, auto); None: $RAY_ADDRESS if set, else start a local Ray",
+    )
     p.add_argument(
         "--mlflow-patience",
         type=float,
         default=300.0,
         help="seconds to keep retrying an unreachable MLflow before stopping the sweep",
     )
-    return p
 
 
 # ------------------------------------------------------------------------------------------------ validation
