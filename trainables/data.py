@@ -75,18 +75,28 @@ def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[
     return (ImageSet(images[tr], labels[tr], DIGIT_NAMES), ImageSet(images[te], labels[te], DIGIT_NAMES))
 
 
+ROTATION_NAMES = ("upright", "rotated 90", "rotated 180", "rotated 270")
+
+
 def load_digits_transfer(seed: int, size: int = 32, test_fraction: float = 0.3) -> tuple[ImageSet, ImageSet]:
-    """sklearn's 1,797 8x8 digits, upsampled: the local transfer target (a different dataset, same task)."""
+    """The local transfer target: sklearn's 1,797 8x8 digits, upsampled, each turned by a seeded multiple of 90°,
+    labelled by that turn (4 classes).
+
+    Why a rotation task rather than the digits' own labels: the training data's classes are the ten digits, so a
+    digit probe cannot show what complete fine-tuning forgets (Figure 2; issue #13). Which way up a digit is, is
+    a label set the training never saw, read off features the fine-tuning may or may not keep.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    grey = d.data * (255.0 / 16.0)
-    n = len(d.target)
+    grey = torch.from_numpy(d.data.reshape(-1, 8, 8) * (255.0 / 16.0))
+    turns = torch.randint(4, (len(grey),), generator=torch.Generator().manual_seed(seed + 7))
+    grey = torch.stack([torch.rot90(img, int(k), (0, 1)) for img, k in zip(grey, turns, strict=True)])
+    n = len(turns)
     n_test = int(round(n * test_fraction))
-    tr, te = _stratified(d.target, n - n_test, n_test, seed)
-    images = _to_rgb(grey, 8, size)
-    labels = torch.from_numpy(d.target.astype(np.int64))
-    return ImageSet(images[tr], labels[tr], DIGIT_NAMES), ImageSet(images[te], labels[te], DIGIT_NAMES)
+    tr, te = _stratified(turns.numpy(), n - n_test, n_test, seed)
+    images = _to_rgb(grey.reshape(n, 64).numpy(), 8, size)
+    return ImageSet(images[tr], turns[tr], ROTATION_NAMES), ImageSet(images[te], turns[te], ROTATION_NAMES)
 
 
 # --------------------------------------------------------------------------------------------- paper datasets
