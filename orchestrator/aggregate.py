@@ -69,11 +69,17 @@ def write_files(out: Path, files: dict[str, str | bytes]) -> list[Path]:
 
 def aggregate_frame(runs, out_dir: str | Path, tables: Sequence[str] | None = None) -> list[Path]:
     """Render tables from a run DataFrame into `out_dir`; always writes `index.md` (listed last)."""
+    return write_results(build_results(runs, tables), out_dir)
+
+
+def write_results(results: Sequence[TableResult], out_dir: str | Path) -> list[Path]:
+    """Render built tables into `out_dir`; always writes `index.md` (listed last). Takes the tables, not the
+    runs, so the sweep renders its files and its report from one read of MLflow and one build."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     items = []
-    for res in build_results(runs, tables):
+    for res in results:
         files = write_files(out, render.render_files(res))
         written += files
         items.append((res, [f.name for f in files]))

@@ -63,7 +63,8 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         ray.init(address=address, runtime_env={"env_vars": {k: os.environ[k] for k in TRAIN_ENV}}, **quiet)
         started = False
     else:
-        ray.init(
+        ray.init(  # "local": a Ray of our own, never one a `ray start` on this host left in ray_current_cluster
+            address="local",
             num_cpus=num_cpus,
             resources={TRIAL_DRIVER: 1000},
             include_dashboard=True,

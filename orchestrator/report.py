@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from orchestrator.spec import SweepSpec
+    from orchestrator.tables import TableResult
 
 HTML_NAME, MD_NAME = "report.html", "report.md"
 __all__ = ["CellRun", "SweepReportInput", "publish_report", "read_sweep", "report_html", "report_markdown"]
@@ -139,7 +140,39 @@ def read_sweep(
     uri: str, spec: SweepSpec, sweep_id: str, parent_run_id: str | None, code_version: str
 ) -> SweepReportInput:
     """Build one sweep's report input from its runs in MLflow (tables as the aggregator builds them)."""
-    runs = runs_dataframe(uri, spec.name, f"tags.sweep_id = '{sweep_id}'", finished_only=False)
+    runs = sweep_runs(uri, spec.name, sweep_id)
+    return sweep_input(
+        spec,
+        runs,
+        build_results(finished(runs), list(spec.reproduces) or None),
+        sweep_id,
+        parent_run_id,
+        code_version,
+        uri,
+    )
+
+
+def sweep_runs(uri: str, experiment: str, sweep_id: str) -> pd.DataFrame:
+    """Every run of one sweep invocation, whatever its status (the report lists failed cells too)."""
+    return runs_dataframe(uri, experiment, f"tags.sweep_id = '{sweep_id}'", finished_only=False)
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED runs: what the tables are built from (as `aggregate` reads them)."""
+    return runs if runs.empty or "status" not in runs else runs[runs["status"] == "FINISHED"]
+
+
+def sweep_input(
+    spec: SweepSpec,
+    runs: pd.DataFrame,
+    results: Sequence[TableResult],
+    sweep_id: str,
+    parent_run_id: str | None,
+    code_version: str,
+    uri: str,
+) -> SweepReportInput:
+    """One sweep's report input from runs already read and tables already built (the sweep renders its table
+    files from the same `results`, so report and files cannot disagree)."""
     return SweepReportInput(
         name=spec.name,
         sweep_id=sweep_id,
@@ -149,7 +182,7 @@ def read_sweep(
         tracking_uri=uri,
         experiment_id=experiment_id(uri, spec.name),
         parent_run_id=parent_run_id,
-        results=tuple(build_results(runs, list(spec.reproduces) or None)),
+        results=tuple(results),
         cells=cell_runs(runs),
     )
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import driver, ray_backend
-from orchestrator.aggregate import aggregate
+from orchestrator.aggregate import build_results, write_results
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
 from orchestrator.progress import Progress
 from orchestrator.progress_views import open_progress
 from orchestrator.records import SweepContext
-from orchestrator.report import SweepReportInput, publish_report, read_sweep
+from orchestrator.report import SweepReportInput, finished, publish_report, sweep_input, sweep_runs
 from orchestrator.spec import SweepSpec
 from orchestrator.tables.regime import regime_warnings
 from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
@@ -192,8 +192,7 @@ def _execute(
     )
     sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info, log=progress.log)
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed, progress=progress)
-    files = _tables(spec, uri, storage, sweep_id, parent_id)
-    report = read_sweep(uri, spec, sweep_id, parent_id, git_commit())
+    files, report = _tables(spec, uri, storage, sweep_id, parent_id)
     wall = time.perf_counter() - t0
     _close_parent(parent, outcome, wall)
     driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
@@ -224,9 +223,13 @@ def _close_parent(parent, outcome, wall: float) -> None:
     parent.finish(FINISHED)
 
 
-def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str) -> list[Path]:
+def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str):
+    """The sweep's table files and its part of the report, from one read of its runs and one build of its tables
+    (so the files and the report cannot disagree)."""
     out = storage / "results" / spec.name
     out.mkdir(parents=True, exist_ok=True)
-    files = aggregate(uri, spec.name, out, tables=list(spec.reproduces) or None, sweep_id=sweep_id)
+    runs = sweep_runs(uri, spec.name, sweep_id)
+    results = build_results(finished(runs), list(spec.reproduces) or None)
+    files = write_results(results, out)
     log_artifacts(uri, parent_id, files, "tables")
-    return files
+    return files, sweep_input(spec, runs, results, sweep_id, parent_id, git_commit(), uri)

@@ -73,7 +73,11 @@ def build_parser(prog: str = "python -m orchestrator.sweep") -> argparse.Argumen
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object (a list for several specs)")
     p.add_argument("--tracking-uri", help="MLflow tracking server; None: a local server over <storage>/mlflow")
     p.add_argument("--storage", default="./runs", help="results, stage cache and local MLflow store")
-    p.add_argument("--address", help="Ray cluster address; None: start a local Ray")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or None,  # `ray job submit` hands its driver the cluster this way
+        help="Ray cluster address (host:port, ray://, auto); None: $RAY_ADDRESS if set, else start a local Ray",
+    )
     p.add_argument("--rerun-failed", action="store_true", help="rerun only the cells whose runs FAILED")
     p.add_argument(
         "--no-feature-cache",

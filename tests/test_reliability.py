@@ -6,6 +6,7 @@ fault, that nothing is lost or duplicated and that rerunning the same command co
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -59,6 +60,26 @@ def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
             raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
         time.sleep(1.0)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def built_stages(tmp_path_factory) -> Path:
+    """One cold run of the micro smoke sweep; its shared stages (not its cells) seed the tests that fault the
+    cell phase, so each of them does not recompute the same pool, eval sets, student and teacher (~1-2 min
+    each here). The cold path itself is exercised by the kill -9 test, which starts from an empty store."""
+    storage = tmp_path_factory.mktemp("built") / "runs"
+    proc = run_cli(sweep_args(storage), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return storage
+
+
+def seeded(tmp_path: Path, built: Path) -> Path:
+    """A fresh store whose cache already holds the shared stages of `built` (no cells, no MLflow, no Train runs)."""
+    storage = tmp_path / "runs"
+    for kind in (built / "cache").iterdir():
+        if kind.is_dir() and kind.name != "cell":
+            shutil.copytree(kind, storage / "cache" / kind.name)
+    return storage
 
 
 def _runs(storage: Path) -> pd.DataFrame:  # noqa: F821
@@ -119,8 +140,8 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
     assert _tables(storage) == _tables(clean)
 
 
-def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path) -> None:
-    storage = tmp_path / "runs"
+def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path, built_stages: Path) -> None:
+    storage = seeded(tmp_path, built_stages)
     keys = cell_keys(storage)
     bad = keys["apt"]
     proc = run_cli(
@@ -149,7 +170,7 @@ def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path) -> None
     assert "running 1 cell(s)" in fixed.stdout
 
 
-def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path) -> None:
+def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built_stages: Path) -> None:
     """Two cells packed in one trial; SIGKILL everything once the pack has checkpointed. The rerun turns packing
     off (each cell a trial of its own, `train-<key>`: another Train run than the one that checkpointed), and the
     same sweep still resumes each cell from the checkpoint its pack wrote (found by `cell.json`), not epoch 0."""
@@ -163,7 +184,7 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path) -> No
         "--set",
         "train.epochs=6",
     ]
-    storage = tmp_path / "runs"
+    storage = seeded(tmp_path, built_stages)
     mark = uuid.uuid4().hex
     proc = start_cli(sweep_args(storage, *grid), mark, log=tmp_path / "first.log")
     try:
@@ -200,10 +221,10 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path) -> No
     assert checkpointed
 
 
-def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path) -> None:
+def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: Path) -> None:
     """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place, marked FAILED
     with its own error, and its pack-mate still finishes; `--rerun-failed` then runs that one cell."""
-    storage = tmp_path / "runs"
+    storage = seeded(tmp_path, built_stages)
     grid = [
         "--set",
         "grid.method=[ours]",
@@ -236,9 +257,9 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path) -> None:
     assert len(cells) == 4 and set(cells["status"]) == {"FINISHED"}
 
 
-def test_mlflow_outage_is_buffered_and_survived(tmp_path: Path) -> None:
+def test_mlflow_outage_is_buffered_and_survived(tmp_path: Path, built_stages: Path) -> None:
     """The tracking server goes away for a while mid-sweep and comes back on the same port: nothing is lost."""
-    storage = tmp_path / "runs"
+    storage = seeded(tmp_path, built_stages)
     server = LocalMlflowServer(tmp_path / "mlflow").start()
     port = server.port
     mark = uuid.uuid4().hex
@@ -282,15 +303,12 @@ def test_mlflow_outage_beyond_patience_stops_cleanly_and_resumes(tmp_path: Path)
         assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_corrupt_cache_entry_is_recomputed(tmp_path: Path) -> None:
+def test_corrupt_cache_entry_is_recomputed(tmp_path: Path, built_stages: Path) -> None:
     storage = tmp_path / "runs"
-    first = run_cli(sweep_args(storage), timeout=1200)
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(built_stages, storage)  # a finished store, cells included
     target = next((storage / "cache" / "teacher_targets").glob("*/targets.pt"))
     target.write_bytes(b"garbage")
     for f in (storage / "cache" / "cell").glob("*/MANIFEST.json"):  # force the cells to read the entry again
-        import shutil
-
         shutil.rmtree(f.parent)
     fresh = tmp_path / "mlflow-moved"
     (storage / "mlflow").rename(fresh)
