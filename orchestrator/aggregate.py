@@ -44,13 +44,13 @@ def check_table_ids(ids: Sequence[str] | None) -> list[str] | None:
     return list(ids) if ids else None
 
 
-def build_results(runs, tables: Sequence[str] | None = None) -> list[TableResult]:
+def build_results(runs, tables: Sequence[str] | None = None, outcomes=None) -> list[TableResult]:
     """The chosen tables, built once each; by default every table whose runs are there (`TableResult.complete`:
     e.g. Figure 1 needs APT and ours at two fractions), so a sweep's experiment does not sprout partial views of
-    every other table."""
+    every other table. `outcomes` (run id -> per-example outcomes) is what the claims' intervals come from."""
     if tables:
-        return [build_table(TABLES[t], runs) for t in check_table_ids(tables)]
-    return [res for res in (build_table(TABLES[t], runs) for t in TABLE_IDS) if res.complete]
+        return [build_table(TABLES[t], runs, outcomes) for t in check_table_ids(tables)]
+    return [res for res in (build_table(TABLES[t], runs, outcomes) for t in TABLE_IDS) if res.complete]
 
 
 def write_files(out: Path, files: dict[str, str | bytes]) -> list[Path]:
@@ -67,9 +67,9 @@ def write_files(out: Path, files: dict[str, str | bytes]) -> list[Path]:
     return paths
 
 
-def aggregate_frame(runs, out_dir: str | Path, tables: Sequence[str] | None = None) -> list[Path]:
+def aggregate_frame(runs, out_dir: str | Path, tables: Sequence[str] | None = None, outcomes=None) -> list[Path]:
     """Render tables from a run DataFrame into `out_dir`; always writes `index.md` (listed last)."""
-    return write_results(build_results(runs, tables), out_dir)
+    return write_results(build_results(runs, tables, outcomes), out_dir)
 
 
 def write_results(results: Sequence[TableResult], out_dir: str | Path) -> list[Path]:
@@ -106,7 +106,7 @@ def aggregate(
     Raises:
         AggregateError: unknown table id or sweep id syntax, or no such experiment.
     """
-    from orchestrator.tracking import experiment_exists, runs_dataframe
+    from orchestrator.tracking import experiment_exists, outcomes_loader, runs_dataframe
 
     check_table_ids(tables)
     if sweep_id is not None and not SWEEP_ID.match(sweep_id):
@@ -114,7 +114,7 @@ def aggregate(
     if not experiment_exists(uri, experiment):
         raise AggregateError(f"no experiment {show(experiment)} at {uri}")
     runs = runs_dataframe(uri, experiment, f"tags.sweep_id = '{sweep_id}'" if sweep_id else "")
-    return aggregate_frame(runs, out_dir, tables)
+    return aggregate_frame(runs, out_dir, tables, outcomes_loader(uri))
 
 
 def supp_table5_paper(out_dir: str | Path) -> Path:

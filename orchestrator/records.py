@@ -15,10 +15,11 @@ from typing import Any
 from orchestrator import ray_backend
 from orchestrator.cache import Cache
 from orchestrator.plan import Plan, Stage, iter_upstream
-from orchestrator.tracking import FAILED, FINISHED, SweepTracker, flatten
+from orchestrator.tracking import FAILED, FINISHED, RunLogger, SweepTracker, flatten
 from trainables.common import read_metrics
 from trainables.evaluate import with_flip_rates
 from trainables.kinds import PIPELINE_KINDS, Cell
+from trainables.outcomes import OUTCOMES_FILE
 
 
 @dataclass
@@ -139,6 +140,7 @@ def stage_done(
         return
     outcome.computed_stages += 1
     logger.log_metrics(result["metrics"], step=0)
+    log_outcomes(sc, logger, sc.plan.stages[task["key"]])
     logger.finish(FINISHED)
     sc.log(f"  stage {stage_name(sc.plan.stages[task['key']])} done in {result['wall_s']:.0f} s")
 
@@ -162,7 +164,16 @@ def log_cached_stage(sc: SweepContext, stage: Stage) -> None:
     logger = sc.tracker.logger(open_stage_run(sc, stage, cache_hit=True))
     logger.set_tags({"cache_hit": "true"})
     logger.log_metrics(sc.metrics(stage), step=0)
+    log_outcomes(sc, logger, stage)
     logger.finish(FINISHED)
+
+
+def log_outcomes(sc: SweepContext, logger: RunLogger, stage: Stage) -> None:
+    """The stage's per-example outcomes file as an artifact of its run (claims bootstrap from it; see
+    trainables/outcomes.py), when its body wrote one."""
+    f = sc.cache.get(stage.kind, stage.key) / OUTCOMES_FILE
+    if f.exists():
+        logger.log_artifact(f)
 
 
 def flip_rates_for(sc: SweepContext, metrics: dict[str, float], seed: int, prefix: str = "") -> dict[str, float]:
@@ -214,6 +225,7 @@ def finish_cell(sc: SweepContext, run_id: str, key: str, cached: bool) -> None:
         logger.set_tags({"cache_hit": "true"})
     final = {k: v for k, v in metrics.items() if not k.startswith("train/")}
     logger.log_metrics(final, step=int(sc.plan.spec.train.epochs))
+    log_outcomes(sc, logger, stage)
     logger.finish(FINISHED)
 
 

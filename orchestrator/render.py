@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 from orchestrator.tables import METHODS, MISSING, TIME_COL, Claim, Col, TableResult, pretty
 
-MARK = {True: "✓", False: "✗", None: "?"}
-WORD = {True: "holds", False: "does not hold", None: "not enough data"}
+# Keyed by `Claim.verdict`: ✓ / ✗ / ~ come from a bootstrap interval (orchestrator/tables/verdicts.py); ? has none.
+MARK = {True: "✓", "x": "✗", False: "✗", "~": "~", None: "?"}
+WORD = {True: "holds", "x": "contradicted", False: "does not hold", "~": "inconclusive", None: "not enough data"}
 EXTRA = "†"
 
 
@@ -49,20 +50,35 @@ def cell_text(res: TableResult, row: str, col: str) -> str:
     sd = res.std.loc[row, col]
     if ours != MISSING and not math.isnan(float(sd)):
         ours += f" ± {fmt(sd, c)}"
+    if ours != MISSING and res.spec.seed and _uniform_n(res) is None:  # n varies: each cell says its own
+        ours += f" [n={int(res.n.loc[row, col])}]"
     if not _has_paper(res, col):
         return ours
     return f"{ours} ({fmt(res.paper.loc[row, col], c, paper=True)})"
+
+
+def _uniform_n(res: TableResult) -> int | None:
+    """The number of seeds behind every cell with data, when it is the same for all (else None)."""
+    ns = {int(v) for v in res.n.to_numpy().ravel() if v > 0}
+    return ns.pop() if len(ns) == 1 else None
 
 
 def header(res: TableResult, col: str) -> str:
     return f"{col} {EXTRA}" if res.col(col).extra else col
 
 
+def _seeds_legend(res: TableResult) -> str:
+    n = _uniform_n(res)
+    if n is None:
+        return "± = std over seeds, [n=k] = k seeds" if (res.n > 0).any().any() else "± = std over seeds"
+    return f"n = {n} seed{'s' if n > 1 else ''} per cell" + (", ± = std over them" if n > 1 else " (no std)")
+
+
 def legend(res: TableResult) -> str:
     """How to read a cell, one line (the report prints it above each table too)."""
     parts = [
         "Each cell: ours (paper)" if res.paper.notna().any().any() else "Each cell: ours (the paper gives no numbers)",
-        *(["± = std over seeds"] if res.spec.seed else []),
+        *([_seeds_legend(res)] if res.spec.seed else []),
         f"{MISSING} = no data in these runs",
     ]
     if any(res.col(c).extra for c in res.mean.columns):
@@ -79,9 +95,9 @@ def claims_markdown(res: TableResult) -> str:
         return ""
     lines = ["", "**Claims of the paper, checked on these runs**", ""]
     for ours, paper in zip(res.claims, res.paper_claims or [None] * len(res.claims)):
-        line = f"- {MARK[ours.holds]} {WORD[ours.holds]}: {ours.text} — {ours.detail}"
-        if paper is not None and paper.holds is not None:
-            line += f" (on the paper's numbers: {MARK[paper.holds]} {paper.detail})"
+        line = f"- {MARK[ours.verdict]} {WORD[ours.verdict]}: {ours.text} — {ours.detail}"
+        if (theirs := paper_text(paper)) is not None:
+            line += f" (on the paper's numbers: {theirs})"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -96,6 +112,16 @@ def regime_markdown(res: TableResult) -> str:
         warn = "warning: " if a.holds is False else ""
         lines.append(f"- {MARK[a.holds]} {warn}{a.text} — {a.detail}")
     return "\n".join(lines) + "\n"
+
+
+def paper_text(paper: Claim | None) -> str | None:
+    """The same check on the paper's own numbers: a point-estimate direction (the paper gives no per-example
+    data, so no interval and no verdict), or None when the paper has none of the compared numbers."""
+    if paper is None or (paper.points is None and paper.holds is None):
+        return None
+    if paper.holds is not None:
+        return f"{MARK[paper.verdict]} {paper.detail}"
+    return f"points {'agree' if paper.points else 'disagree'}: {paper.detail}"
 
 
 def _notes(res: TableResult) -> list[str]:
@@ -209,7 +235,9 @@ def to_latex(res: TableResult) -> str:
     for row in res.mean.index:
         lines.append(tex(str(row)) + " & " + " & ".join(tex(cell_text(res, row, c)) for c in cols) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [f"% claim {tex(MARK[c.holds])}: {tex(c.text)} -- {tex(c.detail)}" for c in res.claims]
+    lines += [
+        f"% claim {tex(MARK[c.verdict])} {tex(WORD[c.verdict])}: {tex(c.text)} -- {tex(c.detail)}" for c in res.claims
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -304,10 +332,17 @@ def claims_summary(claims: Sequence[Claim]) -> str:
     if not claims:
         return MISSING
     return ", ".join(
-        f"{sum(c.holds is h for c in claims)} {MARK[h]}"
-        for h in (True, False, None)
-        if any(c.holds is h for c in claims)
+        f"{sum(MARK[c.verdict] == m for c in claims)} {m}"
+        for m in ("✓", "✗", "~", "?")
+        if any(MARK[c.verdict] == m for c in claims)
     )
+
+
+def claim_lines(results: Sequence[TableResult]) -> list[str]:
+    """One terminal line per claim: `table: ✓ holds: text — numbers, interval`."""
+    return [
+        f"  {r.spec.id}: {MARK[c.verdict]} {WORD[c.verdict]}: {c.text} — {c.detail}" for r in results for c in r.claims
+    ]
 
 
 def index_markdown(items: Sequence[tuple[TableResult, Sequence[str]]], extra: Sequence[str] = ()) -> str:

@@ -27,7 +27,7 @@ from orchestrator.report_data import (
     varying_axes,
 )
 from orchestrator.report_html import report_html
-from orchestrator.tracking import experiment_id, log_artifacts, runs_dataframe
+from orchestrator.tracking import experiment_id, log_artifacts, outcomes_loader, runs_dataframe
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -58,8 +58,8 @@ def _md_verdicts(sweep: SweepReportInput) -> list[str]:
         return lines + ["No table of this sweep checks a claim of the paper.", ""]
     lines += ["| table | claim | verdict | our numbers | on the paper's numbers |", "|---|---|---|---|---|"]
     for res, c, p in rows:
-        theirs = f"{render.MARK[p.holds]} {_md(p.detail)}" if p is not None and p.holds is not None else "—"
-        verdict = f"{render.MARK[c.holds]} {render.WORD[c.holds]}"
+        theirs = _md(t) if (t := render.paper_text(p)) is not None else "—"
+        verdict = f"{render.MARK[c.verdict]} {render.WORD[c.verdict]}"
         lines.append(f"| {res.spec.id} | {_md(c.text)} | {verdict} | {_md(c.detail)} | {theirs} |")
     return lines + [""]
 
@@ -71,7 +71,7 @@ def _md_assumptions(sweep: SweepReportInput) -> list[str]:
         if res.assumptions is None:
             lines.append(f"  - ? {NOT_CHECKED}")
         for a in res.assumptions or []:
-            lines.append(f"  - {render.MARK[a.holds]} {render.WORD[a.holds]}: {a.text} — {a.detail}")
+            lines.append(f"  - {render.MARK[a.verdict]} {render.WORD[a.verdict]}: {a.text} — {a.detail}")
         lines += [f"  - warning: {w}" for w in res.warnings]
     return lines + ([""] if sweep.results else ["No table was built from this sweep.", ""])
 
@@ -144,7 +144,7 @@ def read_sweep(
     return sweep_input(
         spec,
         runs,
-        build_results(finished(runs), list(spec.reproduces) or None),
+        build_results(finished(runs), list(spec.reproduces) or None, outcomes_loader(uri)),
         sweep_id,
         parent_run_id,
         code_version,

@@ -34,7 +34,7 @@ img { max-width: 100%; border: 1px solid #eee; }
 .legend, .note { color: #555; font-size: 90%; }
 dl.settings { display: grid; grid-template-columns: max-content auto; gap: .1em 1em; } dd { margin: 0; }
 """
-VERDICT_CLASS = {True: "holds", False: "fails", None: "unknown"}
+VERDICT_CLASS = {True: "holds", False: "fails", "x": "fails", "~": "unknown", None: "unknown"}
 e = html.escape  # short: it wraps every interpolated string below
 
 
@@ -43,7 +43,7 @@ def _link(url: str | None, text: str) -> str:
 
 
 def _verdict(c: Claim) -> str:
-    return f'<span class="{VERDICT_CLASS[c.holds]}">{render.MARK[c.holds]} {e(render.WORD[c.holds])}</span>'
+    return f'<span class="{VERDICT_CLASS[c.verdict]}">{render.MARK[c.verdict]} {e(render.WORD[c.verdict])}</span>'
 
 
 def _rows(cells: Iterable[Iterable[str]], head: Sequence[str], cls: str = "") -> list[str]:
@@ -71,8 +71,8 @@ def _claims(claims: Sequence[tuple[Claim, Claim | None]], title: str) -> list[st
     out = [f"<h4>{e(title)}</h4>", "<ul>"]
     for ours, paper in claims:
         item = f"<li>{_verdict(ours)}: {e(ours.text)} — {e(ours.detail)}"
-        if paper is not None and paper.holds is not None:
-            item += f" (on the paper's numbers: {render.MARK[paper.holds]} {e(paper.detail)})"
+        if (theirs := render.paper_text(paper)) is not None:
+            item += f" (on the paper's numbers: {e(theirs)})"
         out.append(item + "</li>")
     return out + ["</ul>"]
 
@@ -111,7 +111,7 @@ def _verdicts(sweep: SweepReportInput) -> list[str]:
             e(c.text),
             _verdict(c),
             e(c.detail),
-            f"{render.MARK[p.holds]} {e(p.detail)}" if p is not None and p.holds is not None else "—",
+            e(t) if (t := render.paper_text(p)) is not None else "—",
         ]
         for res in sweep.results
         for c, p in claim_pairs(res)

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import driver, ray_backend
+from orchestrator import driver, ray_backend, render
 from orchestrator.aggregate import build_results, write_results
 from orchestrator.cache import Cache
 from orchestrator.plan import build_plan
@@ -21,7 +21,14 @@ from orchestrator.records import SweepContext
 from orchestrator.report import SweepReportInput, finished, publish_report, sweep_input, sweep_runs
 from orchestrator.spec import SweepSpec
 from orchestrator.tables.regime import regime_warnings
-from orchestrator.tracking import FINISHED, LocalMlflowServer, SweepTracker, TrackingUnavailable, log_artifacts
+from orchestrator.tracking import (
+    FINISHED,
+    LocalMlflowServer,
+    SweepTracker,
+    TrackingUnavailable,
+    log_artifacts,
+    outcomes_loader,
+)
 
 
 def git_commit() -> str:
@@ -193,6 +200,8 @@ def _execute(
     sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info, log=progress.log)
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed, progress=progress)
     files, report = _tables(spec, uri, storage, sweep_id, parent_id)
+    for line in render.claim_lines(report.results):  # each verdict with its interval, as the tables print it
+        progress.log(line)
     wall = time.perf_counter() - t0
     _close_parent(parent, outcome, wall)
     driver.write_summary(storage / "results" / spec.name / "summary.json", outcome)
@@ -229,7 +238,7 @@ def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: 
     out = storage / "results" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     runs = sweep_runs(uri, spec.name, sweep_id)
-    results = build_results(finished(runs), list(spec.reproduces) or None)
+    results = build_results(finished(runs), list(spec.reproduces) or None, outcomes_loader(uri))
     files = write_results(results, out)
     log_artifacts(uri, parent_id, files, "tables")
     return files, sweep_input(spec, runs, results, sweep_id, parent_id, git_commit(), uri)

@@ -19,8 +19,9 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +371,22 @@ def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def outcomes_loader(uri: str, name: str = "outcomes.npz") -> Callable[[str], dict | None]:
+    """run id -> its per-example outcomes artifact (trainables/outcomes.py), read once per run; None if absent
+    (runs logged before outcomes existed, or stages that write none): the claims then say they have no interval."""
+    from trainables.outcomes import load
+
+    client, seen = MlflowClient(uri), {}
+
+    def read(run_id: str) -> dict | None:
+        if run_id not in seen:
+            with tempfile.TemporaryDirectory(prefix="outcomes-") as tmp:
+                try:
+                    seen[run_id] = load(client.download_artifacts(run_id, name, tmp))
+                except (MlflowException, OSError):
+                    seen[run_id] = None
+        return seen[run_id]
+
+    return read

@@ -11,6 +11,7 @@ import torch
 
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
+from trainables import outcomes
 from trainables.common import NullReporter, StageContext, read_metrics
 from trainables.distill import run_cell
 from trainables.pipeline import run_stage
@@ -67,6 +68,8 @@ def test_shared_stages_write_their_outputs(dag) -> None:
     assert (kinds["build_eval_sets"] / "eval.pt").is_file() and (kinds["build_pool"] / "pool.pt").is_file()
     teacher = read_metrics(kinds["robustify_teacher"])
     assert 0.0 <= teacher["acc/c"] <= 1.0 and "fp/mean" in teacher and "acc/pool" in teacher
+    o = outcomes.load(kinds["robustify_teacher"] / outcomes.OUTCOMES_FILE)
+    assert float(o["acc/c"].mean()) == pytest.approx(teacher["acc/c"]) and o["fp/mean"].shape == (2,)
     assert (kinds["extract_features"] / "features.pt").is_file()
 
 
@@ -82,6 +85,11 @@ def test_distill_ours_logs_epochs_and_all_rules(dag) -> None:
     assert "teacher/fp/mean" in metrics  # FR / mFR are computed when results are logged (reference model)
     assert metrics["params/tuned"] < metrics["params/total"]
     assert (out / "tail.pt").is_file()
+    # per-example outcomes for the claims' bootstrap: the very predictions behind the metrics (MC dropout incl.)
+    o = outcomes.load(out / outcomes.OUTCOMES_FILE)
+    for k in ("acc/c", "acc/wo_kld/c", "f_correct/ours/c", "acc/clean", "fp/mean", "original/acc/c", "teacher/acc/c"):
+        assert float(o[k].mean()) == pytest.approx(metrics[k], abs=1e-6), k
+    assert o["teacher/acc/c"].shape == o["acc/c"].shape
 
 
 def test_cached_features_equal_uncached_path(dag) -> None:

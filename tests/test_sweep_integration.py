@@ -83,3 +83,25 @@ def test_rerun_recomputes_nothing(smoke_store, smoke_sweep) -> None:
     df = runs_dataframe(smoke_sweep.uri, "smoke", "tags.kind = 'cell'", finished_only=False)
     assert len(df) == 2  # no duplicates
     assert (smoke_store / "results" / "smoke" / "supp_table4.csv").read_bytes() == before
+
+
+def test_cells_and_teachers_log_per_example_outcomes(smoke_sweep) -> None:
+    """Every cell run and the teacher's stage run carry outcomes.npz; its arrays average to the logged metrics,
+    the cell carries its teacher's too (Table 4 bootstraps both sides), and the smoke Table 4 claim gets an
+    interval from them (with one teacher it cannot be decided: "need 3")."""
+    from orchestrator.tracking import outcomes_loader
+
+    df = runs_dataframe(smoke_sweep.uri, "smoke")
+    read = outcomes_loader(smoke_sweep.uri)
+    cells = df[df["tags.kind"] == "cell"]
+    for _, run in cells.iterrows():
+        data = read(run["run_id"])
+        assert data is not None and data["acc/c"].dtype == bool and data["acc/c"].ndim == 3, run["params.method"]
+        assert data["acc/c"].mean() == pytest.approx(run["metrics.acc/c"], abs=1e-6)
+        assert data["fp/mean"].mean() == pytest.approx(run["metrics.fp/mean"], abs=1e-6)
+    ours = cells[cells["params.method"] == "ours"].iloc[0]
+    data = read(ours["run_id"])
+    assert data["teacher/acc/c"].mean() == pytest.approx(ours["metrics.teacher/acc/c"], abs=1e-6)
+    assert data["teacher/acc/c"].shape == data["acc/c"].shape  # same images: pairs up example by example
+    teacher = df[(df["tags.kind"] == "stage") & (df["tags.stage"] == "robustify_teacher")].iloc[0]
+    assert "outcomes.npz" in list_artifacts(smoke_sweep.uri, teacher["run_id"])

@@ -212,7 +212,9 @@ def test_paper_values_and_the_typo_in_table1() -> None:
 def test_claims_hold_on_the_papers_own_numbers(tid: str) -> None:
     """How a claim is encoded is checked against the paper: its own numbers must satisfy it."""
     res = build_table(TABLES[tid], pd.DataFrame())
-    assert [c.holds for c in res.paper_claims] == [True] * len(TABLES[tid].claims), res.paper_claims
+    assert [c.points for c in res.paper_claims] == [True] * len(TABLES[tid].claims), res.paper_claims
+    # ... and, with no per-example data, no verdict is claimed from those points alone
+    assert all(c.holds is None and "no per-example data: no interval" in c.detail for c in res.paper_claims)
     assert all(c.holds is None for c in res.claims)  # no runs: not enough data, never a verdict
 
 
@@ -243,7 +245,7 @@ def test_table1_on_the_paper_profile_averages_all_six_shifts() -> None:
     assert res.mean.loc["ours", AVG_SHIFTS] == pytest.approx(70.0)
     assert res.mean.loc["w/o KD", AVG_SHIFTS] == pytest.approx(65.0)
     assert not [c for c in res.mean.columns if "shifts with data" in c]
-    assert res.claims[0].holds is True and res.claims[0].detail.startswith("Avg shifts: ours 70.0")
+    assert res.claims[0].points is True and res.claims[0].detail.startswith("Avg shifts: ours 70.0")
 
 
 def test_table2_fcorrect_is_a_fraction() -> None:
@@ -378,66 +380,66 @@ def _claim(tid: str, runs: pd.DataFrame):
 
 
 def test_t1_ours_vs_ablations() -> None:
-    assert _claim("supp_table1", table1_runs(kd_c=0.65)).holds is True
+    assert _claim("supp_table1", table1_runs(kd_c=0.65)).points is True
     failing = _claim("supp_table1", table1_runs(kd_c=0.95))
-    assert failing.holds is False and "beaten by w/o KD" in failing.detail and "95.0" in failing.detail
+    assert failing.points is False and "vs w/o KD 95.0" in failing.detail
 
 
 def test_t2_ours_highest_fcorrect() -> None:
-    assert _claim("supp_table2", table1_runs()).holds is True
+    assert _claim("supp_table2", table1_runs()).points is True
     runs = table1_runs()
     runs["metrics.f_correct/wo_umc/c"] = 0.99
     c = _claim("supp_table2", runs)
-    assert c.holds is False and "w/o U_mc 0.88" in c.detail
+    assert c.points is False and "w/o U_mc 0.88" in c.detail
 
 
 def test_t3_kd_beats_wo_kd() -> None:
-    assert _claim("supp_table3", table3_runs([0.02, 0.01, 0.03, 0.02])).holds is True
+    assert _claim("supp_table3", table3_runs([0.02, 0.01, 0.03, 0.02])).points is True
     c = _claim("supp_table3", table3_runs([0.02, -0.01, 0.03, 0.02]))
-    assert c.holds is False and c.detail.startswith("3/4 pairs") and "(-1.0)" in c.detail
+    assert c.points is False and "(-1.0)" in c.detail
 
 
 def test_t4_better_teacher_better_student() -> None:
     c = _claim("supp_table4", table4_runs([0.50, 0.52, 0.51, 0.55, 0.56, 0.58]))
-    assert c.holds is True and "Spearman rho 0.94" in c.detail and "4/5 steps up" in c.detail
+    assert c.points is True and "Spearman rho 0.94" in c.detail and "4/5 steps up" in c.detail
     c = _claim("supp_table4", table4_runs([0.60, 0.58, 0.55, 0.52, 0.51, 0.50]))
-    assert c.holds is False and "rho -1.00" in c.detail and "0/5" in c.detail
+    assert c.points is False and "rho -1.00" in c.detail and "0/5" in c.detail
     c = _claim("supp_table4", table4_runs([0.5, 0.6]))
-    assert c.holds is None and "2 teacher(s)" in c.detail
+    assert c.points is None and "2 teacher(s)" in c.detail
 
 
 def test_t6_robust_teachers_flip_less() -> None:
-    assert _claim("supp_table6", table6_runs({"resnet34": 0.7, "resnet50": 0.8})).holds is True
+    assert _claim("supp_table6", table6_runs({"resnet34": 0.7, "resnet50": 0.8})).points is True
     c = _claim("supp_table6", table6_runs({"resnet34": 0.7, "resnet50": 1.3}))
-    assert c.holds is False and "1/2 teachers" in c.detail and "RN-50: 100.0 → 130.0" in c.detail
+    assert c.points is False and "RN-50: 100.0 → 130.0" in c.detail
 
 
 def test_fig1_gap_grows_with_fraction() -> None:
     c = _claim("supp_fig1", fig1_runs(0.05))
-    assert c.holds is True and "slope +5.00" in c.detail
-    assert _claim("supp_fig1", fig1_runs(-0.05)).holds is False
+    assert c.points is True and "slope +5.00" in c.detail
+    assert _claim("supp_fig1", fig1_runs(-0.05)).points is False
 
 
 def test_fig2_transfer_kept() -> None:
-    assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.895)).holds is True
-    assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.80)).holds is False  # ours loses it too
-    assert _claim("supp_fig2", fig2_runs(full_ft=0.95, ours=0.90)).holds is False  # complete FT keeps it
+    assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.895)).points is True
+    assert _claim("supp_fig2", fig2_runs(full_ft=0.70, ours=0.80)).points is False  # ours loses it too
+    assert _claim("supp_fig2", fig2_runs(full_ft=0.95, ours=0.90)).points is False  # complete FT keeps it
 
 
 def test_fig3_and_fig4_ours_vs_apt() -> None:
-    assert _claim("supp_fig3", multimodal_runs("acc/c", 0.5, {"resnet101": 0.55, "vit_small": 0.6})).holds is True
-    assert _claim("supp_fig3", multimodal_runs("acc/c", 0.5, {"resnet101": 0.45, "vit_small": 0.6})).holds is False
-    assert _claim("supp_fig4", multimodal_runs("mfr", 0.9, {"resnet50": 0.8})).holds is True
+    assert _claim("supp_fig3", multimodal_runs("acc/c", 0.5, {"resnet101": 0.55, "vit_small": 0.6})).points is True
+    assert _claim("supp_fig3", multimodal_runs("acc/c", 0.5, {"resnet101": 0.45, "vit_small": 0.6})).points is False
+    assert _claim("supp_fig4", multimodal_runs("mfr", 0.9, {"resnet50": 0.8})).points is True
     c = _claim("supp_fig4", multimodal_runs("mfr", 0.9, {"resnet50": 1.1}))
-    assert c.holds is False and "CLIP RN-50 ← RN-50: 110.0 vs APT 90.0" in c.detail
+    assert c.points is False and "CLIP RN-50 ← RN-50: 110.0 vs APT 90.0" in c.detail
 
 
 def test_main_fig1_cheaper_at_comparable_accuracy() -> None:
     c = _claim("main_fig1", efficiency_runs(t_ours=100.0, c_ours=0.59))
-    assert c.holds is True and "(10.0×)" in c.detail
-    assert _claim("main_fig1", efficiency_runs(t_ours=800.0, c_ours=0.59)).holds is False  # not much cheaper
-    assert _claim("main_fig1", efficiency_runs(t_ours=100.0, c_ours=0.50)).holds is False  # not comparable
-    assert _claim("main_fig1", efficiency_runs(100.0, 0.59).iloc[[0]]).holds is None  # no complete FT
+    assert c.points is True and "(10.0×)" in c.detail
+    assert _claim("main_fig1", efficiency_runs(t_ours=800.0, c_ours=0.59)).points is False  # not much cheaper
+    assert _claim("main_fig1", efficiency_runs(t_ours=100.0, c_ours=0.50)).points is False  # not comparable
+    assert _claim("main_fig1", efficiency_runs(100.0, 0.59).iloc[[0]]).points is None  # no complete FT
 
 
 def test_complete_means_the_runs_of_the_papers_item_are_there() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from trainables import outcomes
 from trainables.artifacts import load_bundles
 from trainables.common import load
 from trainables.evaluate import Predictor, evaluate_suites, restricted_argmax
@@ -78,9 +79,15 @@ def _eval_inputs(deps: dict[str, Path], student: nn.Module, use_cache: bool) -> 
 
 
 def evaluate_cell(
-    inputs: CellInputs, deps: dict[str, Path], student: nn.Module, use_cache: bool, orig_trunk: nn.Module
+    inputs: CellInputs,
+    deps: dict[str, Path],
+    student: nn.Module,
+    use_cache: bool,
+    orig_trunk: nn.Module,
+    out: Path | None = None,
 ) -> dict[str, float]:
-    """Every requested suite for the cell's method; `orig_trunk` is the trunk before training (for `original`)."""
+    """Every requested suite for the cell's method; `orig_trunk` is the trunk before training (for `original`).
+    With `out`, also the per-example outcomes file (trainables/outcomes.py), with the teacher's beside them."""
     method, tr, suites = inputs.method, inputs.train, inputs.eval
     bundles, enc = _eval_inputs(deps, student, use_cache)
     embed_in = enc or (lambda f: f)
@@ -91,8 +98,20 @@ def evaluate_cell(
     else:  # original
         pred = _original_predictor(student, enc)
     trunk = orig_trunk if method == Method.original else student.trunk
+    pred = outcomes.memo(pred)  # the outcomes file then reuses these very predictions
     metrics = evaluate_suites(pred, bundles, suites, embed=lambda f: trunk(embed_in(f)).flatten(1))
     if method != Method.original:  # the untouched student on the same sets: "pretrained vs tuned" in one run
         o = evaluate_suites(_original_predictor(student, enc), bundles, [s for s in suites if s in ("clean", "c")])
         metrics.update({f"original/{k}": v for k, v in o.items() if k in ("acc/clean", "acc/c")})
+    if out is not None:
+        _save_outcomes(out, pred, _original_predictor(student, enc), bundles, suites, deps)
     return metrics
+
+
+def _save_outcomes(out: Path, pred: Predictor, original: Predictor, bundles: dict, suites: list, deps: dict) -> None:
+    """The cell's per-example outcomes, the untouched student's on clean/C and its teacher's (for the claims)."""
+    o = outcomes.collect(pred, bundles, suites)
+    o.update({f"original/{k}": v for k, v in outcomes.collect(original, bundles, ["clean", "c"]).items()})
+    if "teacher" in deps:
+        o.update(outcomes.copy_from(deps["teacher"], "teacher/"))
+    outcomes.save(out / outcomes.OUTCOMES_FILE, o)

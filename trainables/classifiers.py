@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables import augment
+from trainables import augment, outcomes
 from trainables.artifacts import load_bundles, load_pool, write_model_json
 from trainables.build import build_student, build_teacher, source_split
 from trainables.common import (
@@ -114,12 +114,14 @@ def _teacher_stage(
     x, y, pool = _teacher_data(inputs, deps, g, robust)
     net = build_teacher(inputs.model, len(classes), size)
     _load_init(net, deps)
-    step_fn = _augmix_step(seed, tt["jsd_weight"], tt.get("augmix_severity", 3)) if robust else _ce_step
+    step_fn = _augmix_step(seed, tt["jsd_weight"], tt.get("augmix_severity", 1)) if robust else _ce_step
     with Timer() as t:
         _train_classifier(net, x, y, tt["epochs"], tt["lr"], tt["batch_size"], seed, ctx, step_fn)
         precise_bn(net, x, net, seed=seed)
     net.eval()
-    metrics = evaluate_suites(classifier_predictor(net), bundles, ["clean", "c", "p"])
+    pred = outcomes.memo(classifier_predictor(net))  # one forward pass for the metrics and the outcomes file
+    metrics = evaluate_suites(pred, bundles, ["clean", "c", "p"])
+    outcomes.save(out / outcomes.OUTCOMES_FILE, outcomes.collect(pred, bundles, ["clean", "c", "p"]))
     metrics["acc/pool"] = accuracy(net, pool["x"], pool["y"])
     if "init" in deps:  # the regime check "trained to a plateau" reads the pretraining's last-epoch gain
         metrics.update({f"init/{k}": v for k, v in read_metrics(deps["init"]).items() if k.startswith("acc/")})

@@ -170,7 +170,7 @@ def run_cell(
     method = inputs.method
     t0 = time.perf_counter()
     if method in (Method.full_ft, Method.wise_ft):
-        return evaluate_full(inputs, deps)
+        return evaluate_full(inputs, deps, out)
     bundles_meta = load_bundles(deps["eval"]) if "student" not in deps else None
     classes = (bundles_meta or {}).get("classes") or model_classes(deps["student"])
     student = student_from_deps(inputs.model, inputs.data["image_size"], deps, classes, inputs.train["dropout"]).eval()
@@ -186,7 +186,7 @@ def run_cell(
     else:
         metrics["time/train_s"] = 0.0
     if ctx.rank == 0:
-        metrics.update(evaluate_cell(inputs, deps, student, use_cache, orig_trunk))
+        metrics.update(evaluate_cell(inputs, deps, student, use_cache, orig_trunk, out))
         counts = student.param_counts()
         metrics.update({"params/tuned": float(counts["tuned"]), "params/total": float(counts["total"])})
     metrics.update(regime_metrics(deps, student, td if method != Method.original else None))

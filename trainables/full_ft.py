@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables import outcomes
 from trainables.artifacts import load_bundles, load_pool, student_from_deps
 from trainables.augment import sample_fraction
 from trainables.common import (
@@ -77,8 +78,9 @@ def full_finetune(inputs: FullFinetuneInputs, deps: dict[str, Path], out: Path, 
     return {"time/train_s": t.s, "time/stage_s": t.s}
 
 
-def evaluate_full(inputs: CellInputs, deps: dict[str, Path]) -> dict[str, float]:
-    """A `full_ft` or `wise_ft` cell: nothing to train here, the `full_finetune` entry (deps["full_ft"]) holds it."""
+def evaluate_full(inputs: CellInputs, deps: dict[str, Path], out: Path | None = None) -> dict[str, float]:
+    """A `full_ft` or `wise_ft` cell: nothing to train here, the `full_finetune` entry (deps["full_ft"]) holds it.
+    With `out`, also its per-example outcomes file (trainables/outcomes.py)."""
     tr = inputs.train
     bundles = load_bundles(deps["eval"])
     base = student_from_deps(inputs.model, inputs.data["image_size"], deps, bundles["classes"], tr["dropout"]).eval()
@@ -90,10 +92,11 @@ def evaluate_full(inputs: CellInputs, deps: dict[str, Path]) -> dict[str, float]
         tuned.load_state_dict({k: (1 - w) * sd0[k] + w * sd1[k] if sd0[k].is_floating_point() else sd1[k] for k in sd0})
     tuned.eval()
     net = lambda x: tuned(x, head="combined")  # noqa: E731
+    pred = outcomes.memo(classifier_predictor(net))
     with torch.no_grad():
-        metrics = evaluate_suites(
-            classifier_predictor(net), bundles, inputs.eval, embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1)
-        )
+        metrics = evaluate_suites(pred, bundles, inputs.eval, embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1))
+        if out is not None:
+            outcomes.save(out / outcomes.OUTCOMES_FILE, outcomes.collect(pred, bundles, list(inputs.eval)))
     ft = read_metrics(deps["full_ft"])
     counts = tuned.param_counts()
     metrics.update(

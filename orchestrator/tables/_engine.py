@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from orchestrator.tables._types import AVG_SHIFTS, Col, Row, TableResult, TableSpec, Where
+from orchestrator.tables._types import AVG_SHIFTS, Col, Outcomes, Row, TableResult, TableSpec, Where
 from orchestrator.tables.names import ORDER
 from orchestrator.tables.regime import regime_checks
 
@@ -138,12 +138,14 @@ def _averages(spec: TableSpec, per_cell: dict, labels: list[str], mean: pd.DataF
     return result
 
 
-def build_table(spec: TableSpec, runs: pd.DataFrame) -> TableResult:
+def build_table(spec: TableSpec, runs: pd.DataFrame, outcomes: Outcomes | None = None) -> TableResult:
     """Ours (mean, std, n over seeds) beside the paper's values, row by column; then the claims.
 
     Args:
         spec: the table or figure.
         runs: `tracking.runs_dataframe(...)` (columns run_id, status, start_time, params.*, metrics.*, tags.*).
+        outcomes: run id -> its per-example outcomes (trainables/outcomes.py) or None; what the claims'
+            bootstrap reads (without it every claim says it has no per-example data).
 
     Returns:
         The `TableResult`; cells without data are NaN (rendered "—"), never a guess.
@@ -152,8 +154,9 @@ def build_table(spec: TableSpec, runs: pd.DataFrame) -> TableResult:
     rows = _rows(spec, df)
     frames, per_cell, mixed = _cells(spec, df, rows)
     columns = {c.label: c for c in spec.cols}
+    averaged: dict[str, list[str]] = {}
     if spec.avg_shifts:
-        frames, averages = _with_averages(spec, frames, per_cell, [r.label for r in rows])
+        frames, averages, averaged = _with_averages(spec, frames, per_cell, [r.label for r in rows])
         columns.update(averages)
     mean, std, n = frames
     n = n.fillna(0).astype(int)
@@ -166,6 +169,9 @@ def build_table(spec: TableSpec, runs: pd.DataFrame) -> TableResult:
         columns,
         {r.label: dict(r.where) for r in rows},
         warnings=_warnings(df, mixed),
+        cell_runs=_cell_runs(spec, df, per_cell),
+        components=averaged,
+        outcomes=outcomes,
     )
     res.complete = _complete(spec, df, n)
     res.assumptions = regime_checks(spec.source, df)
@@ -197,9 +203,9 @@ def _cells(spec: TableSpec, df: pd.DataFrame, rows: list[Row]) -> tuple[tuple, d
     return frames, per_cell, mixed
 
 
-def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[str]) -> tuple[tuple, dict]:
+def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[str]) -> tuple[tuple, dict, dict]:
     """The frames with the shift averages filled in, placed after the paper's columns ("Avg shifts") and after
-    the extra columns (the local average); and those average columns by label."""
+    the extra columns (the local average); those average columns by label; and the columns each averages."""
     avgs = _averages(spec, per_cell, labels, frames[0])
     order = (
         [c.label for c in spec.cols if not c.extra]
@@ -211,7 +217,22 @@ def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[
     for col, by_row in avgs:
         for r, vals in by_row.items():
             _put(frames, r, col.label, vals)
-    return frames, {col.label: col for col, _ in avgs}
+    return frames, {col.label: col for col, _ in avgs}, {col.label: list(use) for col, use in avgs}
+
+
+def _cell_runs(spec: TableSpec, df: pd.DataFrame, per_cell: dict) -> dict[tuple[str, str], dict[str, str]]:
+    """(row, column) -> {seed: run id} of the runs each cell averages (the first run per seed), so the claims
+    can pair two cells' per-example outcomes seed by seed."""
+    if df.empty:
+        return {}
+    seeds = df.set_index("run_id").get(_column(spec.seed or "seed"))
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for cell, vals in per_cell.items():
+        by_seed: dict[str, str] = {}
+        for run in vals.index:
+            by_seed.setdefault(str(seeds.loc[run]) if seeds is not None else "0", str(run))
+        out[cell] = by_seed
+    return out
 
 
 def _warnings(df: pd.DataFrame, mixed: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 AVG_SHIFTS = "Avg shifts"
 Where = Mapping[str, str | tuple[str, ...]]  # key: bare param name, `params.x` or `tags.x`; value or values
+Outcomes = Callable[[str], "Mapping[str, object] | None"]  # run id -> {metric name: per-example array} or None
 
 
 # ------------------------------------------------------------------------------------------------ data types
@@ -75,15 +76,33 @@ class Col:
 
 @dataclass(frozen=True)
 class Claim:
-    """One of the paper's claims checked on our numbers: holds is None when there is not enough data."""
+    """One of the paper's claims checked on our numbers.
+
+    holds: True (✓, the bootstrap interval excludes no effect, in the claim's direction), False (✗, it excludes
+    the claim: the effect goes the other way), None: inconclusive (~, `decided` but the interval covers no effect)
+    or not decidable (?, no data or no per-example data). `detail` carries the numbers and the interval.
+    """
 
     text: str
     holds: bool | None
     detail: str
+    decided: bool = False  # an interval was computed (so holds=None means inconclusive, not "no data")
+    # What the point estimates alone say (never shown as a verdict): how a claim's encoding is checked against
+    # the paper's own numbers, which have no per-example data and so no interval.
+    points: bool | None = None
+
+    @property
+    def verdict(self) -> bool | str | None:
+        """The key renderers look marks up by: True, "x" (contradicted by an interval), False (fails, no
+        interval: a regime check), "~" (inconclusive) or None (no data)."""
+        if self.decided and self.holds is not True:
+            return "x" if self.holds is False else "~"
+        return self.holds
 
     def __post_init__(self) -> None:  # numpy booleans would break `holds is True` checks downstream
-        if self.holds is not None:
-            object.__setattr__(self, "holds", bool(self.holds))
+        for name in ("holds", "points"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, bool(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -165,6 +184,11 @@ class TableResult:
     # The regime checks (assumptions the paper's setting makes, e.g. teacher vs student): None = not checked yet,
     # which the report says; a later table spec fills this list, the report renders it as it renders claims.
     assumptions: list[Claim] | None = None
+    # Per-example data for the claims' bootstrap (orchestrator/tables/verdicts.py): which run fills each
+    # (row, column) cell per seed, the columns an average column averages, and the loader of a run's outcomes.
+    cell_runs: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    components: dict[str, list[str]] = field(default_factory=dict)
+    outcomes: Outcomes | None = None
 
     def col(self, label: str) -> Col:
         """The column's spec, by label (an average column's too)."""

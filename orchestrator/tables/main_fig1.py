@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.tables._types import Claim, Col, TableResult, TableSpec
-from orchestrator.tables.claims import have, partner, tally, value
+from orchestrator.tables.claims import have, partner, value
 from orchestrator.tables.names import METHODS, pretty
 from trainables.vocab import Method
 
@@ -20,33 +20,39 @@ def student_method(where: dict) -> str:
 
 
 def ours_cheaper(res: TableResult) -> Claim:
-    """Per student, ours is within COMPARABLE_C_PTS of complete FT on C while complete FT takes at least
-    MUCH_LESS_TIME times longer."""
+    """Per student, ours is within COMPARABLE_C_PTS of complete FT on C (the paired bootstrap interval of
+    ours − complete FT + COMPARABLE_C_PTS lies above 0) while complete FT takes at least MUCH_LESS_TIME times
+    longer (a measured time, no interval: a student that misses it is ✗); aggregated as `verdicts.every`."""
+    import orchestrator.tables.stats as stats
+    import orchestrator.tables.verdicts as verdicts
+
     text = (
         f"ours reaches comparable C accuracy (≥ complete FT − {COMPARABLE_C_PTS:g} points) in much less "
         f"training time (complete FT ≥ {MUCH_LESS_TIME:g}× longer)"
     )
-    lines, ok, total = [], 0, 0
+    items = []
     for row, where in res.row_where.items():
         ft = partner(res, where, "student", {"method": Method.full_ft})
         if where.get("method") != Method.ours or ft is None:
             continue
         c_o, t_o, c_f, t_f = (
-            value(res, row, "C acc"),
-            value(res, row, TIME_COL),
-            value(res, ft, "C acc"),
-            value(res, ft, TIME_COL),
+            value(res, r, c) for r, c in ((row, "C acc"), (row, TIME_COL), (ft, "C acc"), (ft, TIME_COL))
         )
         if not have(c_o, t_o, c_f, t_f):
             continue
-        total += 1
         ratio = t_f / max(t_o, 1e-9)
-        ok += ratio >= MUCH_LESS_TIME and c_o >= c_f - COMPARABLE_C_PTS
-        lines.append(
-            f"{pretty(where.get('student', ''))}: C {c_o:.1f} vs complete FT {c_f:.1f}, time {t_o:.0f} s vs "
-            f"{t_f:.0f} s ({ratio:.1f}×)"
+        diff = stats.difference(res.col("C acc").scale, offset=COMPARABLE_C_PTS)
+        iv = verdicts.interval(res, f"{text} | {row}", [[(ft, "C acc")], [(row, "C acc")]], diff)
+        items.append(
+            (
+                f"{pretty(where.get('student', ''))}: C {c_o:.1f} vs complete FT {c_f:.1f}"
+                f"{verdicts.tail(iv, f' (ours − FT + {COMPARABLE_C_PTS:g}: ')}{'' if isinstance(iv, str) else ')'}"
+                f", time {t_o:.0f} s vs {t_f:.0f} s ({ratio:.1f}×)",
+                iv if ratio >= MUCH_LESS_TIME else False,  # too slow: ✗ whatever the accuracy
+                ratio >= MUCH_LESS_TIME and c_o >= c_f - COMPARABLE_C_PTS,
+            )
         )
-    return tally(text, ok, total, lines, "no student with both ours and complete FT")
+    return verdicts.every(text, items, "no student with both ours and complete FT")
 
 
 SPEC = TableSpec(

@@ -1,0 +1,86 @@
+"""Per-example outcomes (trainables/outcomes.py): each array's mean is the logged metric (same predictions, even
+for a predictor that answers differently on every call, like MC dropout), the file round-trips bit for bit, and
+it travels through a real MLflow server as a run artifact and back through the aggregator's loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.tracking import FINISHED, SweepTracker, outcomes_loader, runs_dataframe
+from trainables import outcomes
+from trainables.evaluate import evaluate_suites
+
+N, M, FRAMES = 40, 6, 4
+
+
+def _bundles() -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "clean": {"x": torch.randn(N, 3, generator=g), "y": torch.randint(0, 5, (N,), generator=g)},
+        "c": {
+            "x": torch.randn(2, 3, N, 3, generator=g),
+            "y": torch.randint(0, 5, (N,), generator=g),
+            "corruptions": ["fog", "snow"],
+        },
+        "p": {
+            "x": torch.randn(2, M, FRAMES, 3, generator=g),
+            "y": torch.randint(0, 5, (M,), generator=g),
+            "perturbations": ["gaussian_noise", "motion_blur"],
+        },
+    }
+
+
+def _random_predictor():
+    """A new random answer on every call: only the memo makes the outcomes agree with the metrics."""
+
+    def predict(x: torch.Tensor, subset=None) -> dict[str, torch.Tensor]:
+        n = len(x)
+        return {
+            "main": torch.randint(0, 5, (n,)),
+            "wo_kld": torch.randint(0, 5, (n,)),
+            "chosen/ours": torch.randint(0, 2, (n,)),
+        }
+
+    return predict
+
+
+def test_every_array_averages_to_its_logged_metric() -> None:
+    bundles, suites = _bundles(), ["clean", "c", "p"]
+    pred = outcomes.memo(_random_predictor())
+    metrics = evaluate_suites(pred, bundles, suites, batch_size=16)
+    out = outcomes.collect(pred, bundles, suites, batch_size=16)
+    assert out["acc/c"].shape == (2, 3, N) and out["acc/clean"].shape == (N,) and out["fp/mean"].shape == (M,)
+    for key in ("acc/clean", "acc/wo_kld/clean", "f_correct/ours/clean", "acc/c", "acc/wo_kld/c", "fp/mean"):
+        assert float(out[key].mean()) == pytest.approx(metrics[key], abs=1e-6), key
+    assert float(out["acc/c"][1, 2].mean()) == pytest.approx(metrics["acc/c/snow/3"])
+
+
+def test_file_round_trip_is_exact_and_small(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = {"acc/c": rng.random((15, 5, 300)) < 0.6, "fp/mean": rng.random(50).astype(np.float32)}
+    path = outcomes.save(tmp_path / outcomes.OUTCOMES_FILE, data)
+    back = outcomes.load(path)
+    assert back.keys() == data.keys()
+    assert np.array_equal(back["acc/c"], data["acc/c"]) and back["acc/c"].dtype == bool
+    assert np.array_equal(back["fp/mean"], data["fp/mean"])
+    assert path.stat().st_size < 4000  # 22,500 booleans bit-packed (≈2.8 KB) plus 50 floats
+
+
+def test_artifact_round_trip_through_a_real_mlflow_server(mlflow_server, tmp_path: Path) -> None:
+    t = SweepTracker(mlflow_server.uri, "outcomes")
+    parent, _ = t.open_parent("sid", {"profile": "local"}, "outcomes-local")
+    with_file = t.open_child(parent, "sid", "cell", "k1", "cell-1", {}, {"student": "x"})
+    without = t.open_child(parent, "sid", "cell", "k2", "cell-2", {}, {"student": "x"})
+    data = {"acc/c": np.random.default_rng(1).random((2, 3, 30)) < 0.5}
+    logger = t.logger(with_file)
+    logger.log_artifact(outcomes.save(tmp_path / outcomes.OUTCOMES_FILE, data))
+    logger.finish(FINISHED)
+    t.logger(without).finish(FINISHED)
+    read = outcomes_loader(mlflow_server.uri)
+    assert np.array_equal(read(with_file)["acc/c"], data["acc/c"])
+    assert read(without) is None  # a run without the file: the claims then say they have no interval
+    assert set(runs_dataframe(mlflow_server.uri, "outcomes")["run_id"]) >= {with_file, without}
