@@ -114,12 +114,23 @@ def _model_ref(spec: SweepSpec, name: str) -> ModelRef:
     return ModelRef(name, dict(spec.model_overrides.get(name, {})), spec.weights.get(name))
 
 
+STAGE_SEED = 0  # the seed of every shared stage of a sweep with cells (see _Builder.__init__)
+
+
 class _Builder:
     """Adds each stage a spec needs once: a stage's key hashes its kind, version, inputs and upstream keys."""
 
     def __init__(self, spec: SweepSpec, feature_cache: bool = True) -> None:
         self.spec, self.feature_cache = spec, feature_cache
         self.stages: dict[str, Stage] = {}
+        # Why one seed for the shared stages of a sweep with cells: a cell's seed varies what the cell trains
+        # (the tail, complete fine-tuning), so its seeds are cheap on cached features and a claim's interval
+        # speaks of the method, not of a new teacher/pool/S0 per seed. A teacher-only sweep (Table 6) has
+        # nothing else to vary: its seeds draw the teachers.
+        self.teacher_only = not spec.grid.student and not spec.grid.pairs
+
+    def _ss(self, seed: int) -> int:
+        return seed if self.teacher_only else STAGE_SEED
 
     def add(self, kind: str, inputs: StageInputs, deps: dict[str, str] | None = None, note: str = "") -> str:
         deps = deps or {}
@@ -130,10 +141,21 @@ class _Builder:
 
     def eval_sets(self, seed: int) -> str:
         suites = sorted(s.value for s in self.spec.eval)
-        return self.add("build_eval_sets", EvalSetsInputs(_data_inputs(self.spec), suites, seed))
+        return self.add("build_eval_sets", EvalSetsInputs(_data_inputs(self.spec), suites, self._ss(seed)))
+
+    def teacher_eval_sets(self, seed: int) -> str:
+        """The sets a teacher is scored on (clean, C, P: Table 4/6 and the regime checks). Embedded: always all
+        three, so every sweep of a profile shares its teachers whatever it evaluates students on; ImageNet: those of
+        the three the sweep has roots for."""
+        suites = {"clean", "c", "p"}
+        if self.spec.data.source != "embedded":
+            suites &= {s.value for s in self.spec.eval}
+        inputs = EvalSetsInputs(_data_inputs(self.spec), sorted(suites | {"clean"}), self._ss(seed))
+        return self.add("build_eval_sets", inputs)
 
     def pool(self, seed: int) -> str:
-        return self.add("build_pool", PoolInputs(_data_inputs(self.spec), self.spec.pool.model_dump(mode="json"), seed))
+        pool = self.spec.pool.model_dump(mode="json")
+        return self.add("build_pool", PoolInputs(_data_inputs(self.spec), pool, self._ss(seed)))
 
     def student_weights(self, student: str) -> dict[str, str]:
         if self.spec.weights.get(student):
@@ -152,8 +174,20 @@ class _Builder:
 
     def _teacher(self, teacher: str, seed: int) -> TeacherInputs:
         cfg = self.spec.teacher_train.model_dump(mode="json")
-        cfg.pop("naive_baseline")
-        return TeacherInputs(_model_ref(self.spec, teacher), _data_inputs(self.spec), cfg, seed)
+        for k in ("naive_baseline", "init_epochs", "init_lr", "init_batch_size"):
+            cfg.pop(k)
+        return TeacherInputs(_model_ref(self.spec, teacher), _data_inputs(self.spec), cfg, self._ss(seed))
+
+    def _teacher_deps_of(self, teacher: str, seed: int) -> dict[str, str]:
+        """What a naive or robust teacher reads: the pool, the eval sets, and its naive pretraining (none where
+        the profile gives the teacher's weights: those are the pretrained start)."""
+        deps = {"pool": self.pool(seed), "eval": self.teacher_eval_sets(seed)}
+        if not self.spec.weights.get(teacher):
+            tt = self.spec.teacher_train
+            pre = {"epochs": tt.init_epochs, "lr": tt.init_lr, "batch_size": tt.init_batch_size, "n_images": None}
+            inputs = PretrainInputs(_model_ref(self.spec, teacher), _data_inputs(self.spec), pre, 0.0)
+            deps["init"] = self.add("pretrain_teacher", inputs)
+        return deps
 
     def reference(self, seed: int) -> str | None:
         """The flip-rate reference (AlexNet in the paper): the named model trained naively. FR = FP / FP_ref is
@@ -164,11 +198,10 @@ class _Builder:
         return self.naive_teacher(ref, seed)
 
     def naive_teacher(self, teacher: str, seed: int) -> str:
-        return self.add("naive_teacher", self._teacher(teacher, seed), {"eval": self.eval_sets(seed)})
+        return self.add("naive_teacher", self._teacher(teacher, seed), self._teacher_deps_of(teacher, seed))
 
     def robust_teacher(self, teacher: str, seed: int) -> str:
-        deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed)}
-        return self.add("robustify_teacher", self._teacher(teacher, seed), deps)
+        return self.add("robustify_teacher", self._teacher(teacher, seed), self._teacher_deps_of(teacher, seed))
 
     def features(self, student: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.student_weights(student)}

@@ -102,6 +102,18 @@ def claims_markdown(res: TableResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def regime_markdown(res: TableResult) -> str:
+    """The "Regime checks" section: is the setting the paper's (teacher more robust than S0, S0 converged, no
+    teacher at chance)? A failing check reads as a warning: the claims above it are about another regime."""
+    if not res.assumptions:
+        return ""
+    lines = ["", "**Regime checks (the paper's setting)**", ""]
+    for a in res.assumptions:
+        warn = "warning: " if a.holds is False else ""
+        lines.append(f"- {MARK[a.holds]} {warn}{a.text} — {a.detail}")
+    return "\n".join(lines) + "\n"
+
+
 def paper_text(paper: Claim | None) -> str | None:
     """The same check on the paper's own numbers: a point-estimate direction (the paper gives no per-example
     data, so no interval and no verdict), or None when the paper has none of the compared numbers."""
@@ -136,7 +148,8 @@ def to_markdown(res: TableResult, image: str | None = None) -> str:
         lines += [f"![{res.spec.title}]({image})", "", "Data of the figure:", ""]
     lines += [legend(res), "", *markdown_table(res)]
     notes = _notes(res)
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n" + claims_markdown(res)
+    body = "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    return body + claims_markdown(res) + regime_markdown(res)
 
 
 # ------------------------------------------------------------------------------------------------ CSV

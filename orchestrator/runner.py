@@ -20,6 +20,7 @@ from orchestrator.progress_views import open_progress
 from orchestrator.records import SweepContext
 from orchestrator.report import SweepReportInput, finished, publish_report, sweep_input, sweep_runs
 from orchestrator.spec import SweepSpec
+from orchestrator.tables.regime import regime_warnings
 from orchestrator.tracking import (
     FINISHED,
     LocalMlflowServer,
@@ -211,6 +212,9 @@ def _execute(
     )
     for f in files:
         progress.log(f"  {f}")
+    for res in report.results:  # a broken regime is said on the terminal, not only in the tables (issue #13)
+        for line in regime_warnings(res.spec.id, res.assumptions or []):
+            progress.log(f"  warning: {line}")
     n = (len(outcome.finished), len(outcome.failed), len(outcome.skipped_failed))
     return SweepResult(spec.name, wall, *n, files=files, report=report)
 

@@ -16,11 +16,16 @@ def spec_with(tmp_path: Path, grid: str, extra: str = "", overrides=()):
     return load_spec(p, "local", list(overrides))
 
 
-def test_teacher_vs_student_has_six_cells() -> None:
+def test_teacher_vs_student_has_six_teachers_three_seeds_one_set_of_shared_stages() -> None:
+    """Three distillation seeds per teacher; the seeds vary the cells only: one pool, one S0 and one pretrained and
+    one robust teacher per model (issue #13: seeds are cheap on cached features)."""
     spec = load_spec(ROOT / "sweeps" / "teacher_vs_student.yaml")
     cs = cells(spec)
-    assert len(cs) == 6
+    assert len(cs) == 18 and {c.seed for c in cs} == {0, 1, 2}
     assert {c.teacher for c in cs} == {"resnet34", "resnet50", "resnet101", "vit_small", "resnet152", "vit_base"}
+    kinds = [s.kind for s in build_plan(spec).stages.values()]
+    assert kinds.count("robustify_teacher") == kinds.count("pretrain_teacher") == 6
+    assert kinds.count("build_pool") == kinds.count("pretrain_student") == 1
 
 
 def test_methods_drop_the_axes_they_ignore(tmp_path: Path) -> None:

@@ -450,3 +450,48 @@ def test_complete_means_the_runs_of_the_papers_item_are_there() -> None:
     assert build_table(TABLES["supp_table4"], table4_runs([0.5] * 6)).complete
     assert not build_table(TABLES["supp_table3"], table4_runs([0.5] * 6)).complete  # no w/o KD
     assert not build_table(TABLES["main_fig1"], efficiency_runs(1.0, 0.5).iloc[[0]]).complete
+
+
+# ------------------------------------------------------------------------------------------------ regime checks
+
+
+def _regime_runs(teacher_c: float, gain: float, teacher_clean: float) -> pd.DataFrame:
+    m = {
+        "acc/c": 0.5,
+        "teacher/acc/c": teacher_c,
+        "teacher/acc/clean": teacher_clean,
+        "original/acc/c": 0.45,
+        "s0/acc/clean_gain_last": gain,
+        "teacher/init/acc/clean_gain_last": 0.002,
+    }
+    return pd.DataFrame(
+        [cell(i, m, student="clip_vit_b16", teacher=t, method="ours", seed=0) for i, t in enumerate(["resnet34"])]
+    )
+
+
+def test_regime_checks_hold_and_fail_with_their_numbers() -> None:
+    """Each regime check holds on runs in the paper's regime and fails, with the margin, on runs outside it."""
+    good = {
+        a.text.split(" (")[0]: a for a in build_table(TABLES["supp_table4"], _regime_runs(0.6, 0.003, 0.9)).assumptions
+    }
+    assert all(a.holds for a in good.values()) and len(good) == 4
+    assert "resnet34 60.0 vs S0 45.0 (+15.0)" in good["teacher more robust than the original student S0 on C"].detail
+    bad = build_table(TABLES["supp_table4"], _regime_runs(0.4, 0.05, 0.12)).assumptions
+    failing = {a.text.split(" (")[0]: a.detail for a in bad if a.holds is False}
+    assert "(-5.0)" in failing["teacher more robust than the original student S0 on C"]
+    assert "+5.0 points" in failing["S0 pretrained to a plateau"]
+    assert "at chance" in failing["no teacher at chance"]
+    from orchestrator.render import to_markdown
+    from orchestrator.tables.regime import regime_warnings
+
+    assert "warning: S0 pretrained to a plateau" in to_markdown(
+        build_table(TABLES["supp_table4"], _regime_runs(0.4, 0.05, 0.12))
+    )
+    assert len(regime_warnings("supp_table4", bad)) == 3
+
+
+def test_regime_checks_on_teacher_stage_runs() -> None:
+    runs = table6_runs({"resnet34": 0.7}).assign(**{"metrics.acc/clean": [0.95, 0.1, None]})
+    (chance,) = build_table(TABLES["supp_table6"], runs).assumptions
+    assert chance.holds is False
+    assert chance.detail == "resnet34 naive_teacher clean 95.0; resnet34 robustify_teacher clean 10.0 (at chance)"

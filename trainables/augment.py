@@ -22,13 +22,14 @@ from trainables.data import ImageSet
 # --------------------------------------------------------------------------------------------- AugMix
 
 
-def augmix_views(images: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+def augmix_views(images: Tensor, seed: int, severity: int = 1) -> tuple[Tensor, Tensor]:
     """Two independent AugMix views per image (torchvision `AugMix(all_ops=False)`: 3 chains of depth 1-3,
     Dirichlet(1) chain weights, Beta(1,1) blend). uint8 in, uint8 out. torchvision samples its ops once per call,
-    so each image gets its own calls to keep views diverse within a batch."""
+    so each image gets its own calls to keep views diverse within a batch. Severity 1 is the reference ImageNet
+    recipe (google-research/augmix imagenet.py); torchvision's default 3 is the CIFAR one (method.md §2.1)."""
     from torchvision.transforms import v2
 
-    aug = v2.AugMix(all_ops=False)
+    aug = v2.AugMix(severity=severity, all_ops=False)
     a1, a2 = torch.empty_like(images), torch.empty_like(images)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -215,6 +216,7 @@ class PoolConfig:
     augmix_prob: float = 0.5
     noise2net_share: float = 0.5
     p_new: float = 0.05
+    augmix_severity: int = 1
 
 
 def build_pool(clean: ImageSet, autoencoder: ConvAutoencoder, seed: int, cfg: PoolConfig) -> ImageSet:
@@ -232,7 +234,7 @@ def build_pool(clean: ImageSet, autoencoder: ConvAutoencoder, seed: int, cfg: Po
     imgs[order[n_n2n:]] = deepaugment(base[order[n_n2n:]], autoencoder, seed + 2, cfg.p_new)
     mix = torch.rand(cfg.n_images, generator=g) < cfg.augmix_prob
     if mix.any():
-        imgs[mix] = augmix_views(imgs[mix], seed + 3)[0]
+        imgs[mix] = augmix_views(imgs[mix], seed + 3, cfg.augmix_severity)[0]
     return ImageSet(imgs, clean.labels[src].clone(), clean.classes)
 
 

@@ -19,7 +19,9 @@ from trainables.common import (
     Timer,
     accuracy,
     iterate_minibatches,
+    load,
     precise_bn,
+    read_metrics,
     save,
     seed_everything,
     to_float,
@@ -56,14 +58,14 @@ def _train_classifier(
     )
 
 
-def _ce_step(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
+def _ce_step(net: Callable[[Tensor], Tensor], xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
     loss = F.cross_entropy(net(to_float(xb)), yb)
     return loss, {"loss": loss.detach()}
 
 
-def _augmix_step(seed: int, jsd_weight: float) -> LossFn:
+def _augmix_step(seed: int, jsd_weight: float, severity: int) -> LossFn:
     def step_fn(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
-        a1, a2 = augment.augmix_views(xb, seed=seed * 1_000_003 + step)
+        a1, a2 = augment.augmix_views(xb, seed=seed * 1_000_003 + step, severity=severity)
         logits = net(to_float(torch.cat([xb, a1, a2])))
         lc, l1, l2 = logits.chunk(3)
         loss, parts = augmix_loss(lc, l1, l2, yb, jsd_weight=jsd_weight)
@@ -74,19 +76,32 @@ def _augmix_step(seed: int, jsd_weight: float) -> LossFn:
 
 def _teacher_data(
     inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator, robust: bool
-) -> tuple[Tensor, Tensor, dict | None]:
-    """The teacher's training images and labels, and the pool (robust teacher only, else None)."""
+) -> tuple[Tensor, Tensor, dict]:
+    """The teacher's training images and labels, and the pool.
+
+    Why the naive teacher trains on as many images as the robust one (clean images drawn again in place of the
+    pool's): supplement Table 6 compares the two at the same budget, so they must take the same optimiser steps
+    from the same start; only the data (clean vs clean + DeepAugment) and the loss (CE vs AugMix + JSD) differ.
+    """
     tt = inputs.teacher_train
     train, _ = source_split(inputs.data)
     n = tt["n_images"] or len(train)
     sel = torch.randperm(len(train), generator=g)[:n]
     x, y = train.images[sel], train.labels[sel]
-    pool = None
+    pool = load_pool(deps["pool"])["pool"]
+    n_pool = min(tt.get("pool_images") or len(pool["y"]), len(pool["y"]))
+    psel = torch.randperm(len(pool["y"]), generator=g)[:n_pool]
     if robust:  # AugMix + JSD on clean *and* the DeepAugment/Noise2Net images that build the pool (method.md §8)
-        pool = load_pool(deps["pool"])["pool"]
-        psel = torch.randperm(len(pool["y"]), generator=g)[: tt.get("pool_images") or len(pool["y"])]
-        x, y = torch.cat([x, pool["x"][psel]]), torch.cat([y, pool["y"][psel]])
-    return x, y, pool
+        return torch.cat([x, pool["x"][psel]]), torch.cat([y, pool["y"][psel]]), pool
+    extra = torch.randint(len(x), (n_pool,), generator=g)
+    return torch.cat([x, x[extra]]), torch.cat([y, y[extra]]), pool
+
+
+def _load_init(net: nn.Module, deps: dict[str, Path]) -> None:
+    """Start from the naive pretraining (`pretrain_teacher`) where the profile gives no pretrained weights: the
+    paper robustifies *pretrained* teachers (DeepAugment's train.py fine-tunes an ImageNet model)."""
+    if "init" in deps:
+        net.load_state_dict(load(deps["init"] / "model.pt"))
 
 
 def _teacher_stage(
@@ -98,16 +113,18 @@ def _teacher_stage(
     g = torch.Generator().manual_seed(seed)
     x, y, pool = _teacher_data(inputs, deps, g, robust)
     net = build_teacher(inputs.model, len(classes), size)
-    step_fn = _augmix_step(seed, tt["jsd_weight"]) if robust else _ce_step
+    _load_init(net, deps)
+    step_fn = _augmix_step(seed, tt["jsd_weight"], tt.get("augmix_severity", 1)) if robust else _ce_step
     with Timer() as t:
         _train_classifier(net, x, y, tt["epochs"], tt["lr"], tt["batch_size"], seed, ctx, step_fn)
-        precise_bn(net, x[torch.randperm(len(x), generator=g)], net)
+        precise_bn(net, x, net, seed=seed)
     net.eval()
     pred = outcomes.memo(classifier_predictor(net))  # one forward pass for the metrics and the outcomes file
     metrics = evaluate_suites(pred, bundles, ["clean", "c", "p"])
     outcomes.save(out / outcomes.OUTCOMES_FILE, outcomes.collect(pred, bundles, ["clean", "c", "p"]))
-    if pool is not None:
-        metrics["acc/pool"] = accuracy(net, pool["x"], pool["y"])
+    metrics["acc/pool"] = accuracy(net, pool["x"], pool["y"])
+    if "init" in deps:  # the regime check "trained to a plateau" reads the pretraining's last-epoch gain
+        metrics.update({f"init/{k}": v for k, v in read_metrics(deps["init"]).items() if k.startswith("acc/")})
     metrics.update({"time/train_s": t.s, "time/stage_s": t.s})
     write_model_json(out, "teacher", dataclasses.replace(inputs.model, weights=None), len(classes), size, classes)
     save(net.state_dict(), out / "model.pt")
@@ -116,14 +133,59 @@ def _teacher_stage(
 
 @body("robustify_teacher")
 def robustify_teacher(inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
-    """The small teacher trained with AugMix (+ 12 x JSD) on clean + DeepAugment images (method.md §2.1)."""
+    """The small teacher fine-tuned with AugMix (+ 12 x JSD) on clean + DeepAugment images (method.md §2.1)."""
     return _teacher_stage(inputs, deps, out, ctx, robust=True)
 
 
 @body("naive_teacher")
 def naive_teacher(inputs: TeacherInputs, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
-    """The same teacher on clean data only: Table 6's "naive" column and the flip-rate reference model."""
+    """The same teacher fine-tuned on clean data only, same start and steps: Table 6's "naive" column and the
+    flip-rate reference model."""
     return _teacher_stage(inputs, deps, out, ctx, robust=False)
+
+
+@body("pretrain_teacher")
+def pretrain_teacher(inputs: PretrainInputs, deps: dict[str, Path], out: Path, ctx: StageContext) -> dict[str, float]:
+    """Local stand-in for a teacher's ImageNet weights: CE on the whole clean split, to a plateau (its per-epoch
+    clean accuracy is logged; `acc/clean_gain_last` is the last epoch's gain, the regime check's input)."""
+    d, p = inputs.data, inputs.pretrain
+    train, test = source_split(d)
+    net = build_teacher(inputs.model, len(train.classes), d["image_size"])
+    n = p["n_images"] or len(train)
+    with Timer() as t:
+        curve = _train_to_plateau(net, train.images[:n], train.labels[:n], p, ctx, net, test)
+    save(net.state_dict(), out / "model.pt")
+    return {**curve, "time/train_s": t.s, "time/stage_s": t.s}
+
+
+def _train_to_plateau(
+    net: nn.Module, x: Tensor, y: Tensor, p: dict, ctx: StageContext, predict: Callable, test
+) -> dict[str, float]:
+    """CE for `p['epochs']`; after each of the last two epochs, precise BN and the clean test accuracy (BN
+    running statistics are only read in eval mode, so recomputing them does not change the training; the last
+    recomputation is the model's final statistics).
+
+    Returns:
+        acc/clean (final), acc/clean_prev (one epoch before) and acc/clean_gain_last (their difference): what
+        "trained to a plateau" is checked on.
+    """
+    curve: list[float] = []
+
+    def after_epoch(epoch: int) -> None:
+        if epoch >= p["epochs"] - 2:  # the last two epochs are what the plateau check compares
+            precise_bn(net, x, predict)
+            net.eval()
+            curve.append(accuracy(predict, test.images, test.labels))
+            ctx.log({"acc/clean_epoch": curve[-1]}, step=epoch)
+
+    g = seed_everything(0)
+    steps = p["epochs"] * -(-len(x) // p["batch_size"])
+    optim = adam([q for q in net.parameters() if q.requires_grad], p["lr"], total_steps=steps, clip=1.0)
+    step = lambda idx, s: _ce_step(predict, x[idx], y[idx], s)  # noqa: E731
+    batches = lambda _: iterate_minibatches(len(x), p["batch_size"], g)  # noqa: E731
+    run_epochs(net, optim, p["epochs"], batches, step, ctx, after_epoch=after_epoch)
+    prev = curve[-2] if len(curve) > 1 else 0.0
+    return {"acc/clean": curve[-1], "acc/clean_prev": prev, "acc/clean_gain_last": curve[-1] - prev}
 
 
 @body("pretrain_student")
@@ -138,16 +200,13 @@ def pretrain_student(inputs: PretrainInputs, deps: dict[str, Path], out: Path, c
     n = p["n_images"] or len(train)
     x, y = train.images[:n], train.labels[:n]
     s.set_frozen_trainable(True)
-    clean = lambda net, xb, yb, step: _ce_step(lambda z: net(z, head="clean"), xb, yb, step)  # noqa: E731
     with Timer() as t:
-        _train_classifier(s, x, y, p["epochs"], p["lr"], p["batch_size"], 0, ctx, clean)
-        precise_bn(s, x, lambda z: s(z, head="clean"))
+        curve = _train_to_plateau(s, x, y, p, ctx, lambda z: s(z, head="clean"), test)
     s.set_frozen_trainable(False)
     s.eval()
     for h in ("unclean", "combined"):  # every head starts from the same (pre)trained weights
         s.heads[h].load_state_dict(s.heads["clean"].state_dict())
     s.snapshot_original()
-    acc = accuracy(lambda z: s(z, head="clean"), test.images, test.labels)
     write_model_json(
         out,
         "student",
@@ -158,4 +217,4 @@ def pretrain_student(inputs: PretrainInputs, deps: dict[str, Path], out: Path, c
         inputs.dropout,
     )
     save(s.state_dict(), out / "model.pt")
-    return {"acc/clean": acc, "time/train_s": t.s, "time/stage_s": t.s}
+    return {**curve, "time/train_s": t.s, "time/stage_s": t.s}

@@ -134,12 +134,19 @@ def iterate_minibatches(
 
 @torch.no_grad()
 def precise_bn(
-    module: nn.Module, inputs: Tensor, forward: Callable[[Tensor], Any], batch_size: int = 128, max_batches: int = 40
+    module: nn.Module,
+    inputs: Tensor,
+    forward: Callable[[Tensor], Any],
+    batch_size: int = 128,
+    max_batches: int = 40,
+    seed: int = 0,
 ) -> None:
     """Recompute BatchNorm running statistics with a cumulative average over training data.
 
     Why: after a few hundred Adam steps the running estimates (momentum 0.1) lag the weights so badly that eval
     mode sits at chance while train mode is fine (shared/platform.md). Only BN layers switch to train mode.
+    Why a seeded shuffled sample of `inputs`: callers pass their whole training mixture (clean then augmented);
+    its first `batch_size * max_batches` rows would be clean images only once the data outgrows the sample.
     """
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -149,8 +156,9 @@ def precise_bn(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
         m.train()
-    for i in range(0, min(len(inputs), batch_size * max_batches), batch_size):
-        chunk = inputs[i : i + batch_size]
+    take = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[: batch_size * max_batches]
+    for i in range(0, len(take), batch_size):
+        chunk = inputs[take[i : i + batch_size]]
         forward(to_float(chunk) if chunk.dtype == torch.uint8 else chunk)
     for m, (mom, training) in saved.items():
         m.momentum = mom

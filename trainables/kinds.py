@@ -158,7 +158,8 @@ TAIL_SHARE = 0.05  # the tuned tail + heads, relative to a full forward
 
 
 def _pretrain_cost(i: PretrainInputs, s: Sizes) -> Cost:
-    return i.model.name, 3.0 * i.pretrain["epochs"] * (i.pretrain["n_images"] or s.n_train), 0.0
+    n = i.pretrain["n_images"] or s.n_train
+    return i.model.name, 3.0 * i.pretrain["epochs"] * n + 2 * (2 * s.n_test + 5120), 0.0
 
 
 def _teacher_images(i: TeacherInputs, s: Sizes) -> float:
@@ -167,11 +168,18 @@ def _teacher_images(i: TeacherInputs, s: Sizes) -> float:
 
 def _robust_cost(i: TeacherInputs, s: Sizes) -> Cost:
     tt = i.teacher_train
-    return i.model.name, 9.0 * tt["epochs"] * (_teacher_images(i, s) + (tt["pool_images"] or s.n_pool)), 0.0
+    n = _teacher_images(i, s) + (tt["pool_images"] or s.n_pool)
+    return i.model.name, 9.0 * tt["epochs"] * n + s.n_eval, 0.0
 
 
 def _naive_cost(i: TeacherInputs, s: Sizes) -> Cost:
-    return i.model.name, 3.0 * i.teacher_train["epochs"] * _teacher_images(i, s) + s.n_eval, 0.0
+    n = _teacher_images(i, s) + (i.teacher_train["pool_images"] or s.n_pool)  # as many steps as the robust one
+    return i.model.name, 3.0 * i.teacher_train["epochs"] * n + s.n_eval, 0.0
+
+
+def _pretrain_teacher_cost(i: PretrainInputs, s: Sizes) -> Cost:
+    n = i.pretrain["n_images"] or s.n_train
+    return i.model.name, 3.0 * i.pretrain["epochs"] * n + 2 * (2 * s.n_test + 5120), 0.0
 
 
 def _pool_cost(i: PoolInputs, s: Sizes) -> Cost:
@@ -224,6 +232,7 @@ class Kind:
 
 _UP_EVAL = {"eval": "build_eval_sets"}
 _UP_STUDENT = {"student": "pretrain_student"}
+_UP_TEACHER = {"pool": "build_pool", "init": "pretrain_teacher", **_UP_EVAL}
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (  # dependency order: every kind after the kinds it reads
@@ -238,25 +247,33 @@ KINDS: dict[str, Kind] = {
         Kind("build_pool", 1, PoolInputs, {}, _pool_cost, doc="DeepAugment AE + Noise2Net + AugMix images"),
         Kind(
             "pretrain_student",
-            4,
+            5,
             PretrainInputs,
             {},
             _pretrain_cost,
             doc="the student trained on clean data, where the profile gives no weights",
         ),
         Kind(
+            "pretrain_teacher",
+            1,
+            PretrainInputs,
+            {},
+            _pretrain_teacher_cost,
+            doc="the teacher trained on clean data to a plateau, where the profile gives no weights",
+        ),
+        Kind(
             "naive_teacher",
-            4,
+            5,
             TeacherInputs,
-            _UP_EVAL,
+            _UP_TEACHER,
             _naive_cost,
-            doc="clean-only teacher (Table 6, and the flip-rate reference)",
+            doc="clean-only fine-tuning of the teacher, robust's budget (Table 6, and the flip-rate reference)",
         ),
         Kind(
             "robustify_teacher",
-            4,
+            5,
             TeacherInputs,
-            {"pool": "build_pool", **_UP_EVAL},
+            _UP_TEACHER,
             _robust_cost,
             pipeline=True,
             doc="AugMix + JSD on clean + pool images",

@@ -33,7 +33,7 @@ def build_eval_sets(inputs: EvalSetsInputs, deps: dict[str, Path], out: Path, ct
 def _embedded_eval_bundles(d: dict, suites: list[str], test: data.ImageSet, seed: int) -> dict[str, Any]:
     bundles: dict[str, Any] = {}
     if "c" in suites:
-        cs = shifts.build_c_set(test, seed=seed, n_per_cell=d["c_per_cell"])
+        cs = shifts.build_c_set(test, seed=seed, n_per_cell=d["c_per_cell"], n_distinct=d.get("c_distinct"))
         bundles["c"] = {"x": cs.images, "y": cs.labels, "corruptions": list(cs.corruptions)}
     if "p" in suites:
         ps = shifts.build_p_set(test, seed=seed, n_sequences=d["p_sequences"], n_frames=d["p_frames"])
@@ -71,7 +71,10 @@ def build_pool(inputs: PoolInputs, deps: dict[str, Path], out: Path, ctx: StageC
         train, _ = source_split(d)
         ae, report = augment.train_autoencoder(train.images, epochs=p["ae_epochs"], seed=seed)
         cfg = augment.PoolConfig(
-            n_images=p["n_images"], augmix_prob=p["augmix_prob"], noise2net_share=p["noise2net_share"]
+            n_images=p["n_images"],
+            augmix_prob=p["augmix_prob"],
+            noise2net_share=p["noise2net_share"],
+            augmix_severity=p.get("augmix_severity", 1),
         )
         pool = augment.build_pool(train, ae, seed=seed, cfg=cfg)
         save(

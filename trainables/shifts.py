@@ -75,16 +75,39 @@ def _subsample(test: ImageSet, n: int | None, seed: int) -> ImageSet:
     return test.subset(idx.sort().values)
 
 
-def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None) -> CSet:
-    """Every corruption at every severity over the same (seeded) subset of the test split."""
+def _cell_images(sub: ImageSet, n_slots: int, cell: int) -> Tensor:
+    """Which of `sub`'s images fill the `n_slots` slots of C cell number `cell`: slot k always holds an image of
+    the class of `sub`'s k-th image, and the cells walk through each class's images in turn, so 75 cells of a few
+    dozen images cover every image of `sub` while one label vector serves every cell."""
+    labels = sub.labels
+    slot_y = labels[:n_slots]
+    idx = torch.empty(n_slots, dtype=torch.long)
+    for cls in slot_y.unique():
+        group = (labels == cls).nonzero().flatten()
+        slots = (slot_y == cls).nonzero().flatten()
+        picks = (cell * len(slots) + torch.arange(len(slots))) % len(group)
+        idx[slots] = group[picks]
+    return idx
+
+
+def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None, n_distinct: int | None = None) -> CSet:
+    """Every corruption at every severity, `n_per_cell` images per (corruption, severity).
+
+    n_distinct None: the same (seeded) subset in every cell. Otherwise a seeded subset of `n_distinct` test images
+    shared out over the 75 cells (`_cell_images`): C then rests on `n_distinct` distinct images at the cost of
+    75 x n_per_cell evaluations (issue #13: 30 images moved C in 3.3-point steps)."""
     from imagecorruptions import corrupt
 
-    sub = _subsample(test, n_per_cell, seed)
-    hwc = sub.images.permute(0, 2, 3, 1).numpy()
-    out = np.empty((len(CORRUPTIONS), len(SEVERITIES), *hwc.shape), dtype=np.uint8)
+    n_slots = n_per_cell if n_per_cell is not None else len(test)
+    sub = _subsample(test, max(n_distinct or 0, n_slots), seed)
+    n_slots = min(n_slots, len(sub))
+    hwc_all = sub.images.permute(0, 2, 3, 1).numpy()
+    out = np.empty((len(CORRUPTIONS), len(SEVERITIES), n_slots, *hwc_all.shape[1:]), dtype=np.uint8)
     for ci, name in enumerate(CORRUPTIONS):
         for si, sev in enumerate(SEVERITIES):
             np.random.seed((seed * 1009 + ci * 31 + si) % 2**32)
+            cell = ci * len(SEVERITIES) + si
+            hwc = hwc_all[_cell_images(sub, n_slots, cell).numpy()] if n_distinct else hwc_all[:n_slots]
             for k, img in enumerate(hwc):
                 # two corruptions draw from their own RNGs unless given a seed: pass one per image
                 kw = {"seed": (seed * 1_000_003 + ci * 7919 + si * 104_729 + k) % 2**31} if name in SEEDED else {}
@@ -95,7 +118,7 @@ def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None) -> CSe
                     .astype(np.uint8)[: img.shape[0], : img.shape[1]]
                 )
     images = torch.from_numpy(out).permute(0, 1, 2, 5, 3, 4).contiguous()
-    return CSet(images, sub.labels.clone())
+    return CSet(images, sub.labels[:n_slots].clone())
 
 
 # --------------------------------------------------------------------------------------------- P sequences

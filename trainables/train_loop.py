@@ -95,6 +95,7 @@ def run_epochs(
     step: Step,
     ctx: StageContext,
     checkpoints: Checkpoints | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Train `module` for `epochs`, logging the mean of every part `step` reports as `train/<part>` per epoch.
 
@@ -107,6 +108,7 @@ def run_epochs(
         step: computes one batch's loss; the loop does zero_grad / backward / clip / step / schedule.
         ctx: logging (`ctx.log`), and `ctx.checkpoint` / `ctx.resume` when `checkpoints` is given.
         checkpoints: None: neither checkpoint nor resume.
+        after_epoch: called with the epoch after it is logged (e.g. a plateau measurement); None: nothing.
 
     Returns:
         The last epoch's logged metrics ({} when no epoch ran).
@@ -127,6 +129,8 @@ def run_epochs(
                 sums[k] = sums.get(k, 0.0) + float(v)
         last = {f"train/{k}": v / max(nb, 1) for k, v in sums.items()} | {"train/lr": optim.lr}
         ctx.log(last, step=epoch)
+        if after_epoch is not None:
+            after_epoch(epoch)
         if checkpoints is not None and ctx.checkpoint is not None:
             ctx.checkpoint(checkpoints.state(module, optim.opt, epoch), epoch, last)
     return last

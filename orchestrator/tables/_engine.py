@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.tables._types import AVG_SHIFTS, Col, Outcomes, Row, TableResult, TableSpec, Where
 from orchestrator.tables.names import ORDER
+from orchestrator.tables.regime import regime_checks
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -173,6 +174,7 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, outcomes: Outcomes | None =
         outcomes=outcomes,
     )
     res.complete = _complete(spec, df, n)
+    res.assumptions = regime_checks(spec.source, df)
     res.claims = [check(res) for check in spec.claims]
     res.paper_claims = [check(paper_view(res)) for check in spec.claims]
     return res

@@ -1,0 +1,112 @@
+"""The regime checks: whether a table's runs are in the setting the paper's claims are about (issue #13).
+
+The paper's mechanism needs (a) a teacher more robust than the original student S0 on C, (b) an S0 that is a
+converged pretrained model, not one whose accuracy still climbs (then any tuning "helps"), and (c) teachers that
+learned something at all. Each check is a `Claim` on the runs a table reads, filled into
+`TableResult.assumptions`; a failing one is a warning in the table, the report and on the terminal, never silent.
+
+The checks read the metrics the stages copy onto each cell run (trainables/distill.py `regime_metrics`:
+`teacher/acc/*`, `teacher/init/acc/clean_gain_last`, `s0/acc/clean_gain_last`, `original/acc/*`) or, on
+stage-run tables (Table 6), the teacher stages' own (`acc/clean`, `init/acc/clean_gain_last`). Values are
+fractions in the runs and points here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from orchestrator.tables._types import Claim
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+# Last-epoch gain of clean accuracy (points) under which a pretraining counts as on a plateau: one epoch more
+# would move the model by less than the C set's resolution at >= 300 images (1/3 point per image).
+PLATEAU_POINTS = 1.0
+# A teacher whose clean accuracy is below twice chance learned (almost) nothing.
+CHANCE_FACTOR = 2.0
+
+
+def _mean(df: pd.DataFrame, col: str) -> float:
+    if col not in df:
+        return math.nan
+    v = df[col].astype(float).dropna()
+    return float(v.mean()) * 100 if len(v) else math.nan
+
+
+def _n_classes(df: pd.DataFrame) -> int:
+    src = next((str(v) for c in ("params.source", "params.data.source") if c in df for v in df[c].dropna()), "")
+    return 1000 if src == "imagenet" else 10
+
+
+def _groups(df: pd.DataFrame, key: str) -> list[tuple[str, pd.DataFrame]]:
+    col = f"params.{key}"
+    if col not in df:
+        return []
+    return [(str(k), g) for k, g in df.groupby(df[col].astype(str), sort=True) if k not in ("None", "nan", "")]
+
+
+def teacher_beats_s0(df: pd.DataFrame) -> Claim | None:
+    """Every teacher more robust than S0 on C (the paper's Table 4 regime), with the margins."""
+    text = "teacher more robust than the original student S0 on C"
+    lines, ok = [], True
+    for teacher, g in _groups(df, "teacher"):
+        t, s = _mean(g, "metrics.teacher/acc/c"), _mean(g, "metrics.original/acc/c")
+        if math.isnan(t) or math.isnan(s):
+            continue
+        ok &= t > s
+        lines.append(f"{teacher} {t:.1f} vs S0 {s:.1f} ({t - s:+.1f})")
+    return Claim(text, ok, "; ".join(lines)) if lines else None
+
+
+def _plateau(df: pd.DataFrame, col: str, who: str, by: str) -> Claim | None:
+    lines, ok = [], True
+    for name, g in _groups(df, by) or [("", df)]:
+        gain = _mean(g, col)
+        if math.isnan(gain):
+            continue
+        ok &= gain < PLATEAU_POINTS
+        lines.append(f"{name or who}: last-epoch clean gain {gain:+.1f} points")
+    text = f"{who} pretrained to a plateau (last-epoch clean gain < {PLATEAU_POINTS:g} point)"
+    return Claim(text, ok, "; ".join(lines)) if lines else None
+
+
+def no_teacher_at_chance(df: pd.DataFrame, col: str) -> Claim | None:
+    chance = 100.0 / _n_classes(df)
+    lines, ok = [], True
+    for teacher, g in _groups(df, "teacher"):
+        acc = _mean(g, col)
+        if math.isnan(acc):
+            continue
+        bad = acc < CHANCE_FACTOR * chance
+        ok &= not bad
+        lines.append(f"{teacher} clean {acc:.1f}{' (at chance)' if bad else ''}")
+    text = f"no teacher at chance (clean accuracy ≥ {CHANCE_FACTOR * chance:.0f}, twice chance)"
+    return Claim(text, ok, "; ".join(lines)) if lines else None
+
+
+def regime_checks(source: str, df: pd.DataFrame) -> list[Claim]:
+    """The regime checks that apply to a table's selected runs (cell or stage runs); [] when none has data."""
+    if df.empty:
+        return []
+    if source == "cell":
+        found = [
+            teacher_beats_s0(df),
+            _plateau(df, "metrics.s0/acc/clean_gain_last", "S0", "student"),
+            _plateau(df, "metrics.teacher/init/acc/clean_gain_last", "teacher", "teacher"),
+            no_teacher_at_chance(df, "metrics.teacher/acc/clean"),
+        ]
+    else:  # teacher stage runs (Table 6): one row per (model, naive | robust)
+        if "params.model" in df and "tags.stage" in df:
+            df = df.assign(**{"params.teacher": df["params.model"].astype(str) + " " + df["tags.stage"].astype(str)})
+        found = [
+            _plateau(df, "metrics.init/acc/clean_gain_last", "teacher", "model"),
+            no_teacher_at_chance(df, "metrics.acc/clean"),
+        ]
+    return [c for c in found if c is not None]
+
+
+def regime_warnings(table_id: str, checks: list[Claim]) -> list[str]:
+    """One line per failing check, for the terminal: a broken regime is never silent."""
+    return [f"{table_id}: regime check fails: {c.text}: {c.detail}" for c in checks if c.holds is False]
