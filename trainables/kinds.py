@@ -150,6 +150,10 @@ class Sizes:
     n_test: int
     n_pool: int
     n_eval: int  # clean test + every C cell + every P frame
+    image_size: int = 32  # for the footprint (trainables/footprint.py): bytes per image, feature shapes
+    n_classes: int = 10
+    source: str = "embedded"
+    on_gpu: bool = False  # resources.gpus_per_worker > 0: weights and activations live in GPU memory
 
 
 Cost = tuple[str | None, float, float]  # (model whose per-image time applies, image passes, extra milliseconds)
