@@ -173,12 +173,14 @@ class _Builder:
     def features(self, student: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.student_weights(student)}
         return self.add(
-            "extract_features", FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout), deps
+            "extract_features",
+            FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout, _store_dtype(self.spec)),
+            deps,
         )
 
     def targets(self, teacher: str, seed: int) -> str:
         deps = {"teacher": self.robust_teacher(teacher, seed), "pool": self.pool(seed)}
-        return self.add("teacher_targets", TargetsInputs(teacher), deps)
+        return self.add("teacher_targets", TargetsInputs(teacher, _store_dtype(self.spec)), deps)
 
     def full_finetune(self, c: Cell) -> str:
         deps = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed), **self.student_weights(c.student)}
@@ -226,6 +228,12 @@ class _Builder:
         if self.spec.teacher_train.naive_baseline:
             deps["naive_teacher"] = self.naive_teacher(teacher, seed)
         return deps
+
+
+def _store_dtype(spec: SweepSpec) -> str:
+    """fp16 features and logits on ImageNet (half the disk: trainables/footprint.py), fp32 on the embedded data,
+    whose results stay bit-identical to an in-memory pass."""
+    return "float16" if spec.data.source == "imagenet" else "float32"
 
 
 def build_plan(spec: SweepSpec, is_cached=None, feature_cache: bool = True) -> Plan:

@@ -286,7 +286,7 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path: Path) -> None:
     storage = tmp_path / "runs"
     first = run_cli(sweep_args(storage), timeout=1200)
     assert first.returncode == 0, first.stderr[-2000:]
-    target = next((storage / "cache" / "teacher_targets").glob("*/targets.pt"))
+    target = next((storage / "cache" / "teacher_targets").glob("*/targets/train.npy"))
     target.write_bytes(b"garbage")
     for f in (storage / "cache" / "cell").glob("*/MANIFEST.json"):  # force the cells to read the entry again
         import shutil

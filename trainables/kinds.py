@@ -109,11 +109,13 @@ class TeacherInputs(StageInputs):
 class FeaturesInputs(StageInputs):
     model: ModelRef
     dropout: float
+    store_dtype: str = "float32"  # of the stored features: float16 on ImageNet (trainables/shards.py)
 
 
 @dataclass(frozen=True)
 class TargetsInputs(StageInputs):
     teacher: str
+    store_dtype: str = "float32"  # of the stored logits: float16 on ImageNet
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "extract_features",
-            2,
+            3,
             FeaturesInputs,
             {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT},
             _features_cost,
@@ -276,7 +278,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "teacher_targets",
-            2,
+            3,
             TargetsInputs,
             {"teacher": "robustify_teacher", "pool": "build_pool"},
             _targets_cost,
