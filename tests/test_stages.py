@@ -181,7 +181,6 @@ def _dp_rank(rank: int, world: int, port: int, inputs, deps: dict[str, Path], ou
         dist.destroy_process_group()
 
 
-@pytest.mark.timeout(300)
 def test_two_data_parallel_workers_match_one(dag, tmp_path: Path) -> None:
     """workers_per_trial: 2 splits every global batch (augmented rows and their clean partners) between the ranks
     and DDP averages the gradients: the tail after two epochs equals one worker's, every tuned parameter within
