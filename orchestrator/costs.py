@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainables.footprint import FOOTPRINTS, GB, Footprint
 from trainables.kinds import KINDS, Sizes
 
 LOCAL_MS_PER_IMAGE = {
@@ -43,6 +44,7 @@ GFLOPS_PER_IMAGE = {
 }
 GPU_EFFECTIVE_TFLOPS = 40.0
 IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES = 1_281_167, 50_000  # sizes when data.n_train / n_test are None
+IMAGENET_CLASSES, EMBEDDED_CLASSES = 1000, 10
 
 
 def _ms_per_image(model: str, profile: str) -> float:
@@ -57,7 +59,17 @@ def sizes(spec) -> Sizes:
     n_train = d.n_train if d.n_train is not None else IMAGENET_TRAIN_IMAGES  # None: the whole split
     n_test = d.n_test if d.n_test is not None else IMAGENET_VAL_IMAGES
     n_eval = n_test + 75 * (d.c_per_cell or n_test) + 10 * d.p_sequences * d.p_frames
-    return Sizes(n_train, n_test, spec.pool.n_images, n_eval)
+    n_classes = IMAGENET_CLASSES if d.source == "imagenet" else EMBEDDED_CLASSES
+    return Sizes(
+        n_train,
+        n_test,
+        spec.pool.n_images,
+        n_eval,
+        d.image_size,
+        n_classes,
+        d.source,
+        spec.resources.gpus_per_worker > 0,
+    )
 
 
 def stage_seconds(stage, spec) -> float:
@@ -85,3 +97,39 @@ def estimate(plan) -> dict[str, Any]:
         else f"gpu (assumed {GPU_EFFECTIVE_TFLOPS:g} effective TFLOP/s)"
     )
     return {"device": device, "per_kind": per_kind, "total_device_hours": total, "remaining_device_hours": remaining}
+
+
+def stage_footprint(stage, spec) -> Footprint:
+    """Disk one stage writes and the peak memory it needs at the spec's sizes (trainables/footprint.py)."""
+    return FOOTPRINTS[stage.kind](stage.inputs, sizes(spec))
+
+
+def footprint(plan) -> dict[str, Any]:
+    """Per stage kind: disk written (sum over its stages) and peak memory (the largest stage); totals over the plan.
+
+    `remaining_disk_gb` counts only stages the cache does not hold yet; `peak_memory_gb` is what one node must offer
+    to run the hungriest stage (stages run one per process, so memory is a maximum, not a sum)."""
+    per_kind: dict[str, dict[str, float]] = {}
+    disk = remaining = peak = gpu = 0.0
+    for stage in plan.stages.values():
+        f = stage_footprint(stage, plan.spec)
+        k = per_kind.setdefault(stage.kind, {"disk_gb": 0.0, "peak_memory_gb": 0.0, "peak_gpu_gb": 0.0})
+        k["disk_gb"] += f.disk / GB
+        k["peak_memory_gb"] = max(k["peak_memory_gb"], f.memory / GB)
+        k["peak_gpu_gb"] = max(k["peak_gpu_gb"], f.gpu / GB)
+        disk += f.disk / GB
+        remaining += 0.0 if stage.cached else f.disk / GB
+        peak, gpu = max(peak, f.memory / GB), max(gpu, f.gpu / GB)
+    return {
+        "per_kind": per_kind,
+        "total_disk_gb": disk,
+        "remaining_disk_gb": remaining,
+        "peak_memory_gb": peak,
+        "peak_gpu_gb": gpu,
+    }
+
+
+def hungriest(plan) -> tuple[str, float]:
+    """(kind, GB) of the stage needing the most memory: what the node-memory check names."""
+    best = max(plan.stages.values(), key=lambda s: stage_footprint(s, plan.spec).memory)
+    return best.kind, stage_footprint(best, plan.spec).memory / GB

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.costs import estimate, stage_seconds
+from orchestrator.costs import estimate, footprint, stage_seconds
 from orchestrator.packing import pack_cells
 from orchestrator.spec import SweepSpec
 from trainables.kinds import (
@@ -206,12 +206,14 @@ class _Builder:
     def features(self, student: str, seed: int) -> str:
         deps = {"pool": self.pool(seed), "eval": self.eval_sets(seed), **self.student_weights(student)}
         return self.add(
-            "extract_features", FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout), deps
+            "extract_features",
+            FeaturesInputs(_model_ref(self.spec, student), self.spec.train.dropout, _store_dtype(self.spec)),
+            deps,
         )
 
     def targets(self, teacher: str, seed: int) -> str:
         deps = {"teacher": self.robust_teacher(teacher, seed), "pool": self.pool(seed)}
-        return self.add("teacher_targets", TargetsInputs(teacher), deps)
+        return self.add("teacher_targets", TargetsInputs(teacher, _store_dtype(self.spec)), deps)
 
     def full_finetune(self, c: Cell) -> str:
         deps = {"pool": self.pool(c.seed), "eval": self.eval_sets(c.seed), **self.student_weights(c.student)}
@@ -259,6 +261,12 @@ class _Builder:
         if self.spec.teacher_train.naive_baseline:
             deps["naive_teacher"] = self.naive_teacher(teacher, seed)
         return deps
+
+
+def _store_dtype(spec: SweepSpec) -> str:
+    """fp16 features and logits on ImageNet (half the disk: trainables/footprint.py), fp32 on the embedded data,
+    whose results stay bit-identical to an in-memory pass."""
+    return "float16" if spec.data.source == "imagenet" else "float32"
 
 
 def build_plan(spec: SweepSpec, is_cached=None, feature_cache: bool = True) -> Plan:
@@ -316,6 +324,7 @@ def dry_run_report(plan: Plan) -> dict[str, Any]:
         "cells": [{**c.axes(), "key": plan.cell_stage[c], "label": c.label()} for c in plan.cells],
         "stages": [s.to_json() for s in plan.stages.values()],
         "cost": estimate(plan),
+        "footprint": {**footprint(plan), "node_memory_gb": plan.spec.resources.node_memory_gb},
     }
 
 
@@ -338,7 +347,26 @@ def format_report(report: dict[str, Any]) -> str:
     )
     for kind, c in cost["per_kind"].items():
         lines.append(f"  {kind:<18} x{c['count']:<3} {c['device_hours']:.3f} h")
-    return "\n".join(lines)
+    return "\n".join(lines + format_footprint(report["footprint"]))
+
+
+def format_footprint(fp: dict[str, Any]) -> list[str]:
+    """Text lines of the footprint: per kind the disk its stages write and the memory of its largest stage."""
+    node = fp.get("node_memory_gb")
+    lines = [
+        f"footprint: {_gb(fp['total_disk_gb'])} on disk ({_gb(fp['remaining_disk_gb'])} not cached), peak memory "
+        f"{_gb(fp['peak_memory_gb'])} per process"
+        + (f", {_gb(fp['peak_gpu_gb'])} per GPU " if fp["peak_gpu_gb"] else " ")
+        + (f"(node memory {node:g} GB)" if node is not None else "(resources.node_memory_gb not declared)")
+    ]
+    for kind, f in fp["per_kind"].items():
+        gpu = f"   peak GPU {_gb(f['peak_gpu_gb']):>10}" if fp["peak_gpu_gb"] else ""
+        lines.append(f"  {kind:<18} disk {_gb(f['disk_gb']):>10}   peak memory {_gb(f['peak_memory_gb']):>10}{gpu}")
+    return lines
+
+
+def _gb(x: float) -> str:
+    return f"{x * 1000:.1f} MB" if x < 1 else f"{x:,.1f} GB"
 
 
 def pending_cells(plan: Plan) -> list[str]:

@@ -240,8 +240,9 @@ class SweepSpec(Strict):
 
     def content_hash(self) -> str:
         """Hash of the resolved spec (what was run), used to tag the MLflow parent run. How cells are packed into
-        trials changes nothing they compute, so a sweep resumed with other packing is the same sweep."""
-        dumped = self.model_dump(mode="json", exclude={"resources": {"cells_per_trial"}})
+        trials (or the node memory declared for the footprint check) changes nothing they compute, so a sweep resumed
+        with other packing is the same sweep."""
+        dumped = self.model_dump(mode="json", exclude={"resources": {"cells_per_trial", "node_memory_gb"}})
         return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 

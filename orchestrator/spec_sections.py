@@ -137,6 +137,9 @@ class Resources(Strict):
     max_retries: int = Field(1, ge=0)
     # Cells sharing one trial (orchestrator/packing.py): None packs cheap cells automatically, 1 turns packing off.
     cells_per_trial: int | None = Field(None, ge=1)
+    # Memory of one worker node, GB: a plan whose hungriest stage needs more is refused before anything starts
+    # (orchestrator/costs.py `footprint`). None: not checked (the footprint is still printed by --dry-run).
+    node_memory_gb: float | None = Field(None, gt=0)
 
 
 class SearchConfig(Strict):

@@ -200,9 +200,28 @@ def validate(argv: list[str] | None, prog: str | None = None) -> tuple[argparse.
     check_storage(args.storage, dry_run=args.dry_run)
     for path, spec in zip(args.specs, specs, strict=True):
         check_data_roots(spec, path)
+        check_footprint(spec, path)
     if not args.dry_run:
         check_services(args)
     return args, specs
+
+
+def check_footprint(spec: SweepSpec, spec_path: str) -> None:
+    """Refuse a plan whose hungriest stage needs more memory than the declared node has (the cost model's
+    footprint, orchestrator/costs.py): better one line now than a worker killed by the OOM killer hours later."""
+    declared = spec.resources.node_memory_gb
+    if declared is None:
+        return
+    from orchestrator.costs import hungriest
+    from orchestrator.plan import build_plan
+
+    kind, need = hungriest(build_plan(spec))
+    if need > declared:
+        raise SpecError(
+            f"{show_path(spec_path)}: profile {show(spec.profile)}: key 'resources.node_memory_gb' = {declared:g}: "
+            f"stage {kind} needs about {need:.1f} GB at this profile's sizes; allowed: a node memory of at least "
+            f"{need:.1f} GB, or smaller data sizes (data.n_train, data.n_test, data.c_per_cell, pool.n_images)"
+        )
 
 
 def check_distinct_names(paths: list[str], specs: list[SweepSpec]) -> None:

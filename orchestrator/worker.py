@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import shutil
 import tempfile
 import time
 import traceback
@@ -57,6 +58,12 @@ def _deps(cache: Cache, deps: dict[str, tuple[str, str]]) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------ stage tasks
 
 
+def partial_dir(cache: Cache, kind: str, key: str) -> Path:
+    """Where a stage keeps resumable work (finished shards) across a killed attempt, until its entry is published:
+    beside the cache's staging area on this node, named by the entry, so a retry of the same key finds it."""
+    return cache.local / ".partial" / f"{kind}-{key}"
+
+
 def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     """Body of a shared stage's Ray task: compute its cache entry (under the lock) and stream metrics to its run."""
     torch.set_num_threads(max(1, int(task["threads"])))
@@ -64,7 +71,8 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     cache = worker_cache(task["storage"])
     deps = _deps(cache, task["deps"])
     logger = RunLogger(task["uri"], task["run_id"], task["patience_s"]) if task.get("run_id") else None
-    ctx = StageContext(reporter=logger or NullReporter(), threads=task["threads"])
+    scratch = partial_dir(cache, task["kind"], task["key"])
+    ctx = StageContext(reporter=logger or NullReporter(), threads=task["threads"], scratch=scratch)
     inputs = KINDS[task["kind"]].inputs.from_payload(task["inputs"])
     t0 = time.perf_counter()
 
@@ -74,6 +82,7 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
         return {"kind": task["kind"], "inputs": task["inputs"], "seconds": time.perf_counter() - t}
 
     path, computed = cache.compute(task["kind"], task["key"], produce)
+    shutil.rmtree(scratch, ignore_errors=True)  # published: the finished shards are no longer needed
     if logger is not None:
         logger.flush()
     return {"metrics": read_metrics(path), "computed": computed, "wall_s": time.perf_counter() - t0}

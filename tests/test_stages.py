@@ -70,7 +70,8 @@ def test_shared_stages_write_their_outputs(dag) -> None:
     assert 0.0 <= teacher["acc/c"] <= 1.0 and "fp/mean" in teacher and "acc/pool" in teacher
     o = outcomes.load(kinds["robustify_teacher"] / outcomes.OUTCOMES_FILE)
     assert float(o["acc/c"].mean()) == pytest.approx(teacher["acc/c"]) and o["fp/mean"].shape == (2,)
-    assert (kinds["extract_features"] / "features.pt").is_file()
+    assert (kinds["extract_features"] / "features" / "meta.pt").is_file()
+    assert (kinds["extract_features"] / "features" / "eval" / "c" / "x.npy").is_file()
 
 
 def test_distill_ours_logs_epochs_and_all_rules(dag) -> None:
@@ -135,3 +136,85 @@ def test_resume_from_checkpoint_continues(dag) -> None:
     resumed = run_cell(inputs, deps, root / "resumed", StageContext(reporter=rep, threads=2, resume=saved[0]))
     assert [s for s, _ in rep.history] == [1]
     assert resumed["acc/clean"] == pytest.approx(full["acc/clean"], abs=1e-6)
+
+
+def test_extraction_resumes_from_its_finished_shards(dag, tmp_path: Path) -> None:
+    """A retry with the same scratch folder (the worker's per-key `partial_dir`) computes only the shards that are
+    missing there, and writes the same features as an uninterrupted run."""
+    plan, done, _ = dag
+    stage = next(s for s in plan.stages.values() if s.kind == "extract_features")
+    deps = {role: done[k] for role, k in stage.deps.items()}
+    scratch, first, second = tmp_path / "scratch", tmp_path / "first", tmp_path / "second"
+
+    def run(out: Path) -> dict[str, float]:
+        out.mkdir()
+        return run_stage(stage.kind, stage.inputs, deps, out, StageContext(threads=2, scratch=scratch))
+
+    assert run(first)["features/shards_computed"] >= 5  # train, pool, clean, C, P, transfer x 2: one shard each
+    (scratch / "eval" / "c" / "x" / "00000.npy").unlink()  # the shard a killed run had not finished
+    assert run(second)["features/shards_computed"] == 1
+    ref = done[stage.key] / "features"
+    for f in sorted(ref.rglob("*.npy")):
+        rel = f.relative_to(ref)
+        assert f.read_bytes() == (first / "features" / rel).read_bytes() == (second / "features" / rel).read_bytes()
+
+
+def _tail_after_training(inputs, deps: dict[str, Path], rank: int, world: int, wrap) -> dict[str, torch.Tensor]:
+    """The tuned trunk + heads of the pretrained student after `train_tail`, with the heads' dropout off (dropout
+    masks are drawn per process; without them one and two workers must compute the same thing)."""
+    from trainables.artifacts import load_model_folder
+    from trainables.distill import _TrainData, train_tail
+
+    student = load_model_folder(deps["student"]).eval()
+    for m in student.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    td = _TrainData(inputs, deps, student, True)
+    train_tail(inputs, student, td, StageContext(rank=rank, world_size=world, wrap_model=wrap, threads=1))
+    return {k: v.detach().clone() for k, v in student.state_dict().items() if k.startswith(("trunk.", "heads."))}
+
+
+def _dp_rank(rank: int, world: int, port: int, inputs, deps: dict[str, Path], out: Path) -> None:
+    """One of `world` gloo processes: DDP over the tail, as Ray Train's `prepare_model` wraps it in a cell."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        state = _tail_after_training(inputs, deps, rank, world, DistributedDataParallel)
+        if rank == 0:
+            torch.save(state, out / "state.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_data_parallel_workers_match_one(dag, tmp_path: Path) -> None:
+    """workers_per_trial: 2 splits every global batch (augmented rows and their clean partners) between the ranks
+    and DDP averages the gradients: the tail after two epochs equals one worker's, every tuned parameter within
+    1e-4 (gradient all-reduce sums in another order; the loss is a mean, and every batch here splits evenly)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    plan, done, _ = dag
+    cell = next(c for c in plan.cells if c.method == "ours")
+    stage = plan.stages[plan.cell_stage[cell]]
+    deps = {role: done[k] for role, k in stage.deps.items()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dp_rank, args=(2, port, stage.inputs, deps, tmp_path), nprocs=2, join=True)
+    two = torch.load(tmp_path / "state.pt", weights_only=True)
+    one = _tail_after_training(stage.inputs, deps, 0, 1, lambda m: m)
+    assert one.keys() == two.keys() and len(one) > 0
+    worst = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
+    moved = max(float((one[k].float() - v.float()).abs().max()) for k, v in _initial_tail(deps).items())
+    assert worst < 1e-4 < moved, (worst, moved)
+
+
+def _initial_tail(deps: dict[str, Path]) -> dict[str, torch.Tensor]:
+    from trainables.artifacts import load_model_folder
+
+    student = load_model_folder(deps["student"])
+    return {k: v for k, v in student.state_dict().items() if k.startswith(("trunk.", "heads."))}

@@ -5,7 +5,10 @@ Files a stage may write into its folder `out` (besides `metrics.json`, written b
     pool.pt      build_pool: {"train": {x, y}, "pool": {x, y}, "classes"}
     model.pt     teachers, the pretrained student, complete fine-tuning: a state dict
     model.json   beside model.pt: how to rebuild the network before loading it (`write_model_json`)
-    features.pt  extract_features; targets.pt: teacher_targets; tail.pt: a cell's trained trunk + heads
+    features/    extract_features: meta.pt + one .npy per encoded image set (trainables/shards.py), read as
+                 memory maps: {"train": {x, y}, "pool": {x, y}, "eval": the eval bundles with features for images}
+    targets/     teacher_targets: meta.pt + train.npy, pool.npy (logits), memory maps as well
+    tail.pt      a cell's trained trunk + heads
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from torch import nn
 from trainables.build import build_student, build_teacher
 from trainables.common import load
 from trainables.kinds import ModelRef
+from trainables.shards import load_tree
+
+FEATURES, TARGETS = "features", "targets"
 
 
 def load_bundles(folder: Path) -> dict[str, Any]:
@@ -28,6 +34,16 @@ def load_bundles(folder: Path) -> dict[str, Any]:
 
 def load_pool(folder: Path) -> dict[str, Any]:
     return load(folder / "pool.pt")
+
+
+def load_features(folder: Path) -> dict[str, Any]:
+    """An `extract_features` entry: the same structure as the images it encoded, arrays memory-mapped."""
+    return load_tree(folder / FEATURES)
+
+
+def load_targets(folder: Path) -> dict[str, Any]:
+    """A `teacher_targets` entry: {"train": logits, "pool": logits}, memory-mapped."""
+    return load_tree(folder / TARGETS)
 
 
 def write_model_json(

@@ -13,8 +13,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from trainables import outcomes
-from trainables.artifacts import load_bundles
-from trainables.common import load
+from trainables.artifacts import load_bundles, load_features
 from trainables.evaluate import Predictor, evaluate_suites, restricted_argmax
 from trainables.inference import predict_all
 from trainables.kinds import CellInputs
@@ -74,7 +73,7 @@ def _original_predictor(student: nn.Module, encode: Encode = None) -> Predictor:
 def _eval_inputs(deps: dict[str, Path], student: nn.Module, use_cache: bool) -> tuple[dict, Encode]:
     """Eval bundles as features (cached) or images, and the matching `encode` for image inputs."""
     if use_cache:
-        return load(deps["features"] / "features.pt")["eval"], None
+        return load_features(deps["features"])["eval"], None
     return load_bundles(deps["eval"]), (lambda x: student.encode(x))
 
 

@@ -45,6 +45,8 @@ class StageContext:
         checkpoint: called once per epoch by every rank with (state, epoch, metrics); None: no checkpoints.
         resume: the state of the last checkpoint, if the stage is being retried.
         threads: torch intra-op threads.
+        scratch: a folder kept across retries of this stage (per cache key) for resumable work, e.g. finished
+            shards (trainables/shards.py); None: none (the stage then works inside its output folder).
     """
 
     reporter: Reporter = field(default_factory=NullReporter)
@@ -55,6 +57,7 @@ class StageContext:
     checkpoint: Callable[[dict, int, dict], None] | None = None
     resume: dict | None = None
     threads: int | None = None
+    scratch: Path | None = None
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
         if self.rank == 0:
@@ -87,7 +90,8 @@ def apply_chunked(
     """Apply `fn` over the first dim of `x` in chunks and concatenate the outputs, on the CPU.
 
     Why chunks: a whole eval set at once does not fit next to the model's activations; and uint8 images are
-    converted per chunk (`to_float`), so no set ever exists as float in full (other dtypes pass unchanged).
+    converted per chunk (`to_float`), so no set ever exists as float in full (fp16 features are upcast per chunk;
+    other dtypes pass unchanged).
 
     Args:
         fn: chunk -> tensor, or -> dict of tensors (predictors), concatenated per key.
@@ -106,6 +110,7 @@ def apply_chunked(
     for i in range(0, len(flat), batch_size):
         chunk = flat[i : i + batch_size]
         chunk = to_float(chunk) if chunk.dtype == torch.uint8 else chunk
+        chunk = chunk.float() if chunk.dtype == torch.float16 else chunk  # fp16-stored features compute in fp32
         y = fn(chunk.to(device) if device is not None else chunk)
         outs.append({k: v.cpu() for k, v in y.items()} if isinstance(y, dict) else y.cpu())
     if not outs:
@@ -174,7 +179,9 @@ def save(obj: Any, path: Path) -> None:
 
 
 def load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Tensors memory-mapped from the file (copy-on-write): a stage reading a pool or eval sets of ImageNet size
+    touches only the pages it indexes, and the kernel can drop them again; nothing is read whole up front."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def write_metrics(folder: Path, metrics: dict[str, float]) -> None:

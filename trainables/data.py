@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from trainables.footprint import RESIDENT_BYTES
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
@@ -217,10 +222,28 @@ def read_image(path: str | Path, size: int) -> Tensor:
         raise OSError(f"cannot read image {path}: {err}") from None
 
 
+def image_buffer(*shape: int) -> Tensor:
+    """An uninitialised uint8 tensor for an image set: in memory up to `RESIDENT_BYTES`, above that a memory map of
+    an unlinked temporary file (under $TMPDIR), so reading ImageNet-sized sets costs disk, not memory: the kernel
+    pages the images in and out while stages stream over them, and the file vanishes with the last reference.
+    The embedded data's sets are far below the threshold: they stay plain tensors, as before."""
+    n = math.prod(shape)
+    if n <= RESIDENT_BYTES:
+        return torch.empty(shape, dtype=torch.uint8)
+    fd, path = tempfile.mkstemp(prefix="robustify-images-", suffix=".u8")
+    try:
+        os.ftruncate(fd, n)
+        arr = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return torch.from_numpy(arr)
+
+
 def read_images(paths: list[Path], size: int) -> Tensor:
-    """Files -> uint8 (N, 3, size, size), written into one preallocated tensor: no float copy of the set, so
-    the memory needed is exactly N * 3 * size^2 bytes (150 kB per image at 224 px)."""
-    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    """Files -> uint8 (N, 3, size, size), written one by one into one preallocated buffer (`image_buffer`): no
+    float copy of the set, and above RESIDENT_BYTES a file-backed one (150 kB per image at 224 px)."""
+    out = image_buffer(len(paths), 3, size, size)
     for i, path in enumerate(paths):
         out[i] = read_image(path, size)
     return out

@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.artifacts import load_bundles, load_model_folder, load_pool, model_classes, student_from_deps
+from trainables.artifacts import (
+    load_bundles,
+    load_features,
+    load_model_folder,
+    load_pool,
+    load_targets,
+    model_classes,
+    student_from_deps,
+)
 from trainables.augment import sample_fraction
 from trainables.cell_eval import evaluate_cell
 from trainables.common import (
@@ -33,7 +41,6 @@ from trainables.common import (
     Timer,
     apply_chunked,
     iterate_minibatches,
-    load,
     precise_bn,
     read_metrics,
     save,
@@ -43,6 +50,7 @@ from trainables.common import (
 from trainables.full_ft import evaluate_full
 from trainables.kinds import CellInputs, body
 from trainables.losses import ThreeHeadLoss
+from trainables.shards import Chain, Rows
 from trainables.train_loop import Checkpoints, adam, run_epochs
 from trainables.vocab import HEADS, Head, Method
 
@@ -71,17 +79,17 @@ class _TrainData:
         ci = sample_fraction(len(pool["train"]["y"]), a, seed)
         pi = sample_fraction(len(pool["pool"]["y"]), a, seed)
         self.y_clean, self.y_aug = pool["train"]["y"][ci], pool["pool"]["y"][pi]
-        if use_cache:
-            feats = load(deps["features"] / "features.pt")
-            self.x_clean, self.x_aug = feats["train"]["x"][ci], feats["pool"]["x"][pi]
+        if use_cache:  # memory-mapped features, rows gathered per batch (trainables/shards.py)
+            feats = load_features(deps["features"])
+            self.x_clean, self.x_aug = Rows(feats["train"]["x"], ci), Rows(feats["pool"]["x"], pi)
         else:
             self.x_clean, self.x_aug = pool["train"]["x"][ci], pool["pool"]["x"][pi]
         self.encode = (lambda x: x) if use_cache else (lambda x: student.encode(to_float(x)))
         self.t_clean = self.t_aug = None
         if inputs.method == Method.ours and "teacher" in deps:
             if use_cache and "targets" in deps:
-                t = load(deps["targets"] / "targets.pt")
-                self.t_clean, self.t_aug = t["train"][ci], t["pool"][pi]
+                t = load_targets(deps["targets"])
+                self.t_clean, self.t_aug = Rows(t["train"], ci), Rows(t["pool"], pi)
             else:
                 teacher = load_model_folder(deps["teacher"]).eval()
                 self.t_clean, self.t_aug = apply_chunked(teacher, self.x_clean), apply_chunked(teacher, self.x_aug)
@@ -117,10 +125,15 @@ def train_tail(inputs: CellInputs, student: nn.Module, td: _TrainData, ctx: Stag
     )
 
     def batches(_epoch: int):
-        # the clean partner of every augmented batch: one permutation per epoch, drawn before the batch order
+        # the clean partner of every augmented batch: one permutation per epoch, drawn before the batch order.
+        # Partners are drawn for the GLOBAL batch and each data-parallel rank takes its slice of both, so the
+        # workers see every augmented row and every partner once per epoch between them (one worker: as ever).
         cperm = torch.randperm(len(td.y_clean), generator=g)
-        mb = iterate_minibatches(len(td), tr["batch_size"], g, ctx.rank, ctx.world_size)
-        return ((cperm[(torch.arange(len(idx)) + b * len(idx)) % len(cperm)], idx) for b, idx in enumerate(mb))
+        mb = iterate_minibatches(len(td), tr["batch_size"], g)
+        r, w = ctx.rank, ctx.world_size
+        return (
+            (cperm[(torch.arange(len(idx)) + b * len(idx)) % len(cperm)][r::w], idx[r::w]) for b, idx in enumerate(mb)
+        )
 
     def step(batch: tuple[Tensor, Tensor], _step: int) -> tuple[Tensor, dict[str, Tensor]]:
         cidx, idx = batch
@@ -134,7 +147,7 @@ def train_tail(inputs: CellInputs, student: nn.Module, td: _TrainData, ctx: Stag
 
     last = run_epochs(tail, optim, tr["epochs"], batches, step, ctx, Checkpoints("tail", g))
     if tr.get("precise_bn", True):
-        feats = torch.cat([td.x_clean, td.x_aug])
+        feats = Chain(td.x_clean, td.x_aug) if isinstance(td.x_clean, Rows) else torch.cat([td.x_clean, td.x_aug])
         precise_bn(tail, feats, lambda f: tail(td.encode(f), HEADS), seed=inputs.cell.seed)
     tail.eval()
     return last

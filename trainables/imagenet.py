@@ -5,9 +5,11 @@ bundles of `trainables.evaluate`), so every stage after the reading is shared. L
 ImageNet class list = the sorted wnids of `<roots.imagenet>/train`; sets that cover only some classes (R, A,
 ObjectNet) carry `class_subset` (the ImageNet indices allowed) so evaluation masks the logits to them.
 
-Memory: sets are held in memory as uint8, 150 kB per image at 224 px; all of ImageNet's train split (1.28M images,
-~190 GB) does not fit, so `data.n_train` bounds the clean train split (and `data.n_test` the val split and every
-shift/transfer set; `data.c_per_cell` and `data.p_sequences` bound C and P). None reads everything.
+Memory: sets are uint8, 150 kB per image at 224 px, read one image at a time into `data.image_buffer`: a set
+above `footprint.RESIDENT_BYTES` is a memory map of a temporary file, so it costs disk ($TMPDIR), not memory, and
+later stages read the cache entries memory-mapped too (`common.load`). `data.n_train` bounds the clean train split
+(and `data.n_test` the val split and every shift/transfer set; `data.c_per_cell` and `data.p_sequences` bound C
+and P); None reads everything (the whole train split then needs ~190 GB of disk per reading stage).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from trainables.data import (
     IMAGE_EXTENSIONS,
     ImageSet,
     class_subset,
+    image_buffer,
     image_to_uint8,
     list_images,
     load_folder,
@@ -79,8 +82,13 @@ def imagenet_split(d: dict[str, Any], seed: int) -> tuple[ImageSet, ImageSet]:
     `n_train` / `n_test` images (None: all), resized to `image_size`."""
     root, wnids, size = root_of(d, "imagenet"), imagenet_wnids(d), d["image_size"]
     train = _read_split(root / "train", wnids, size, d.get("n_train"), seed)
-    test = _read_split(root / "val", wnids, size, d.get("n_test"), seed + 1)
-    return train, test
+    return train, imagenet_val(d, seed)
+
+
+def imagenet_val(d: dict[str, Any], seed: int) -> ImageSet:
+    """The test side of `imagenet_split` alone (the eval sets need no train image: reading them costs time)."""
+    root, wnids = root_of(d, "imagenet"), imagenet_wnids(d)
+    return _read_split(root / "val", wnids, d["image_size"], d.get("n_test"), seed + 1)
 
 
 # --------------------------------------------------------------------------------------------- ImageNet-C
@@ -106,7 +114,7 @@ def imagenet_c_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
     if not rel:
         raise PaperDataError(f"{first} holds no images in <wnid>/ folders of the ImageNet classes")
     rel = [rel[i] for i in seeded_subset(len(rel), d.get("c_per_cell"), seed)]
-    x = torch.empty(len(shifts.CORRUPTIONS), len(shifts.SEVERITIES), len(rel), 3, size, size, dtype=torch.uint8)
+    x = image_buffer(len(shifts.CORRUPTIONS), len(shifts.SEVERITIES), len(rel), 3, size, size)
     for ci, corruption in enumerate(shifts.CORRUPTIONS):
         for si, severity in enumerate(shifts.SEVERITIES):
             cell = _c_cell(root, corruption, severity)
@@ -203,7 +211,7 @@ def imagenet_p_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
     if not seqs:
         raise PaperDataError(f"data.roots.imagenet_p = {root}: no <wnid>/<sequence> is present in all 10 perturbations")
     seqs = [seqs[i] for i in seeded_subset(len(seqs), d["p_sequences"], seed + 7)]
-    x = torch.empty(len(shifts.TEST_PERTURBATIONS), len(seqs), n, 3, size, size, dtype=torch.uint8)
+    x = image_buffer(len(shifts.TEST_PERTURBATIONS), len(seqs), n, 3, size, size)
     for pi, pert in enumerate(shifts.TEST_PERTURBATIONS):
         for s, seq in enumerate(seqs):
             x[pi, s] = _read_sequence(root / pert, seq, n, size)

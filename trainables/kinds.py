@@ -109,11 +109,13 @@ class TeacherInputs(StageInputs):
 class FeaturesInputs(StageInputs):
     model: ModelRef
     dropout: float
+    store_dtype: str = "float32"  # of the stored features: float16 on ImageNet (trainables/shards.py)
 
 
 @dataclass(frozen=True)
 class TargetsInputs(StageInputs):
     teacher: str
+    store_dtype: str = "float32"  # of the stored logits: float16 on ImageNet
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,10 @@ class Sizes:
     n_test: int
     n_pool: int
     n_eval: int  # clean test + every C cell + every P frame
+    image_size: int = 32  # for the footprint (trainables/footprint.py): bytes per image, feature shapes
+    n_classes: int = 10
+    source: str = "embedded"
+    on_gpu: bool = False  # resources.gpus_per_worker > 0: weights and activations live in GPU memory
 
 
 Cost = tuple[str | None, float, float]  # (model whose per-image time applies, image passes, extra milliseconds)
@@ -280,7 +286,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "extract_features",
-            2,
+            3,
             FeaturesInputs,
             {"pool": "build_pool", **_UP_EVAL, **_UP_STUDENT},
             _features_cost,
@@ -289,7 +295,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "teacher_targets",
-            2,
+            3,
             TargetsInputs,
             {"teacher": "robustify_teacher", "pool": "build_pool"},
             _targets_cost,

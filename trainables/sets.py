@@ -20,9 +20,10 @@ def build_eval_sets(inputs: EvalSetsInputs, deps: dict[str, Path], out: Path, ct
     Embedded: C and P are generated once per seed from the test split. ImageNet: all are read from their roots."""
     d, seed, suites = inputs.data, inputs.seed, inputs.suites
     with Timer() as t:
-        _, test = source_split(d)
+        imagenet_source = d["source"] == "imagenet"
+        test = imagenet.imagenet_val(d, SPLIT_SEED) if imagenet_source else source_split(d)[1]
         bundles: dict[str, Any] = {"clean": {"x": test.images, "y": test.labels}, "classes": list(test.classes)}
-        if d["source"] == "imagenet":
+        if imagenet_source:
             bundles.update(_imagenet_eval_bundles(d, suites, list(test.classes), seed))
         else:
             bundles.update(_embedded_eval_bundles(d, suites, test, seed))

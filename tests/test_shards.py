@@ -1,0 +1,103 @@
+"""Sharded outputs (trainables/shards.py): the same numbers as an in-memory pass, memory-mapped reads, and a killed
+extraction that resumes at its next unfinished shard (a real SIGKILL of a real process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.common import apply_chunked
+from trainables.shards import Chain, Rows, load_tree, store_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+
+
+def _images(*lead: int) -> torch.Tensor:
+    return torch.randint(0, 256, (*lead, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+
+@torch.no_grad()
+def test_sharded_tree_equals_an_in_memory_pass(tmp_path: Path) -> None:
+    net = _net()
+    tree = {"train": {"x": _images(1100), "y": torch.arange(1100)}, "eval": {"c": {"x": _images(3, 2, 200)}}}
+    n = store_tree(net, tree, tmp_path / "f", None, "float32")
+    back = load_tree(tmp_path / "f")
+    assert n == 2 + 2  # 1100 rows and 1200 C rows (3 x 2 x 200, flattened), each in shards of 1024
+    assert torch.equal(back["train"]["x"], apply_chunked(net, tree["train"]["x"], item_dims=3))
+    assert torch.equal(back["eval"]["c"]["x"], apply_chunked(net, tree["eval"]["c"]["x"], item_dims=3))
+    assert back["eval"]["c"]["x"].shape == (3, 2, 200, 5) and torch.equal(back["train"]["y"], torch.arange(1100))
+    assert isinstance(np.load(tmp_path / "f" / "train" / "x.npy", mmap_mode="r"), np.memmap)
+    assert not (tmp_path / "f" / ".shards").exists()  # no scratch given: the shards are removed once assembled
+
+
+@torch.no_grad()
+def test_fp16_storage_and_lazy_rows(tmp_path: Path) -> None:
+    net = _net()
+    x = _images(600)
+    store_tree(net, {"x": x}, tmp_path / "f", tmp_path / "work", "float16")
+    stored = load_tree(tmp_path / "f")["x"]
+    assert stored.dtype == torch.float16
+    full = apply_chunked(net, x)
+    assert torch.allclose(stored.float(), full, atol=2e-2, rtol=1e-2)
+    idx = torch.tensor([5, 2, 599, 0])
+    rows = Rows(stored, idx)
+    assert len(rows) == 4 and rows[torch.tensor([1, 3])].dtype == torch.float32
+    assert torch.equal(rows[1:3], stored[idx[1:3]].float())
+    chain = Chain(Rows(stored, idx), Rows(stored, idx.flip(0)))
+    assert torch.equal(chain[2:6], torch.cat([rows[2:4], Rows(stored, idx.flip(0))[0:2]]))
+
+
+_SLOW_EXTRACTION = """
+import sys, time, torch
+from pathlib import Path
+from trainables.shards import store_tree
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5)).eval()
+def slow(x):
+    time.sleep(float(sys.argv[2]))
+    return net(x)
+x = torch.randint(0, 256, (2048, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+with torch.no_grad():
+    print(store_tree(slow, {"x": x}, Path(sys.argv[1]) / "out", Path(sys.argv[1]) / "work", "float32"))
+"""
+
+
+def _extraction(folder: Path, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = textwrap.dedent(_SLOW_EXTRACTION)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(folder), str(delay)], env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.timeout(180)
+def test_killed_extraction_resumes_at_the_next_unfinished_shard(tmp_path: Path) -> None:
+    """2048 rows = 2 shards of 1024 (4 batches each, 0.5 s per batch): SIGKILL once the first shard is on disk;
+    the rerun computes only the second, and the result equals an uninterrupted pass."""
+    proc = _extraction(tmp_path / "a", 0.5)
+    first = tmp_path / "a" / "work" / "x" / "00000.npy"
+    deadline = time.monotonic() + 120
+    while not first.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.is_file() and not (tmp_path / "a" / "work" / "x" / "00001.npy").is_file()
+    resumed = _extraction(tmp_path / "a", 0.0)
+    assert resumed.communicate(timeout=120)[0].split()[-1] == "1"  # one shard computed: the unfinished one
+    with torch.no_grad():  # the same network and images as the script's, in one uninterrupted pass
+        whole = apply_chunked(_net(), _images(2048))
+    assert torch.equal(load_tree(tmp_path / "a" / "out")["x"], whole)
