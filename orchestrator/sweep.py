@@ -287,7 +287,7 @@ def _dry_run_report(args: argparse.Namespace, spec: SweepSpec) -> dict:
 
 
 def _dry_run_text(report: dict) -> str:
-    from orchestrator.plan import format_packing, format_report
+    from orchestrator.plan_text import format_packing, format_report
 
     cells = report["cells"]
     lines = format_report({**report, "cells": cells[:DRY_RUN_CELLS]}).splitlines()

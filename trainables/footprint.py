@@ -183,6 +183,7 @@ FOOTPRINTS: dict[str, Callable[[Any, Sizes], Footprint]] = {
     "build_eval_sets": _eval_sets,
     "build_pool": _pool,
     "pretrain_student": _pretrain,
+    "pretrain_teacher": _pretrain,
     "naive_teacher": _teacher,
     "robustify_teacher": _teacher,
     "extract_features": _features,
