@@ -85,7 +85,7 @@ class Rig:
             "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/tmp/home",
             "TMPDIR": "/tmp",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": "/tmp/home/robustify",
             "PYTHONUNBUFFERED": "1",
             "LANG": "C.UTF-8",
             "AWS_ENDPOINT_URL": self.s3_endpoint,
@@ -142,9 +142,11 @@ def _node_init(node: Node, shared: Path) -> int:
             "mount -t tmpfs tmpfs /mnt",
             "mkdir -p /mnt/shared",
             f"mount --bind {shlex.quote(str(shared))} /mnt/shared",
+            "mkdir -p /mnt/robustify",  # the checkout, visible even when it lives under the host's /tmp
+            f"mount --bind {shlex.quote(str(ROOT))} /mnt/robustify",
             "mount -t tmpfs tmpfs /tmp",
             "mkdir -p /tmp/home",
-            f"ln -s {shlex.quote(str(ROOT))} /tmp/home/robustify",
+            "ln -s /mnt/robustify /tmp/home/robustify",
             f"ln -s {shlex.quote(str(VENV))} /tmp/home/venv",
             f"hostname {node.name}",
         ]
