@@ -30,6 +30,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 TRIAL_DRIVER = "trial_driver"
+# Every Ray cluster's head carries this resource (1.0), whoever started it: trial drivers of a cluster without
+# our `trial_driver` (KubeRay, a plain `ray start --head`) reserve a sliver of it, so they stay on the head and
+# take no CPU a Train worker needs. Tune refuses a driver that asks for nothing ({"CPU": 0}).
+HEAD_NODE = "node:__internal_head__"
 # Ray Train V2 settings for every job (Train propagates them from the trial driver to its controller and workers).
 # The health-check interval is also how often the controller drains each worker's one-slot result queue, so a
 # `ray.train.report` issued sooner than that after the previous one blocks until the next poll; at Ray's default
@@ -73,6 +77,38 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         started = True
     res = ray.cluster_resources()
     return ClusterInfo(res.get("CPU", 0.0), res.get("GPU", 0.0), TRIAL_DRIVER in res, started)
+
+
+@dataclass
+class ClusterPeek:
+    """A running cluster seen from its GCS, before this process joins it (the up-front checks)."""
+
+    gcs_address: str
+    node_ips: list[str]
+    gpus: float
+    starting: int  # nodes an autoscaler is launching
+
+
+def peek(address: str) -> ClusterPeek:
+    """Nodes, GPUs and pending launches of the cluster at `address` (`auto` or host:port), read from its GCS: no
+    job is started and nothing is created, so a check can run before anything starts.
+
+    Raises:
+        ConnectionError: no GCS answers there within a few seconds.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    gcs = canonicalize_bootstrap_address(address)
+    if not gcs:
+        raise ConnectionError(f"no Ray cluster found for {address}")
+    try:
+        status = autoscaler_sdk.get_cluster_status(gcs, timeout=5)
+    except Exception as err:  # noqa: BLE001 - grpc and Ray raise several kinds; all mean "not answering"
+        raise ConnectionError(f"the Ray GCS at {gcs} does not answer ({type(err).__name__})") from None
+    nodes = [*status.active_nodes, *status.idle_nodes]
+    gpus = sum(u.total for n in nodes for u in n.resource_usage.usage if u.resource_name == "GPU")
+    starting = sum(r.count for r in status.pending_launches) + len(status.pending_nodes)
+    return ClusterPeek(gcs, sorted({n.ip_address for n in nodes}), gpus, starting)
 
 
 def stop() -> None:
@@ -283,7 +319,7 @@ def run_trials(
     log = Path(tune_storage).parent / "logs" / "ray_tune.log"
     _quiet_tune_logs(log)
     driver = tune.with_resources(
-        _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0}
+        _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {HEAD_NODE: 0.001}
     )
     tuner = tune.Tuner(
         driver,

@@ -115,13 +115,14 @@ def check_storage(storage: str, dry_run: bool = False) -> None:
         )
 
 
-def check_services(args: argparse.Namespace) -> None:
-    """Before a run: the tracking server and the Ray cluster answer (read-only requests, short timeouts)."""
+def check_services(args: argparse.Namespace, wants_gpus: bool = False) -> None:
+    """Before a run: the tracking server and the Ray cluster answer (read-only requests, short timeouts), and a
+    loopback tracking URI is not handed to workers on other hosts (`checks.check_cluster`)."""
     if args.tracking_uri is not None:
         check_tracking_uri(args.tracking_uri)
     if args.address is not None:
         check_ray_address(args.address)
-    check_cluster(args.tracking_uri, args.address)
+    check_cluster(args.tracking_uri, args.address, wants_gpus)
 
 
 def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
@@ -192,7 +193,7 @@ def validate(argv: list[str] | None, prog: str | None = None) -> tuple[argparse.
     for path, spec in zip(args.specs, specs, strict=True):
         check_data_roots(spec, path)
     if not args.dry_run:
-        check_services(args)
+        check_services(args, any(s.resources.gpus_per_worker > 0 for s in specs))
     return args, specs
 
 
@@ -317,7 +318,10 @@ def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     One server and one Ray serve every spec of the invocation (`runner.run_sweeps`)."""
     from orchestrator.mlflow_server import LocalMlflowServer
 
-    server = None if args.tracking_uri else LocalMlflowServer(Path(args.storage).resolve() / "mlflow").launch()
+    host = checks.mlflow_host(args.address)
+    server = (
+        None if args.tracking_uri else LocalMlflowServer(Path(args.storage).resolve() / "mlflow", host=host).launch()
+    )
     try:
         from orchestrator import runner
 

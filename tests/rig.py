@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,30 +228,40 @@ def _launcher_cmd(command: str) -> str:
     return " ".join(w for w in command.split(" ") if not w.startswith("--autoscaling-config="))
 
 
+def _phase(t0: float, what: str) -> None:
+    with open(BASE / "up.log", "a") as f:
+        f.write(f"{time.monotonic() - t0:6.1f} s  {what}\n")
+
+
 def up(n_workers: int = 2, worker_resources: dict | None = None) -> Rig:
     """Tear down any previous rig, then start the namespaces, the network, the head, S3, MLflow and the workers."""
     down(quiet=True)
     t0 = time.monotonic()
     BASE.mkdir(parents=True, exist_ok=True)
     shared = BASE / "shared"
-    shared.mkdir(exist_ok=True)
+    shutil.rmtree(shared, ignore_errors=True)  # a fresh EFS: nothing cached or tracked by an earlier rig
+    shared.mkdir()
     os.chmod(shared, 0o777)
     worker_res = worker_resources or {"CPU": 1, "GPU": 1}
     rig = Rig(nodes=[Node("head", f"{SUBNET}.1", {"CPU": 1, "trial_driver": 1000})])
     rig.nodes += [Node(f"worker{i}", f"{SUBNET}.{2 + i}", dict(worker_res)) for i in range(n_workers)]
     _save(rig)  # before anything exists: `down` can always find what `up` made
     _network(rig.nodes)
+    _phase(t0, "network")
     for node in rig.nodes:
         node.init_pid = _node_init(node, shared)
         _save(rig)
+    _phase(t0, "namespaces")
     cfg = cluster_config()
     head = rig.head
     launcher = {"RAY_OVERRIDE_RESOURCES": json.dumps(head.resources), "RAY_HEAD_IP": head.ip}
     for c in [*cfg.get("head_setup_commands", []), *cfg["head_start_ray_commands"]]:
         rig.sh(head, _launcher_cmd(c), timeout=180, env=launcher)
+    _phase(t0, "head: cluster.yaml head_setup_commands + head_start_ray_commands")
     rig.popen(head, f"exec moto_server -H {head.ip} -p {S3_PORT}", BASE / "moto.log")
     _wait(lambda: _http_ok(f"{rig.s3_endpoint}/moto-api/"), 60, "the S3 server")
     _wait(lambda: _http_ok(f"{rig.mlflow_uri}/health"), 120, "the MLflow server on the head")
+    _phase(t0, "S3 and MLflow answer")
     starts = []  # the workers start side by side, as the launcher's updaters do
     for w in rig.workers:
         env = {"RAY_OVERRIDE_RESOURCES": json.dumps(w.resources), "RAY_HEAD_IP": head.ip}
@@ -261,7 +272,9 @@ def up(n_workers: int = 2, worker_resources: dict | None = None) -> Rig:
             raise RuntimeError(
                 f"{w.name}: worker_start_ray_commands failed: {(BASE / f'{w.name}.start.log').read_text()[-2000:]}"
             )
+    _phase(t0, "workers: worker_start_ray_commands")
     _wait(lambda: rig.alive_nodes() == len(rig.nodes), 120, f"{len(rig.nodes)} Ray nodes")
+    _phase(t0, "all nodes alive")
     rig.started_s = time.monotonic() - t0
     _save(rig)
     return rig

@@ -43,6 +43,23 @@ def server_log(r: rigmod.Rig) -> str:
     return r.sh(r.head, "cat /tmp/mlflow-server.log")
 
 
+def test_bad_cluster_input_exits_2_with_one_line_before_anything_starts(rig) -> None:
+    """The README's old command (a loopback tracking URI) on a 3-host cluster, and an address nothing answers at."""
+    cases = {
+        "http://127.0.0.1:5000": ("--address", "auto", "a loopback address reaches only the host"),
+        rig.mlflow_uri: ("--address", f"{rigmod.SUBNET}.99:6379", "nothing answers at"),
+    }
+    for uri, (flag, address, words) in cases.items():
+        storage = f"/mnt/shared/bad-{address.replace(':', '-')}"
+        proc = sweep_on_head(rig, "sweeps/smoke.yaml", flag, address, "--storage", storage, "--tracking-uri", uri, *GPU)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], proc.stderr
+        if "loopback" in words:
+            assert f"http://{rig.head.ip}:5000" in lines[0]  # the head's cluster address, suggested
+        assert not (rigmod.BASE / "shared" / storage.rsplit("/", 1)[1]).exists(), "something was created"
+
+
 def test_smoke_sweep_across_hosts_streams_to_the_heads_mlflow(rig) -> None:
     from orchestrator.tracking import metric_history, runs_dataframe
 
