@@ -311,12 +311,14 @@ def run_trials(
     tune_storage: str,
     concurrency: int,
     use_driver_resource: bool,
+    log_dir: Path,
 ) -> list[TrialOutcome]:
     """One Tune experiment with a trial per pack (a grid over their configs); every Train worker of a trial runs
-    `body(pack, session)`. Returns each trial's outcome."""
+    `body(pack, session)`. `tune_storage` is a folder or a URI (s3://...: Ray opens it with pyarrow on every node);
+    Tune's own log goes to `log_dir` on this node. Returns each trial's outcome."""
     if not packs:
         return []
-    log = Path(tune_storage).parent / "logs" / "ray_tune.log"
+    log = Path(log_dir) / "ray_tune.log"
     _quiet_tune_logs(log)
     driver = tune.with_resources(
         _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {HEAD_NODE: 0.001}

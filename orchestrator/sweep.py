@@ -31,6 +31,7 @@ from orchestrator.checks import (  # noqa: F401
 )
 from orchestrator.inputs import BadInput, one_line, report_bug, show, show_path
 from orchestrator.spec import SpecError, SweepSpec, load_spec
+from orchestrator.storage import local_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -109,10 +110,11 @@ def check_flags(args: argparse.Namespace) -> None:
 def check_storage(storage: str, dry_run: bool = False) -> None:
     """An unusable, unwritable or full storage is bad input: say so before anything starts, creating nothing."""
     if checks.check_storage(storage, dry_run=dry_run) is None and not dry_run:
-        raise SpecError(
-            f"--storage {show(storage)}: a sweep run needs a local or shared (NFS) folder; object "
-            "stores hold the stage cache only (orchestrator/cache.py) and are read by --dry-run only"
-        )
+        from orchestrator.storage import bucket_missing
+
+        why = bucket_missing(storage)  # read-only: one metadata request to the object store
+        if why is not None:
+            raise SpecError(f"--storage {show(storage)}: {why}")
 
 
 def check_services(args: argparse.Namespace, wants_gpus: bool = False) -> None:
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args, specs = validate(argv, prog)
         if args.dry_run:
             return _dry_runs(args, specs)
-        args.storage = str(make_dir(storage_path(args.storage), "--storage"))  # the first thing created
+        local = make_dir(storage_path(args.storage) or local_dir(args.storage), "--storage")  # the first thing created
+        args.storage = str(local) if storage_path(args.storage) is not None else args.storage
     except BadInput as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -319,9 +322,8 @@ def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     from orchestrator.mlflow_server import LocalMlflowServer
 
     host = checks.mlflow_host(args.address)
-    server = (
-        None if args.tracking_uri else LocalMlflowServer(Path(args.storage).resolve() / "mlflow", host=host).launch()
-    )
+    store = local_dir(args.storage) / "mlflow"  # with s3:// storage: this node's working folder (docs/cluster.md)
+    server = None if args.tracking_uri else LocalMlflowServer(store, host=host).launch()
     try:
         from orchestrator import runner
 

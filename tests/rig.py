@@ -367,6 +367,31 @@ def _is_ns_init(pid: int) -> bool:
     return False
 
 
+def kill_node(node: Node) -> list[int]:
+    """SIGKILL every process of `node` but its init, by PID (a host losing its Ray processes at once, as in a
+    crash); returns the PIDs killed."""
+    inode = _ns_inode(f"/run/netns/{NAME}-{node.name}")
+    pids = [p for p in _pids_in({inode} if inode else set()) if p != node.init_pid]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def s3_client(rig: Rig):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=rig.s3_endpoint,
+        region_name="us-east-1",
+        **{
+            "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        },
+    )
+
+
 def leftovers() -> list[str]:
     """What of a rig still exists: namespaces, the bridge, processes in the rig's namespaces."""
     left = _rig_netns()
