@@ -195,7 +195,13 @@ def _network(nodes: list[Node]) -> None:
     _run("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
     for i, node in enumerate(nodes):
-        ns, host_end = f"{NAME}-{node.name}", f"{NAME}v{i}"
+        _attach(node, i)
+
+
+def _attach(node: Node, index: int) -> None:
+    """The node's network namespace, with lo and one veth on the rig's bridge (its default route)."""
+    if True:
+        ns, host_end = f"{NAME}-{node.name}", f"{NAME}v{index}"
         _run("ip", "netns", "add", ns)
         _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
         _run("ip", "link", "set", host_end, "master", BRIDGE, "up")
@@ -365,6 +371,63 @@ def _is_ns_init(pid: int) -> bool:
             if line.startswith("NSpid:"):
                 return line.split()[-1] == "1"
     return False
+
+
+# The autoscaling cluster: Ray's fake multi-node provider (the autoscaler launches and removes real raylets on
+# the host it runs on), with cluster.yaml's shape: a head with the trial_driver resource, GPU workers from zero.
+AUTOSCALING = {
+    "cluster_name": "robustify-autoscaling",
+    "max_workers": 2,
+    "provider": {
+        "type": "fake_multinode",
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+    },
+    "available_node_types": {
+        "ray.head.default": {"resources": {"CPU": 1, "trial_driver": 1000}, "node_config": {}, "max_workers": 0},
+        "gpu_1x": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+    },
+    "head_node_type": "ray.head.default",
+    "auth": {},
+    "upscaling_speed": 1.0,
+    "idle_timeout_minutes": 0.25,
+    "docker": {},
+    "initialization_commands": [],
+    "setup_commands": [],
+    "head_setup_commands": [],
+    "worker_setup_commands": [],
+    "head_start_ray_commands": [],
+    "worker_start_ray_commands": [],
+    "file_mounts": {},
+    "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False,
+    "rsync_exclude": [],
+    "rsync_filter": [],
+}
+
+
+def add_autoscaling_cluster(rig: Rig, name: str = "auto") -> Node:
+    """A second cluster on its own host (namespace) of the rig: a head whose autoscaler launches GPU workers (from
+    zero) for pending demand and removes them when idle. Its config is where the launcher writes it on a real head
+    (~/ray_bootstrap_config.yaml), so the sweep reads the GPUs the cluster can reach from it."""
+    node = Node(
+        name, f"{SUBNET}.{10 + len(rig.nodes)}", AUTOSCALING["available_node_types"]["ray.head.default"]["resources"]
+    )
+    rig.nodes.append(node)
+    _save(rig)
+    _attach(node, len(rig.nodes) - 1)
+    node.init_pid = _node_init(node, Path(rig.shared))
+    _save(rig)
+    cfg = shlex.quote(json.dumps(AUTOSCALING))
+    rig.sh(node, f"echo {cfg} > ~/ray_bootstrap_config.yaml")
+    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    start = (
+        "ray start --head --port=6379 --autoscaling-config=$HOME/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1"
+        " --num-cpus=1 --resources='{\"trial_driver\": 1000}'"
+    )
+    rig.sh(node, start, timeout=240, env=env)
+    return node
 
 
 def kill_node(node: Node) -> list[int]:

@@ -4,6 +4,8 @@ one line, exactly when the joined cluster spans other hosts. The cluster is desc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.checks import check_cluster, mlflow_host
@@ -62,3 +64,25 @@ def test_own_server_binds_loopback_locally_and_the_cluster_address_when_joining(
     assert mlflow_host(None) == "127.0.0.1"
     assert mlflow_host("ray://10.0.0.1:10001") == "127.0.0.1"
     assert mlflow_host("127.0.0.1:6379") == "127.0.0.1"  # the route to a local GCS is loopback
+
+
+def test_concurrency_counts_the_gpus_an_autoscaler_can_reach(tmp_path) -> None:
+    """cluster.yaml's own node types: 12 x 1 GPU + 2 x 8 GPUs within max_workers 16 -> 12 + 2*8 = 28 GPUs; a joined
+    cluster with none up runs as many 1-GPU trials as that, not one (what is up) and not every cell."""
+    import yaml
+
+    from orchestrator.ray_backend import ClusterInfo, autoscaler_gpus, max_concurrent
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert autoscaler_gpus(path) == 28.0
+    cfg["max_workers"] = 3  # the budget of workers binds: the 8-GPU nodes first
+    path.write_text(yaml.safe_dump(cfg))
+    assert autoscaler_gpus(path) == 17.0
+    assert autoscaler_gpus(tmp_path / "missing.yaml") == 0.0
+    cold = ClusterInfo(cpus=8, gpus=0, has_driver_resource=True, started_here=False, reachable_gpus=28)
+    assert max_concurrent(cold, workers=1, cpus=8, gpus=1, n_cells=100, explicit=None) == 28
+    assert max_concurrent(cold, workers=2, cpus=8, gpus=1, n_cells=5, explicit=None) == 5
+    unknown = ClusterInfo(cpus=8, gpus=0, has_driver_resource=True, started_here=False)
+    assert max_concurrent(unknown, workers=1, cpus=8, gpus=1, n_cells=7, explicit=None) == 7

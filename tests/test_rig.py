@@ -8,6 +8,7 @@ MLflow server, its access log, the shared folder and the bucket, never from mock
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
@@ -152,3 +153,67 @@ def test_smoke_sweep_on_s3_across_hosts_survives_a_dead_worker_host(rig, tmp_pat
     log_text = server_log(rig)
     for w in rig.workers:  # curves and stage metrics came from the worker hosts' own addresses
         assert f"{w.ip}:" in log_text, f"{w.name} never talked to the head's MLflow"
+
+
+def test_gpu_sweep_waits_for_the_autoscaler_and_idle_nodes_go_away(rig, tmp_path) -> None:
+    """A cluster with an autoscaler (Ray's fake multi-node provider) and GPU workers from zero, on its own host of the
+    rig: the sweep, submitted while no GPU node is up, waits for the nodes the autoscaler launches for its demand,
+    completes, and the idle nodes are removed. The stages come from the bucket's cache (the s3 test above), so the
+    GPU demand is mostly the cells'. Launch and removal times go to rig-autoscaler.txt for the closing report."""
+    import threading
+    import time
+
+    from orchestrator.ray_backend import peek
+    from orchestrator.tracking import runs_dataframe
+
+    node = rigmod.add_autoscaling_cluster(rig)
+    address = f"{node.ip}:6379"
+    assert peek(address).gpus == 0, "a GPU node was up before the sweep"
+    with contextlib.suppress(Exception):
+        rigmod.s3_client(rig).create_bucket(Bucket="robustify")
+    t0, events, stop = time.monotonic(), [], threading.Event()
+
+    def watch() -> None:
+        last = None
+        while not stop.wait(1.0):
+            with contextlib.suppress(ConnectionError):
+                seen = peek(address)
+                now = (int(seen.gpus), seen.starting)
+                if now != last:
+                    events.append((round(time.monotonic() - t0, 1), *now))
+                    last = now
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    argv = [
+        "python",
+        "-m",
+        "orchestrator.sweep",
+        "sweeps/smoke.yaml",
+        "--address",
+        "auto",
+        "--storage",
+        "s3://robustify/runs",
+        "--tracking-uri",
+        rig.mlflow_uri,
+        *MICRO,
+        *GPU,
+        "--set",
+        "train.epochs=2",
+    ]
+    done = None
+    try:
+        proc = subprocess.run(rig.cmd(node, shlex.join(argv)), capture_output=True, text=True, timeout=1200)
+        done = round(time.monotonic() - t0, 1)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        wait_for(lambda: events and events[-1][1] == 0 and any(e[1] > 0 for e in events), 300, "idle nodes removed")
+    finally:
+        stop.set()
+        watcher.join()
+        lines = [f"t={t:>6} s  GPUs up {g}, nodes starting {s}" for t, g, s in events]
+        (tmp_path.parent / "rig-autoscaler.txt").write_text("\n".join([*lines, f"sweep done at t={done} s"]) + "\n")
+    assert max(g for _, g, _ in events) >= 1, lines
+    assert "2 at a time" in proc.stdout, proc.stdout[-2000:]  # concurrency from the GPUs the cluster can reach
+    df = runs_dataframe(rig.mlflow_uri, "smoke")
+    cells = df[(df["tags.kind"] == "cell") & (df["status"] == "FINISHED")]
+    assert len(cells) >= 4, "the autoscaled sweep's two cells were not tracked"
