@@ -156,7 +156,10 @@ def listing(location: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ lock
 
-LEASE_S = 120.0  # the holder refreshes its lock every LEASE_S / 4; a lock older than LEASE_S lost its holder
+# The holder refreshes its lock every lease / 4; a lock not refreshed for a lease lost its holder (a kill -9, a
+# dead node), and the next producer waits that long before taking over.
+LEASE_ENV = "ROBUSTIFY_S3_LOCK_LEASE_S"
+LEASE_S = float(os.environ.get(LEASE_ENV, "60"))
 
 
 @contextlib.contextmanager
@@ -166,7 +169,8 @@ def object_lock(location: str, poll_s: float = 1.0) -> Iterator[None]:
     Why: a file lock is only as shared as its filesystem; two nodes of a cluster with `s3://` storage would both
     compute the same missing stage. S3's conditional PUT (`If-None-Match: *`) creates the lock object only if it is
     absent, atomically. A thread refreshes it while held; a holder killed with -9 stops refreshing, and after
-    LEASE_S (measured by the object store's own clock: no skew between nodes) a waiter takes it over.
+    a lease (LEASE_S, `ROBUSTIFY_S3_LOCK_LEASE_S`; measured by the object store's own clock: no skew between
+    nodes) a waiter takes it over.
     """
     import boto3
     from botocore.exceptions import ClientError

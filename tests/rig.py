@@ -91,6 +91,7 @@ class Rig:
             "LANG": "C.UTF-8",
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            "ROBUSTIFY_S3_LOCK_LEASE_S": "20",  # a killed host's cache lock is taken over sooner
             **S3_KEYS,
         }
         for k in ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",):

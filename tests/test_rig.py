@@ -69,7 +69,7 @@ def bucket(r: rigmod.Rig, name: str) -> list[str]:
 
 def train_worker_node(r: rigmod.Rig) -> rigmod.Node | None:
     for w in r.workers:
-        if "RayTrainWorker" in r.sh(w, "ps -eo args", check=False):
+        if "TrainWorker" in r.sh(w, "ps -eo args", check=False):
             return w
     return None
 
@@ -130,8 +130,11 @@ def test_smoke_sweep_on_s3_across_hosts_survives_a_dead_worker_host(rig, tmp_pat
     assert any("/checkpoint_" in k for k in keys if k.startswith("runs/ray_train/"))
     assert not any(".locks/" in k for k in keys), "a cache lock outlived its holder"
     for node in rig.nodes:  # nothing of the sweep on any node's own disk or the EFS stand-in
-        found = rig.sh(node, "ls -a /tmp/home /mnt/shared; find /tmp/home /mnt/shared -name 's3:*'", check=False)
-        assert "s3:" not in found and "ray_train" not in found and "runs" not in found.split(), (node.name, found)
+        found = rig.sh(
+            node, "find /tmp/home /mnt/shared/runs -mindepth 1 -path '*s3:*' -o -path '*ray_t*'", check=False
+        )
+        assert not found.strip(), (node.name, found)
+        assert not rig.sh(node, "ls -A /mnt/shared/runs", check=False).strip(), "the EFS stand-in was written"
     df = runs_dataframe(rig.mlflow_uri, "smoke")
     cells, stages = df[df["tags.kind"] == "cell"], df[df["tags.kind"] == "stage"]
     assert len(cells) == 2 and len(stages) == 7, df[["tags.kind", "status"]]
