@@ -245,6 +245,7 @@ def up(n_workers: int = 2, worker_resources: dict | None = None) -> Rig:
     down(quiet=True)
     t0 = time.monotonic()
     BASE.mkdir(parents=True, exist_ok=True)
+    (BASE / "up.log").unlink(missing_ok=True)
     shared = BASE / "shared"
     shutil.rmtree(shared, ignore_errors=True)  # a fresh EFS: nothing cached or tracked by an earlier rig
     shared.mkdir()
