@@ -67,6 +67,12 @@ def bucket(r: rigmod.Rig, name: str) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
+def checkpointed(r: rigmod.Rig) -> set[str]:
+    """Train runs with an epoch's checkpoint (its state) in the bucket, not only the cell marker reported first."""
+    keys = bucket(r, "robustify")
+    return {k.split("/")[2] for k in keys if "/checkpoint_" in k and k.endswith("/state.pt")}
+
+
 def train_worker_node(r: rigmod.Rig) -> rigmod.Node | None:
     for w in r.workers:
         if "TrainWorker" in r.sh(w, "ps -eo args", check=False):
@@ -82,7 +88,7 @@ def test_smoke_sweep_on_s3_across_hosts_survives_a_dead_worker_host(rig, tmp_pat
     from orchestrator.tracking import metric_history, runs_dataframe
 
     rigmod.s3_client(rig).create_bucket(Bucket="robustify")
-    epochs = 6
+    epochs = 20  # about a second each here: a window to kill a host between two checkpoints
     argv = [
         "python",
         "-m",
@@ -104,12 +110,8 @@ def test_smoke_sweep_on_s3_across_hosts_survives_a_dead_worker_host(rig, tmp_pat
     log = tmp_path / "sweep.log"
     proc = rig.popen(rig.head, shlex.join(argv), log)
     try:
-        wait_for(
-            lambda: any("/checkpoint_" in k for k in bucket(rig, "robustify") if "/ray_train/" in k),
-            900,
-            "a Train checkpoint in the bucket",
-            proc,
-        )
+        # both cells (one per worker host) have an epoch's checkpoint: whichever host dies, its cell can resume
+        wait_for(lambda: len(checkpointed(rig)) == 2, 900, "an epoch checkpoint of each cell in the bucket", proc)
         victim = train_worker_node(rig)
         assert victim is not None, "no worker host runs a Train worker"
         assert rigmod.kill_node(victim)
@@ -131,7 +133,9 @@ def test_smoke_sweep_on_s3_across_hosts_survives_a_dead_worker_host(rig, tmp_pat
     assert not any(".locks/" in k for k in keys), "a cache lock outlived its holder"
     for node in rig.nodes:  # nothing of the sweep on any node's own disk or the EFS stand-in
         found = rig.sh(
-            node, "find /tmp/home /mnt/shared/runs -mindepth 1 -path '*s3:*' -o -path '*ray_t*'", check=False
+            node,
+            "find /tmp/home /mnt/shared/runs -mindepth 1 -path '*s3:*' -o -path '*/ray_train*' -o -path '*/ray_tune/*'",
+            check=False,
         )
         assert not found.strip(), (node.name, found)
         assert not rig.sh(node, "ls -A /mnt/shared/runs", check=False).strip(), "the EFS stand-in was written"
