@@ -154,7 +154,7 @@ def _node_init(node: Node, shared: Path) -> int:
         ]
     )
     script = f"{prep} && echo ready && exec python3 -c {shlex.quote(_REAPER)}"
-    log = open(BASE / f"{node.name}.init.log", "ab")
+    log = open(BASE / f"{node.name}.init.log", "wb")  # fresh: an old "ready" must not end the wait early
     proc = subprocess.Popen(
         [
             "ip",
