@@ -223,4 +223,5 @@ def test_gpu_sweep_waits_for_the_autoscaler_and_idle_nodes_go_away(rig, tmp_path
     assert "2 at a time" in proc.stdout, proc.stdout[-2000:]  # concurrency from the GPUs the cluster can reach
     df = runs_dataframe(rig.mlflow_uri, "smoke")
     cells = df[(df["tags.kind"] == "cell") & (df["status"] == "FINISHED")]
-    assert len(cells) >= 4, "the autoscaled sweep's two cells were not tracked"
+    # this sweep's two cells (the s3 test's two are there too when it ran first on the same rig)
+    assert "2 finished" in proc.stdout and len(cells) >= 2, "the autoscaled sweep's two cells were not tracked"
