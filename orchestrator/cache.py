@@ -7,7 +7,8 @@ file). An entry exists iff its manifest exists, and the manifest is the last thi
   then the directory is renamed into place (atomic on one filesystem) — a reader never sees half an entry;
 - object stores: files are uploaded first, the manifest last.
 
-Two processes needing the same missing entry serialise on a file lock (`<root>/cache/.locks/<kind>-<key>.lock`);
+Two processes needing the same missing entry serialise on a lock (`<root>/cache/.locks/<kind>-<key>.lock`: a file
+lock on a folder, a lock object on an s3:// bucket, orchestrator/storage.py);
 the second finds the entry published and does no work. A corrupt entry (a checksum mismatch, a missing file) is
 detected on read, removed, and recomputed by the caller: `get()` raises `CacheCorrupt`.
 """
@@ -59,6 +60,7 @@ class Cache:
         filesystem: an explicit `pyarrow.fs.FileSystem` (storage is then a path inside it).
         """
         storage = str(storage)
+        self.uri = storage
         self.remote = filesystem is not None or ("://" in storage and not storage.startswith("file://"))
         if self.remote:
             import pyarrow.fs as pafs
@@ -127,7 +129,14 @@ class Cache:
 
     @contextlib.contextmanager
     def lock(self, kind: str, key: str, timeout: float = -1) -> Iterator[None]:
-        """Serialise producers of one entry across processes on this filesystem."""
+        """Serialise producers of one entry across processes on this filesystem; on `s3://` storage across every
+        node, with a lock object on the bucket (`storage.object_lock`). (gs://, hdfs://: node-local only.)"""
+        if self.remote and self.uri.startswith("s3://"):
+            from orchestrator.storage import object_lock
+
+            with object_lock(f"{self.uri.rstrip('/')}/cache/.locks/{kind}-{key}.lock"):
+                yield
+            return
         locks = self.local / ".locks"
         locks.mkdir(exist_ok=True)
         with FileLock(str(locks / f"{kind}-{key}.lock"), timeout=timeout):

@@ -25,8 +25,12 @@ from orchestrator.netchecks import (  # noqa: F401 - re-exported
     CONNECT_TIMEOUT_S,
     READ_TRACKING,
     SWEEP_TRACKING,
+    _auto_address,
+    check_cluster,
     check_tcp,
     check_tracking_uri,
+    cluster_facing_ip,
+    mlflow_host,
     parse_uri,
     valid_host,
 )
@@ -300,27 +304,6 @@ def check_ray_address(address: str, *, flag: str = "--address", timeout_s: float
         if target is None:
             return
     check_tcp(*target, flag, show(address), timeout_s)
-
-
-def _auto_address() -> str | None:
-    """What `ray.init(address="auto")` would join: $RAY_ADDRESS, else the last `ray start` on this machine."""
-    env = os.environ.get("RAY_ADDRESS", "").strip()
-    if env and env != "auto":
-        return env
-    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
-    try:
-        return (Path(tmp) / "ray" / "ray_current_cluster").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def check_cluster(tracking_uri: str | None, address: str | None) -> None:
-    """Hook for checks of the tracking URI *against* the Ray address (both already valid on their own).
-
-    Intentionally empty for now: the pending multi-host work will refuse here a loopback tracking URI when the
-    sweep joins a multi-node cluster (workers on other nodes could not reach 127.0.0.1).
-    """
-    return None
 
 
 def check_positive_seconds(value: float, flag: str, high: float = 7 * 86_400) -> float:

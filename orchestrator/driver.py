@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import ray_backend, worker
+from orchestrator import ray_backend, storage, worker
 from orchestrator.cache import CacheCorrupt
 from orchestrator.costs import stage_seconds
 from orchestrator.packing import pack_cells, pack_key
@@ -181,7 +181,7 @@ def run_cells(
         len(pending),
         res.max_concurrent_trials,
     )
-    train_storage = str((sc.storage / "ray_train").resolve())
+    train_storage = storage.join(sc.storage, "ray_train")
     packs = _packs(sc, pending, slots, train_storage)
     conc = min(slots, len(packs))
     progress.add("cell", {}, parallel=conc)
@@ -196,8 +196,9 @@ def run_cells(
     name = f"{sc.plan.spec.name}-{sc.sweep_id[:8]}-{int(time.time())}"
     poll = _cell_watcher(sc, progress, [c["key"] for c in pending], train_storage, time.time())
     with watching(progress, poll, every=CELL_POLL_S):
-        tune_storage, use_driver = str((sc.storage / "ray_tune").resolve()), sc.cluster.has_driver_resource
-        trials = ray_backend.run_trials(packs, worker.run_trial, name, tune_storage, conc, use_driver)
+        tune_storage, use_driver = storage.join(sc.storage, "ray_tune"), sc.cluster.has_driver_resource
+        logs = sc.logs or storage.local_dir(sc.storage) / "logs"
+        trials = ray_backend.run_trials(packs, worker.run_trial, name, tune_storage, conc, use_driver, logs)
     progress.cells_running(())
     progress.waiting(None)
     _collect_cells(sc, outcome, progress, pending, run_ids, trials, train_storage)
@@ -213,8 +214,8 @@ def _collect_cells(sc, outcome, progress: Progress, pending, run_ids, trials, tr
             outcome.finished.append(key)
             _report_cell(sc, progress, key)
         else:
-            own = worker.error_file(train_storage, key)
-            err = own.read_text().splitlines()[0] if own.is_file() else errors.get(key)
+            own = storage.read_text(worker.error_file(train_storage, key))
+            err = own.splitlines()[0] if own else errors.get(key)
             fail_cell(sc, run_ids[key], key, err or "trial ended without a result", outcome)
             progress.cell_failed(key)
 
@@ -239,7 +240,7 @@ def _cell_watcher(sc: SweepContext, progress: Progress, keys: list[str], train_s
             if sc.cache.has(CELL, key):
                 left.discard(key)
                 _report_cell(sc, progress, key)
-            elif worker.error_file(train_storage, key).is_file():
+            elif storage.exists(worker.error_file(train_storage, key)):
                 left.discard(key)
                 progress.cell_failed(key)
         progress.cells_running(k for k in _staged(sc, CELL, since) if k in left)
@@ -331,7 +332,7 @@ def _packs(sc: SweepContext, pending: list[dict[str, Any]], slots: int, train_st
     res = sc.plan.spec.resources
     by_key = {c["key"]: c for c in pending}
     for key in by_key:  # a stale error from an earlier attempt must not fail a cell that now succeeds
-        worker.error_file(train_storage, key).unlink(missing_ok=True)
+        storage.delete(worker.error_file(train_storage, key))
     groups = pack_cells(
         [(k, stage_seconds(sc.plan.stages[k], sc.plan.spec)) for k in by_key], slots, res.cells_per_trial
     )

@@ -22,9 +22,9 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer within the configured patience."""
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -44,7 +44,8 @@ def wait_healthy(uri: str, timeout_s: float = 60.0) -> bool:
 
 @dataclass
 class LocalMlflowServer:
-    """A real `mlflow server` on 127.0.0.1 over SQLite + an artifacts folder under `root`.
+    """A real `mlflow server` on `host` (127.0.0.1; a sweep joining a cluster passes this host's cluster address,
+    so workers on other hosts reach it) over SQLite + an artifacts folder under `root`.
 
     Started as its own process group so `stop()` ends gunicorn/uvicorn children too (by PID, never by name).
     One worker: several workers on SQLite risk "database is locked". Job execution is off: otherwise MLflow 3
@@ -53,11 +54,12 @@ class LocalMlflowServer:
 
     root: Path
     port: int = 0
+    host: str = "127.0.0.1"
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> LocalMlflowServer:
         return self.launch().wait(timeout_s)
@@ -67,7 +69,7 @@ class LocalMlflowServer:
         self.root = Path(self.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "artifacts").mkdir(exist_ok=True)
-        self.port = self.port or _free_port()
+        self.port = self.port or _free_port(self.host)
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         cmd = [
             sys.executable,
@@ -79,12 +81,17 @@ class LocalMlflowServer:
             "--artifacts-destination",
             str(self.root / "artifacts"),
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--workers",
             "1",
         ]
+        if self.host != "127.0.0.1":  # MLflow's middleware otherwise accepts only localhost and private ranges
+            cmd += [
+                "--allowed-hosts",
+                f"{self.host}:{self.port},{self.host},localhost:{self.port},127.0.0.1:{self.port}",
+            ]
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()

@@ -11,6 +11,7 @@ import base64
 import errno
 import ipaddress
 import json
+import os
 import re
 import socket
 import urllib.error
@@ -209,3 +210,98 @@ def check_tcp(host: str, port: int, flag: str, shown: str, timeout_s: float = CO
         if getattr(err, "errno", None) == errno.ECONNREFUSED:
             reason = "connection refused"
         raise BadInput(f"{flag} {shown}: nothing answers at {host}:{port} ({reason})") from None
+
+
+# ------------------------------------------------------------------------------------------------ cluster
+
+
+def _auto_address() -> str | None:
+    """What `ray.init(address="auto")` would join: $RAY_ADDRESS, else the last `ray start` on this machine."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "auto":
+        return env
+    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    try:
+        return (Path(tmp) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def check_cluster(tracking_uri: str | None, address: str | None, wants_gpus: bool = False, peek=None) -> None:
+    """A loopback tracking URI on a cluster that spans other hosts is refused before anything starts.
+
+    Why refuse rather than rewrite: stage tasks and Train rank 0 log to MLflow from whatever node runs them, and a
+    worker's 127.0.0.1 is its own host, where no server listens: the run would wait out the MLflow patience on
+    every stage and lose every curve. Which address of the head the workers reach (and whether the server listens
+    there) only the user knows, so the message names this host's cluster address as the likely one. The cluster
+    spans other hosts when a node other than this one is up or starting, when the driver is a Ray Client (its
+    tasks run on the cluster, not here), or when the sweep wants GPUs and no node up has one (they will come as
+    other hosts: an autoscaling cluster starts GPU workers from zero). A single-host cluster keeps working.
+
+    Args:
+        peek: `address -> ray_backend.ClusterPeek` (tests pass their own; default: read the cluster's GCS).
+
+    Raises:
+        BadInput: one line naming the URI, what the cluster spans, and the address to use.
+    """
+    if not address or not tracking_uri or not _loopback(urllib.parse.urlsplit(tracking_uri).hostname or ""):
+        return None
+    if address.startswith("ray://"):
+        spans, here = "runs this sweep's driver and workers on the cluster (Ray Client)", None
+    else:
+        if peek is None:
+            from orchestrator import ray_backend
+
+            peek = ray_backend.peek
+        try:
+            seen = peek(address)
+        except ConnectionError as err:
+            raise BadInput(f"--address {show(address)}: {err}") from None
+        here = cluster_facing_ip(seen.gcs_address)
+        others = [ip for ip in seen.node_ips if ip != here]
+        if others:
+            spans = f"has {len(seen.node_ips)} nodes ({', '.join(seen.node_ips[:4])})"
+        elif seen.starting:
+            spans = f"is starting {seen.starting} more node(s)"
+        elif wants_gpus and not seen.gpus:
+            spans = "has no GPU up, so the sweep's GPU work will run on other hosts"
+        else:
+            return None
+    port = urllib.parse.urlsplit(tracking_uri).port or 5000
+    hint = f"http://{here}:{port}" if here else "http://<head's cluster address>:PORT"
+    raise BadInput(
+        f"--tracking-uri {show(tracking_uri)}: a loopback address reaches only the host it is used on, and the "
+        f"cluster at --address {show(address)} {spans}: workers there could not log; give the head's cluster "
+        f"address (e.g. {hint}, with the server listening there) or omit --tracking-uri"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cluster_facing_ip(gcs_address: str) -> str | None:
+    """This host's address on the route to the cluster's GCS (what other nodes reach it by), like Ray's own
+    node-IP detection: a UDP "connect" sends nothing, it only picks the source address."""
+    host, _, port = gcs_address.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host.strip("[]"), int(port or 6379)))
+            return s.getsockname()[0]
+    except (OSError, ValueError):
+        return None
+
+
+def mlflow_host(address: str | None) -> str:
+    """Where the sweep's own MLflow server listens: 127.0.0.1 on a local Ray; on a joined cluster this host's
+    cluster-facing address, so that stage tasks and Train workers on other hosts reach it (and only the cluster's
+    network does: not 0.0.0.0)."""
+    if not address or address.startswith("ray://"):
+        return "127.0.0.1"
+    gcs = _auto_address() if address == "auto" else address
+    return (cluster_facing_ip(gcs) if gcs else None) or "127.0.0.1"

@@ -30,10 +30,16 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 TRIAL_DRIVER = "trial_driver"
+# Every Ray cluster's head carries this resource (1.0), whoever started it: trial drivers of a cluster without
+# our `trial_driver` (KubeRay, a plain `ray start --head`) reserve a sliver of it, so they stay on the head and
+# take no CPU a Train worker needs. Tune refuses a driver that asks for nothing ({"CPU": 0}).
+HEAD_NODE = "node:__internal_head__"
 # Ray Train V2 settings for every job (Train propagates them from the trial driver to its controller and workers).
 # The health-check interval is also how often the controller drains each worker's one-slot result queue, so a
 # `ray.train.report` issued sooner than that after the previous one blocks until the next poll; at Ray's default
 # of 2 s, a packed cell or an epoch of a few seconds spent up to half its time waiting there (bench/overhead.py).
+JOINED_START_TIMEOUT_S = 900  # EC2 boot + cluster.yaml's setup commands, with room
+AUTOSCALING_CONFIG = Path(os.environ.get("ROBUSTIFY_AUTOSCALING_CONFIG", "~/ray_bootstrap_config.yaml"))
 TRAIN_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
@@ -47,11 +53,14 @@ class ClusterInfo:
     gpus: float
     has_driver_resource: bool
     started_here: bool
+    reachable_gpus: float = 0.0  # GPUs an autoscaler may add up to (its config's node types x max_workers)
 
 
 def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
     """Join a cluster (`address`) or start a local one that declares the driver resource."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if address:  # an autoscaling cluster boots a GPU node in minutes: a worker group waits for it, not 2 minutes
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(JOINED_START_TIMEOUT_S))
     for k, v in TRAIN_ENV.items():
         os.environ.setdefault(k, v)
     quiet = {
@@ -73,7 +82,63 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         )
         started = True
     res = ray.cluster_resources()
-    return ClusterInfo(res.get("CPU", 0.0), res.get("GPU", 0.0), TRIAL_DRIVER in res, started)
+    reach = 0.0 if started else autoscaler_gpus(AUTOSCALING_CONFIG)
+    return ClusterInfo(res.get("CPU", 0.0), res.get("GPU", 0.0), TRIAL_DRIVER in res, started, reach)
+
+
+def autoscaler_gpus(path: Path) -> float:
+    """GPUs the cluster can grow to, from the autoscaler's config on the head (the launcher writes it to
+    ~/ray_bootstrap_config.yaml; `ray start --autoscaling-config` reads it): each node type's GPUs times its
+    max_workers, within the cluster's max_workers. 0 when there is no such file (no autoscaler we can read)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        types = cfg.get("available_node_types") or {}
+        budget = int(cfg.get("max_workers", 10**6))
+        per_node = sorted(
+            ((float((t.get("resources") or {}).get("GPU", 0)), int(t.get("max_workers", 0))) for t in types.values()),
+            reverse=True,
+        )
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return 0.0
+    total = 0.0
+    for gpus, count in per_node:  # the largest GPU nodes first, as many as the cluster's budget of workers allows
+        n = min(count, budget)
+        total, budget = total + gpus * n, budget - n
+    return total
+
+
+@dataclass
+class ClusterPeek:
+    """A running cluster seen from its GCS, before this process joins it (the up-front checks)."""
+
+    gcs_address: str
+    node_ips: list[str]
+    gpus: float
+    starting: int  # nodes an autoscaler is launching
+
+
+def peek(address: str) -> ClusterPeek:
+    """Nodes, GPUs and pending launches of the cluster at `address` (`auto` or host:port), read from its GCS: no
+    job is started and nothing is created, so a check can run before anything starts.
+
+    Raises:
+        ConnectionError: no GCS answers there within a few seconds.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    gcs = canonicalize_bootstrap_address(address)
+    if not gcs:
+        raise ConnectionError(f"no Ray cluster found for {address}")
+    try:
+        status = autoscaler_sdk.get_cluster_status(gcs, timeout=5)
+    except Exception as err:  # noqa: BLE001 - grpc and Ray raise several kinds; all mean "not answering"
+        raise ConnectionError(f"the Ray GCS at {gcs} does not answer ({type(err).__name__})") from None
+    nodes = [*status.active_nodes, *status.idle_nodes]
+    gpus = sum(u.total for n in nodes for u in n.resource_usage.usage if u.resource_name == "GPU")
+    starting = sum(r.count for r in status.pending_launches) + len(status.pending_nodes)
+    return ClusterPeek(gcs, sorted({n.ip_address for n in nodes}), gpus, starting)
 
 
 def stop() -> None:
@@ -91,12 +156,14 @@ def uses_gpus(info: ClusterInfo, gpus_per_worker: float) -> bool:
 def max_concurrent(
     info: ClusterInfo, workers: int, cpus: float, gpus: float, n_cells: int, explicit: int | None
 ) -> int:
-    """How many trials fit at once: GPU-bound on a GPU cluster, CPU-bound otherwise. A joined cluster with no GPU
-    up yet gets every trial at once, so the autoscaler sees the whole demand (it scales to its own maximum)."""
+    """How many trials fit at once: GPU-bound on a GPU cluster, CPU-bound otherwise. On a joined cluster the GPUs
+    it can reach count (its autoscaler's maximum), not only those up now; with neither known, every trial at once,
+    so an autoscaler sees the whole demand."""
     if explicit:
         return max(1, min(explicit, n_cells))
     if gpus > 0:
-        fit = int(info.gpus // (workers * gpus)) if info.gpus else (n_cells if not info.started_here else 1)
+        reach = max(info.gpus, info.reachable_gpus)
+        fit = int(reach // (workers * gpus)) if reach else (n_cells if not info.started_here else 1)
     else:
         fit = int(info.cpus // (workers * cpus)) if info.cpus else 1
     return max(1, min(fit, n_cells))
@@ -276,15 +343,17 @@ def run_trials(
     tune_storage: str,
     concurrency: int,
     use_driver_resource: bool,
+    log_dir: Path,
 ) -> list[TrialOutcome]:
     """One Tune experiment with a trial per pack (a grid over their configs); every Train worker of a trial runs
-    `body(pack, session)`. Returns each trial's outcome."""
+    `body(pack, session)`. `tune_storage` is a folder or a URI (s3://...: Ray opens it with pyarrow on every node);
+    Tune's own log goes to `log_dir` on this node. Returns each trial's outcome."""
     if not packs:
         return []
-    log = Path(tune_storage).parent / "logs" / "ray_tune.log"
+    log = Path(log_dir) / "ray_tune.log"
     _quiet_tune_logs(log)
     driver = tune.with_resources(
-        _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {"CPU": 0}
+        _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {HEAD_NODE: 0.001}
     )
     tuner = tune.Tuner(
         driver,

@@ -40,12 +40,13 @@ class SweepContext:
 
     plan: Plan
     cache: Cache
-    storage: Path
+    storage: str  # the shared location: a folder or an object store URI (orchestrator/storage.py)
     tracker: SweepTracker
     parent_id: str
     sweep_id: str
     cluster: ray_backend.ClusterInfo
     log: Callable[[str], None] = print
+    logs: Path | None = None  # this node's folder for the driver's logs (ray_tune.log); None: <storage>/logs
 
     def gpus_per_worker(self) -> float:
         """GPUs each stage task / Train worker requests: the spec's, unless `ray_backend.uses_gpus` says no."""

@@ -20,6 +20,8 @@ from orchestrator.progress_views import open_progress
 from orchestrator.records import SweepContext
 from orchestrator.report import SweepReportInput, finished, publish_report, sweep_input, sweep_runs
 from orchestrator.spec import SweepSpec
+from orchestrator.storage import is_remote, local_dir, upload_tree
+from orchestrator.storage import join as storage_join
 from orchestrator.tables.regime import regime_warnings
 from orchestrator.tracking import (
     FINISHED,
@@ -85,7 +87,7 @@ def run_sweeps(specs: list[SweepSpec], args: argparse.Namespace, server: LocalMl
         server: our own MLflow server (no `--tracking-uri`), already launched by `sweep._run`, which stops it;
             None with `--tracking-uri`.
     """
-    storage = Path(args.storage).resolve()
+    storage = local_dir(args.storage)  # this node's folder: the storage itself, or the working copy of an s3:// one
     results: list[SweepResult] = []
     code = 0
     with ExitStack() as stack:
@@ -109,6 +111,9 @@ def run_sweeps(specs: list[SweepSpec], args: argparse.Namespace, server: LocalMl
             code = 1
         if results:
             _summarise(storage, results, progress, several=len(specs) > 1)
+    if is_remote(args.storage):  # the tables, the report and the logs join the rest of the sweep on the store
+        for part in ("results", "logs"):
+            upload_tree(storage / part, storage_join(args.storage, part))
     return code or int(not all(r.ok for r in results))
 
 
@@ -178,7 +183,8 @@ def _execute(
 ) -> SweepResult:
     """Ray is up (`info`); the sweep's parent run is opened only now, and closed with the sweep's wall time.
     `progress` (orchestrator/progress.py) shows every line and keeps the invocation's log."""
-    cache = Cache(storage)
+    shared = storage_join(args.storage)  # a folder every node sees, or an object store URI
+    cache = Cache(shared)
     plan = build_plan(spec, cache.has, feature_cache=not args.no_feature_cache)
     sweep_id = spec.content_hash()
     tracker = SweepTracker(uri, spec.name, patience_s=args.mlflow_patience)
@@ -197,7 +203,7 @@ def _execute(
         + (" (resumed)" if resumed else "")
         + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else "")
     )
-    sc = SweepContext(plan, cache, storage, tracker, parent_id, sweep_id, info, log=progress.log)
+    sc = SweepContext(plan, cache, shared, tracker, parent_id, sweep_id, info, log=progress.log, logs=storage / "logs")
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed, progress=progress)
     files, report = _tables(spec, uri, storage, sweep_id, parent_id)
     for line in render.claim_lines(report.results):  # each verdict with its interval, as the tables print it

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.storage import download, download_tree, is_remote, join, scratch, upload_file, upload_tree
 from trainables.common import read_metrics
 
 _DIST = re.compile(r"^\s*(loguniform|uniform|int|choice)\s*\((.*)\)\s*$")
@@ -72,7 +73,7 @@ def parse_space(space: dict[str, str]) -> dict[str, Dist]:
 
 
 def run_study(
-    storage: Path,
+    storage: str,
     key: str,
     space: dict[str, str],
     trials: int,
@@ -81,14 +82,23 @@ def run_study(
     out: Path,
     log: Callable[[dict[str, float], int], None],
 ) -> dict[str, float]:
-    """Run (or continue) the cell's study; copy the best trial's outputs into `out` and return its metrics."""
+    """Run (or continue) the cell's study; copy the best trial's outputs into `out` and return its metrics.
+
+    The journal lives at `<storage>/optuna/<cell key>.log`. On a folder (NFS/EFS) Optuna appends to it in place
+    (its file backend locks the file). On an object store, which cannot append or lock, the trial works on a
+    node-local copy and uploads it after every told trial: only the one trial running a cell writes its study, so
+    a retried trial on any node downloads the last upload and continues (at most the trial in progress is lost)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = storage / "optuna"
+    shared = join(storage, "optuna", f"{key}.log")
+    folder = scratch(storage, "optuna") if is_remote(storage) else Path(storage) / "optuna"
     folder.mkdir(parents=True, exist_ok=True)
+    if is_remote(storage):  # the bucket's journal, or none: never a stale copy from an earlier trial on this node
+        (folder / f"{key}.log").unlink(missing_ok=True)
+        download(shared, folder / f"{key}.log")
     study = optuna.create_study(
         study_name=key,
         direction="maximize",
@@ -98,11 +108,17 @@ def run_study(
     dists = parse_space(space)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     for _ in range(max(0, trials - len(done))):
-        _one_trial(study, dists, folder / key, train_once, metric, log)
+        number = _one_trial(study, dists, folder / key, train_once, metric, log)
+        if is_remote(storage):  # the trial's outputs first, then the journal that says it is done
+            upload_tree(folder / key / f"trial-{number}", join(storage, "optuna", key, f"trial-{number}"))
+            upload_file(folder / f"{key}.log", shared)
+    best = folder / key / f"trial-{study.best_trial.number}"
+    if is_remote(storage) and not best.is_dir():  # told by a trial that ran on another node
+        download_tree(join(storage, "optuna", key, best.name), best)
     return _best(study, folder / key, out)
 
 
-def _one_trial(study, dists: dict[str, Dist], trial_dirs: Path, train_once, metric: str, log) -> None:
+def _one_trial(study, dists: dict[str, Dist], trial_dirs: Path, train_once, metric: str, log) -> int:
     """Ask, train in a fresh folder, tell (a NaN metric counts as the worst value), log the trial on the cell."""
     trial = study.ask()
     params = {k: d.suggest(trial, k) for k, d in dists.items()}
@@ -114,6 +130,7 @@ def _one_trial(study, dists: dict[str, Dist], trial_dirs: Path, train_once, metr
     study.tell(trial, value if value == value else float("-inf"))
     numbers = {f"optuna/{k}": float(v) for k, v in params.items() if isinstance(v, (int, float))}
     log({"optuna/value": value, **numbers}, trial.number)
+    return trial.number
 
 
 def _best(study, trial_dirs: Path, out: Path) -> dict[str, float]:

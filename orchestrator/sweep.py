@@ -31,6 +31,7 @@ from orchestrator.checks import (  # noqa: F401
 )
 from orchestrator.inputs import BadInput, one_line, report_bug, show, show_path
 from orchestrator.spec import SpecError, SweepSpec, load_spec
+from orchestrator.storage import local_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -118,19 +119,21 @@ def check_flags(args: argparse.Namespace) -> None:
 def check_storage(storage: str, dry_run: bool = False) -> None:
     """An unusable, unwritable or full storage is bad input: say so before anything starts, creating nothing."""
     if checks.check_storage(storage, dry_run=dry_run) is None and not dry_run:
-        raise SpecError(
-            f"--storage {show(storage)}: a sweep run needs a local or shared (NFS) folder; object "
-            "stores hold the stage cache only (orchestrator/cache.py) and are read by --dry-run only"
-        )
+        from orchestrator.storage import bucket_missing
+
+        why = bucket_missing(storage)  # read-only: one metadata request to the object store
+        if why is not None:
+            raise SpecError(f"--storage {show(storage)}: {why}")
 
 
-def check_services(args: argparse.Namespace) -> None:
-    """Before a run: the tracking server and the Ray cluster answer (read-only requests, short timeouts)."""
+def check_services(args: argparse.Namespace, wants_gpus: bool = False) -> None:
+    """Before a run: the tracking server and the Ray cluster answer (read-only requests, short timeouts), and a
+    loopback tracking URI is not handed to workers on other hosts (`checks.check_cluster`)."""
     if args.tracking_uri is not None:
         check_tracking_uri(args.tracking_uri)
     if args.address is not None:
         check_ray_address(args.address)
-    check_cluster(args.tracking_uri, args.address)
+    check_cluster(args.tracking_uri, args.address, wants_gpus)
 
 
 def check_data_roots(spec: SweepSpec, spec_path: str) -> None:
@@ -202,7 +205,7 @@ def validate(argv: list[str] | None, prog: str | None = None) -> tuple[argparse.
         check_data_roots(spec, path)
         check_footprint(spec, path)
     if not args.dry_run:
-        check_services(args)
+        check_services(args, any(s.resources.gpus_per_worker > 0 for s in specs))
     return args, specs
 
 
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args, specs = validate(argv, prog)
         if args.dry_run:
             return _dry_runs(args, specs)
-        args.storage = str(make_dir(storage_path(args.storage), "--storage"))  # the first thing created
+        local = make_dir(storage_path(args.storage) or local_dir(args.storage), "--storage")  # the first thing created
+        args.storage = str(local) if storage_path(args.storage) is not None else args.storage
     except BadInput as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -345,7 +349,9 @@ def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     One server and one Ray serve every spec of the invocation (`runner.run_sweeps`)."""
     from orchestrator.mlflow_server import LocalMlflowServer
 
-    server = None if args.tracking_uri else LocalMlflowServer(Path(args.storage).resolve() / "mlflow").launch()
+    host = checks.mlflow_host(args.address)
+    store = local_dir(args.storage) / "mlflow"  # with s3:// storage: this node's working folder (docs/cluster.md)
+    server = None if args.tracking_uri else LocalMlflowServer(store, host=host).launch()
     try:
         from orchestrator import runner
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from orchestrator import storage
 from orchestrator.cache import Cache
 from orchestrator.ray_backend import TrainSession
 from orchestrator.search import run_study
@@ -91,8 +92,9 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def error_file(train_storage: str | Path, key: str) -> Path:
-    return Path(train_storage) / ERRORS_DIR / f"{key}.txt"
+def error_file(train_storage: str | Path, key: str) -> str:
+    """Where a packed cell's error lands, for the driver: a file on the shared folder or an object (storage.py)."""
+    return storage.join(train_storage, ERRORS_DIR, f"{key}.txt")
 
 
 def _read_state(path: Path) -> dict | None:
@@ -209,9 +211,8 @@ def run_pack(
                 if alone:
                     raise
                 if attempt == retries and session.rank == 0:
-                    f = error_file(pack["train_storage"], key)
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    f.write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+                    text = f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}"
+                    storage.write_text(error_file(pack["train_storage"], key), text)
         results.append((key, metrics))
     return results
 
@@ -270,7 +271,7 @@ def _search_cell(cfg: dict, inputs: CellInputs, deps: dict, out: Path, ctx: Stag
         return run_stage(CELL, trial_inputs, deps, tdir, trial_ctx)
 
     return run_study(
-        Path(cfg["storage"]),
+        cfg["storage"],
         cfg["key"],
         search["space"],
         search["trials"],

@@ -1,6 +1,7 @@
 """Multi-node on one machine: `ray.cluster_utils.Cluster` with a CPU head and GPU workers (logical GPUs).
 
-The sweep CLI joins the cluster with --address, like `ray job submit` on a real one. Checks: trial drivers run
+The head declares no `trial_driver` resource, like a cluster not started by cluster.yaml. The sweep CLI joins
+the cluster with --address, like `ray job submit` on a real one. Checks: trial drivers run
 on the head (they only reserve the head's `trial_driver` resource), training workers and shared stages on the GPU
 nodes, trials spread over both GPU nodes, and a worker node removed mid-trial costs a restart from the last
 checkpoint, not the sweep."""
@@ -24,7 +25,9 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"trial_driver": 100}})
+    # a head without our `trial_driver` resource, as any cluster not started by cluster.yaml (KubeRay, a plain
+    # `ray start --head`): trial drivers still go to the head (ray_backend.HEAD_NODE), taking no CPU
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address)

@@ -37,9 +37,9 @@ def test_pack_loop_retries_a_failing_cell_in_place_then_records_it_and_goes_on(t
     assert [k for k, _ in calls] == ["a", "bad", "bad", "bad", "c"]  # 1 try + 2 retries, then on to the next
     assert all(r == {"epoch": 0, "of": k} for k, r in calls)  # each attempt resumes its own cell
     assert done == [("a", {"acc/clean": 1.0}), ("bad", None), ("c", {"acc/clean": 1.0})]
-    err = worker.error_file(tmp_path, "bad").read_text()
+    err = Path(worker.error_file(tmp_path, "bad")).read_text()
     assert err.startswith("ValueError: boom") and "Traceback" in err
-    assert not worker.error_file(tmp_path, "a").exists()
+    assert not Path(worker.error_file(tmp_path, "a")).exists()
 
 
 def test_lone_cells_and_multi_worker_packs_leave_failures_to_ray_train(tmp_path, monkeypatch) -> None:
