@@ -78,7 +78,8 @@ def test_dry_run_json_teacher_vs_student(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert len(report["cells"]) == 6
+    assert len(report["cells"]) == 18  # 6 teachers x 3 distillation seeds
+    assert {c["seed"] for c in report["cells"]} == {0, 1, 2}
     assert {c["teacher"] for c in report["cells"]} == {
         "resnet34",
         "resnet50",
