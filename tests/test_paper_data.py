@@ -124,6 +124,14 @@ def _stage(plan, kind: str):
     return next(s for s in plan.stages.values() if s.kind == kind)
 
 
+def _upstream(plan, stage) -> list[str]:
+    """`stage`'s key after every key it depends on (a topological order of its upstream stages)."""
+    keys: list[str] = []
+    for k in stage.deps.values():
+        keys += [u for u in _upstream(plan, plan.stages[k]) if u not in keys]
+    return keys + [stage.key]
+
+
 def _ctx() -> StageContext:
     return StageContext(reporter=NullReporter(), threads=1)  # 1: the CI box has 2 shared cores
 
@@ -283,20 +291,29 @@ def test_p_mp4_decodes_or_fails_naming_the_file(roots, tmp_path, monkeypatch) ->
 
 
 def test_naive_teacher_runs_on_the_folders_and_is_evaluated_everywhere(roots, eval_sets, tmp_path) -> None:
-    """build_eval_sets -> naive_teacher (ResNet-34 at 32 px, 1 epoch) -> every suite, masked logits included."""
+    """build_eval_sets, build_pool, pretrain_teacher -> naive_teacher (ResNet-34 at 32 px, 1 epoch, the same budget
+    as the robust one: it needs the pool's size and the pretraining) -> every suite, masked logits included."""
     b, _ = eval_sets
     plan = build_plan(
         _spec(
             roots,
-            ("grid.student=[]", "grid.method=[ours]", "teacher_train.epochs=1", "teacher_train.naive_baseline=true"),
+            (
+                "grid.student=[]",
+                "grid.method=[ours]",
+                "teacher_train.epochs=1",
+                "teacher_train.init_epochs=1",
+                "teacher_train.naive_baseline=true",
+            ),
         )
     )
-    ev, teacher = _stage(plan, "build_eval_sets"), _stage(plan, "naive_teacher")
-    (tmp_path / "eval").mkdir(), (tmp_path / "teacher").mkdir()
-    run_stage("build_eval_sets", ev.inputs, {}, tmp_path / "eval", _ctx())
-    m = run_stage("naive_teacher", teacher.inputs, {"eval": tmp_path / "eval"}, tmp_path / "teacher", _ctx())
+    teacher, done = _stage(plan, "naive_teacher"), {}
+    for stage in (plan.stages[k] for k in _upstream(plan, teacher)):
+        done[stage.key] = out = tmp_path / f"{stage.kind}-{stage.key}"
+        out.mkdir()
+        m = run_stage(stage.kind, stage.inputs, {r: done[k] for r, k in stage.deps.items()}, out, _ctx())
+    out = done[teacher.key]
     assert 0.0 <= m["acc/clean"] <= 1.0 and "acc/c/gaussian_noise/5" in m and "fp/mean" in m
-    net = load_model_folder(tmp_path / "teacher").eval()
+    net = load_model_folder(out).eval()
     with torch.no_grad():
         all_m = evaluate_suites(classifier_predictor(net), b, ALL_SUITES, embed=lambda x: net(x))
     for name in ("v2", "r", "a", "sketch", "objectnet", "objectnet_c"):
