@@ -86,10 +86,11 @@ def no_teacher_at_chance(df: pd.DataFrame, col: str) -> Claim | None:
     return Claim(text, ok, "; ".join(lines)) if lines else None
 
 
-def regime_checks(source: str, df: pd.DataFrame) -> list[Claim]:
-    """The regime checks that apply to a table's selected runs (cell or stage runs); [] when none has data."""
+def regime_checks(source: str, df: pd.DataFrame) -> list[Claim] | None:
+    """The regime checks that apply to a table's selected runs (cell or stage runs); None when none has data (runs
+    logged before the checks existed): the report then says "not checked yet" rather than showing nothing."""
     if df.empty:
-        return []
+        return None
     if source == "cell":
         found = [
             teacher_beats_s0(df),
@@ -104,7 +105,7 @@ def regime_checks(source: str, df: pd.DataFrame) -> list[Claim]:
             _plateau(df, "metrics.init/acc/clean_gain_last", "teacher", "model"),
             no_teacher_at_chance(df, "metrics.acc/clean"),
         ]
-    return [c for c in found if c is not None]
+    return [c for c in found if c is not None] or None
 
 
 def regime_warnings(table_id: str, checks: list[Claim]) -> list[str]:
