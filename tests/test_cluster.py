@@ -96,8 +96,18 @@ def test_node_loss_mid_trial_restarts_from_checkpoint(cluster, tmp_path: Path) -
     )
     try:
         wait_for(lambda: any((storage / "ray_train").glob("train-*/checkpoint_*")), 900, "a checkpoint", proc)
-        workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
-        assert workers, "no live Train worker found"
+        workers: list = []
+
+        def live_train_workers() -> bool:  # the State API answers through the dashboard, slow to come up under load
+            try:
+                workers[:] = [
+                    a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name
+                ]
+            except ConnectionError:
+                return False
+            return bool(workers)
+
+        wait_for(live_train_workers, 120, "a live Train worker (State API)", proc)
         victim = next(n for n in gpu_nodes if n.node_id == workers[0].node_id)
         c.remove_node(victim, allow_graceful=False)
         proc.wait(timeout=1200)
