@@ -44,6 +44,24 @@ def server_log(r: rigmod.Rig) -> str:
     return r.sh(r.head, "cat /tmp/mlflow-server.log")
 
 
+def smoke_on_s3(rig) -> list[str]:
+    """The smoke sweep as a user runs it on the head: `--address auto`, the bucket, the head's MLflow server."""
+    return [
+        "python",
+        "-m",
+        "orchestrator.sweep",
+        "sweeps/smoke.yaml",
+        "--address",
+        "auto",
+        "--storage",
+        "s3://robustify/runs",
+        "--tracking-uri",
+        rig.mlflow_uri,
+        *MICRO,
+        *GPU,
+    ]
+
+
 def test_bad_cluster_input_exits_2_with_one_line_before_anything_starts(rig) -> None:
     """The README's old command (a loopback tracking URI) on a 3-host cluster, and an address nothing answers at."""
     cases = {
@@ -90,18 +108,7 @@ def test_smoke_sweep_on_s3_across_hosts_survives_a_dead_worker_host(rig, tmp_pat
     rigmod.s3_client(rig).create_bucket(Bucket="robustify")
     epochs = 20  # about a second each here: a window to kill a host between two checkpoints
     argv = [
-        "python",
-        "-m",
-        "orchestrator.sweep",
-        "sweeps/smoke.yaml",
-        "--address",
-        "auto",
-        "--storage",
-        "s3://robustify/runs",
-        "--tracking-uri",
-        rig.mlflow_uri,
-        *MICRO,
-        *GPU,
+        *smoke_on_s3(rig),
         "--set",
         f"train.epochs={epochs}",
         "--set",
@@ -193,18 +200,7 @@ def test_gpu_sweep_waits_for_the_autoscaler_and_idle_nodes_go_away(rig, tmp_path
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     argv = [
-        "python",
-        "-m",
-        "orchestrator.sweep",
-        "sweeps/smoke.yaml",
-        "--address",
-        "auto",
-        "--storage",
-        "s3://robustify/runs",
-        "--tracking-uri",
-        rig.mlflow_uri,
-        *MICRO,
-        *GPU,
+        *smoke_on_s3(rig),
         "--set",
         "train.epochs=2",
     ]
