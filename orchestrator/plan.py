@@ -173,7 +173,7 @@ class _Builder:
         }
 
     def _teacher(self, teacher: str, seed: int) -> TeacherInputs:
-        cfg = self.spec.teacher_train.model_dump(mode="json")
+        cfg = self.spec.teacher_train_for(teacher).model_dump(mode="json")
         for k in ("naive_baseline", "init_epochs", "init_lr", "init_batch_size"):
             cfg.pop(k)
         return TeacherInputs(_model_ref(self.spec, teacher), _data_inputs(self.spec), cfg, self._ss(seed))
@@ -183,7 +183,7 @@ class _Builder:
         the profile gives the teacher's weights: those are the pretrained start)."""
         deps = {"pool": self.pool(seed), "eval": self.teacher_eval_sets(seed)}
         if not self.spec.weights.get(teacher):
-            tt = self.spec.teacher_train
+            tt = self.spec.teacher_train_for(teacher)
             pre = {"epochs": tt.init_epochs, "lr": tt.init_lr, "batch_size": tt.init_batch_size, "n_images": None}
             inputs = PretrainInputs(_model_ref(self.spec, teacher), _data_inputs(self.spec), pre, 0.0)
             deps["init"] = self.add("pretrain_teacher", inputs)

@@ -204,6 +204,32 @@ def noise2net(images: Tensor, seed: int, batch_size: int = 32) -> Tensor:
     return out
 
 
+def noise2net_online(images: Tensor, g: torch.Generator, share: float = 0.5, width: int = 12, steps: int = 4) -> Tensor:
+    """Noise2Net applied during training to the first `share` of a (shuffled) batch: each of those images gets
+    its own freshly drawn net (grouped convs: one group per image, method.md §2.1), `steps` stacked residual
+    blocks x <- clamp(x + eps * tanh(conv(gelu(conv(x))))), eps ~ U(0.375, 0.75) per image. uint8 in, uint8 out.
+
+    Why online, not in the pool: DeepAugment's reference trains its teacher with a new Noise2Net on half of every
+    batch, so the teacher sees a new distortion at every step, not a fixed set of distorted copies.
+    """
+    n = int(round(share * len(images)))
+    if n == 0:
+        return images
+    x = images[:n].float() / 255.0
+    b, c, h, w = x.shape
+    x = x.reshape(1, b * c, h, w)
+    eps = (0.375 + 0.375 * torch.rand(b, generator=g)).repeat_interleave(c).view(1, b * c, 1, 1)
+    with torch.no_grad():
+        for _ in range(steps):
+            w1 = torch.randn(b * width, c, 3, 3, generator=g) / math.sqrt(c * 9)
+            w2 = torch.randn(b * c, width, 3, 3, generator=g) / math.sqrt(width * 9)
+            hid = F.gelu(F.conv2d(x, w1, padding=1, groups=b))
+            x = (x + eps * torch.tanh(F.conv2d(hid, w2, padding=1, groups=b))).clamp(0, 1)
+    out = images.clone()
+    out[:n] = (x.reshape(b, c, h, w) * 255).round().to(torch.uint8)
+    return out
+
+
 # --------------------------------------------------------------------------------------------- the pool
 
 
@@ -214,7 +240,7 @@ class PoolConfig:
 
     n_images: int = 2000
     augmix_prob: float = 0.5
-    noise2net_share: float = 0.5
+    noise2net_share: float = 0.0  # the paper pool: DeepAugment + AugMix; Noise2Net goes online (noise2net_online)
     p_new: float = 0.05
     augmix_severity: int = 1
 

@@ -63,8 +63,13 @@ def _ce_step(net: Callable[[Tensor], Tensor], xb: Tensor, yb: Tensor, step: int)
     return loss, {"loss": loss.detach()}
 
 
-def _augmix_step(seed: int, jsd_weight: float, severity: int) -> LossFn:
+def _augmix_step(seed: int, jsd_weight: float, severity: int, noise2net_share: float = 0.0) -> LossFn:
+    """AugMix + JSD on (clean, aug1, aug2); with `noise2net_share`, that share of each (shuffled) batch first goes
+    through its own fresh Noise2Net (augment.noise2net_online), drawn from the step's own seed."""
+
     def step_fn(net: nn.Module, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, dict]:
+        if noise2net_share > 0:
+            xb = augment.noise2net_online(xb, torch.Generator().manual_seed(seed * 1_000_033 + step), noise2net_share)
         a1, a2 = augment.augmix_views(xb, seed=seed * 1_000_003 + step, severity=severity)
         logits = net(to_float(torch.cat([xb, a1, a2])))
         lc, l1, l2 = logits.chunk(3)
@@ -114,7 +119,11 @@ def _teacher_stage(
     x, y, pool = _teacher_data(inputs, deps, g, robust)
     net = build_teacher(inputs.model, len(classes), size)
     _load_init(net, deps)
-    step_fn = _augmix_step(seed, tt["jsd_weight"], tt.get("augmix_severity", 1)) if robust else _ce_step
+    step_fn = (
+        _augmix_step(seed, tt["jsd_weight"], tt.get("augmix_severity", 1), tt.get("noise2net_share", 0.0))
+        if robust
+        else _ce_step
+    )
     with Timer() as t:
         _train_classifier(net, x, y, tt["epochs"], tt["lr"], tt["batch_size"], seed, ctx, step_fn)
         precise_bn(net, x, net, seed=seed)
