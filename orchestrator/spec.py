@@ -37,13 +37,13 @@ from orchestrator.spec_errors import first_error, lookup, unknown_key_msg
 from orchestrator.spec_sections import (  # noqa: F401
     BUILTIN_PROFILES,
     LOCAL_DEFAULTS,
+    TEACHER_OVERRIDE_KEYS,
     DataConfig,
     PoolConfig,
     PretrainConfig,
     Resources,
     SearchConfig,
     Strict,
-    TEACHER_OVERRIDE_KEYS,
     TeacherTrainConfig,
     TrainConfig,
     override_problem,
@@ -240,7 +240,8 @@ class SweepSpec(Strict):
         for model, knobs in v.items():
             for knob, value in knobs.items():
                 if knob not in TEACHER_OVERRIDE_KEYS:
-                    raise ValueError(f"{model}.{knob} = {show(value)}: not a teacher_train key; allowed: {', '.join(allowed)}")
+                    keys = ", ".join(allowed)
+                    raise ValueError(f"{model}.{knob} = {show(value)}: not a teacher_train key; allowed: {keys}")
             if base is None:
                 continue  # teacher_train itself is wrong: that error is the one reported
             try:

@@ -3,12 +3,9 @@ helpers to start from its shared stages instead of recomputing them in every tes
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
-
-from tests.procs import run_cli
 
 MICRO = [
     "--set",
@@ -36,12 +33,6 @@ MICRO = [
 
 def sweep_args(storage: Path, *extra: str) -> list[str]:
     return ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage), *MICRO, *extra]
-
-
-def cell_keys(storage: Path, *extra: str) -> dict[str, str]:
-    proc = run_cli([*sweep_args(storage, *extra), "--dry-run", "--json"], timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return {c["method"]: c["key"] for c in json.loads(proc.stdout)["cells"]}
 
 
 def wait_for(predicate, timeout: float, what: str, proc=None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tracking import LocalMlflowServer, runs_dataframe
-from tests.micro import cell_keys, seeded, sweep_args, wait_for
+from tests.micro import seeded, sweep_args, wait_for
 from tests.procs import kill_marked, pids_with_mark, run_cli, start_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
@@ -79,36 +79,6 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path, built_stages: Path) -> Non
     assert _tables(storage) == _tables(clean)
 
 
-def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path, built_stages: Path) -> None:
-    storage = seeded(tmp_path, built_stages)
-    keys = cell_keys(storage)
-    bad = keys["apt"]
-    proc = run_cli(
-        sweep_args(storage, "--set", "resources.max_retries=1"), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]}
-    )
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "FAILED" in proc.stdout and "Traceback" not in proc.stderr
-    df = _runs(storage)
-    cells = df[df["tags.kind"] == "cell"].set_index("tags.cell")
-    assert cells.loc[bad, "status"] == "FAILED" and "fault injected" in cells.loc[bad, "tags.error"]
-    assert cells.loc[keys["ours"], "status"] == "FINISHED"
-    attempts = list((storage / "ray_train" / f"train-{bad}").glob("**/*"))
-    assert attempts, "the failing cell ran under Ray Train"
-    table = (storage / "results" / "smoke" / "supp_table4.csv").read_text()
-    assert "RN-34" in table
-    # plain rerun: the failed cell is reported, not retried
-    again = run_cli(sweep_args(storage), timeout=600)
-    assert "previously failed" in again.stdout and "1 previously failed" in again.stdout
-    # --rerun-failed: only that cell runs
-    fixed = run_cli(sweep_args(storage, "--rerun-failed"), timeout=1200)
-    assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
-    assert "0 stages computed" in fixed.stdout
-    df = _runs(storage)
-    cells = df[df["tags.kind"] == "cell"]
-    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}
-    assert "running 1 cell(s)" in fixed.stdout
-
-
 def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built_stages: Path) -> None:
     """Two cells packed in one trial; SIGKILL everything once the pack has checkpointed. The rerun turns packing
     off (each cell a trial of its own, `train-<key>`: another Train run than the one that checkpointed), and the
@@ -160,9 +130,10 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built
     assert checkpointed
 
 
-def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: Path) -> None:
-    """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place, marked FAILED
-    with its own error, and its pack-mate still finishes; `--rerun-failed` then runs that one cell."""
+def test_failing_cell_is_retried_marked_fails_alone_and_reruns_alone(tmp_path: Path, built_stages: Path) -> None:
+    """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place
+    (`max_retries`), marked FAILED with its own error, and its pack-mate still finishes; a plain rerun reports it
+    without retrying it; `--rerun-failed` then runs that one cell."""
     storage = seeded(tmp_path, built_stages)
     grid = [
         "--set",
@@ -177,9 +148,11 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: P
     proc = run_cli([*sweep_args(storage, *grid), "--dry-run", "--json"], timeout=120)
     keys = {c["data_fraction"]: c["key"] for c in json.loads(proc.stdout)["cells"]}
     bad = keys[0.5]
-    proc = run_cli(sweep_args(storage, *grid), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]})
+    retries = ["--set", "resources.max_retries=1"]
+    proc = run_cli(sweep_args(storage, *grid, *retries), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]})
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "running 4 cell(s) as 2 Ray Tune trial(s)" in proc.stdout and "Traceback" not in proc.stderr
+    assert "running 4 cell(s) as 2 Ray Tune trial(s)" in proc.stdout and "FAILED" in proc.stdout
+    assert "Traceback" not in proc.stderr
     cells = _runs(storage).query("`tags.kind` == 'cell'").set_index("tags.cell")
     assert cells.loc[bad, "status"] == "FAILED" and "fault injected" in cells.loc[bad, "tags.error"]
     assert set(cells.drop(index=bad)["status"]) == {"FINISHED"} and len(cells) == 4
@@ -189,6 +162,9 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: P
         json.loads(m.read_text())["cell"] for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")
     }
     assert owners and owners <= set(keys.values()) - {bad}  # every checkpoint names its own cell
+    assert "RN-34" in (storage / "results" / "smoke" / "supp_table4.csv").read_text()  # tables of what finished
+    again = run_cli(sweep_args(storage, *grid), timeout=600)  # plain rerun: reported, not retried
+    assert "1 previously failed" in again.stdout, again.stdout[-2000:]
     fixed = run_cli(sweep_args(storage, *grid, "--rerun-failed"), timeout=1200)
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
     assert "running 1 cell(s) as 1 Ray Tune trial(s)" in fixed.stdout and "0 stages computed" in fixed.stdout
