@@ -78,6 +78,25 @@ def stage_seconds(stage, spec) -> float:
     return (passes * (_ms_per_image(model, spec.profile) if model else 0.0) + extra_ms) / 1000.0
 
 
+def critical_paths(plan, keys: set[str]) -> dict[str, float]:
+    """Per stage in `keys`: its estimated seconds plus the longest chain of estimated seconds among the stages in
+    `keys` that wait on it (directly or not). Running the largest first is the classic list-scheduling rule: the
+    chain that decides when the last stage can finish starts as early as possible."""
+    below: dict[str, list[str]] = {k: [] for k in keys}
+    for k in keys:
+        for d in plan.stages[k].deps.values():
+            if d in below:
+                below[d].append(k)
+    memo: dict[str, float] = {}
+
+    def path(k: str) -> float:
+        if k not in memo:
+            memo[k] = stage_seconds(plan.stages[k], plan.spec) + max((path(c) for c in below[k]), default=0.0)
+        return memo[k]
+
+    return {k: path(k) for k in keys}
+
+
 def estimate(plan) -> dict[str, Any]:
     """Per stage kind: count, device-hours, and how much of it the cache already holds."""
     spec = plan.spec

@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator import ray_backend, storage, worker
 from orchestrator.cache import CacheCorrupt
-from orchestrator.costs import stage_seconds
+from orchestrator.costs import critical_paths, stage_seconds
 from orchestrator.packing import pack_cells, pack_key
 from orchestrator.plan import Stage, iter_upstream
 from orchestrator.progress import Progress, watching
@@ -126,6 +126,8 @@ def run_stages(
                 res.cpus_per_worker,
                 sc.gpus_per_worker(),
                 lambda t, r, e: _stage_finished(sc, t, r, e, failed, outcome, progress),
+                priority=critical_paths(plan, set(tasks)),
+                max_in_flight=at_once,
             )
         progress.waiting(None)
     log_teacher_flip_rates(sc)

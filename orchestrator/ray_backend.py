@@ -1,15 +1,13 @@
 """The Ray adapter: the only module that imports ray. Runs a plan's shared stages as tasks and its cells as trials.
 
-- Shared stages run as Ray tasks, each submitted as soon as the stages it reads have finished (`run_dag`); the
-  body computes its entry under the cache lock, so two sweeps asking for the same stage compute it once.
+- Shared stages run as Ray tasks, each submitted once the stages it reads have finished, critical path first
+  (`run_dag`); the body computes its entry under the cache lock, so two sweeps compute a stage once.
 - Cells run as Ray Tune trials. Ray Train V2 forbids `Tuner(TorchTrainer)`, so each trial's function is a small
-  *driver* that builds a `TorchTrainer` and calls `fit()` (shared/platform.md). The driver reserves only a tiny
-  custom resource (`trial_driver`, declared on the head) so drivers never starve the training workers.
-- Every Train run has a deterministic name (`train-<pack key>`) under the shared storage path, so a retried
-  trial, or a rerun after the whole sweep was killed, resumes from the run's last checkpoint.
-The adapter knows nothing of stages, cells or MLflow: it takes the bodies to run as callables
-(orchestrator/worker.py provides them, orchestrator/driver.py passes them) and returns their results.
-"""
+  *driver* that builds a `TorchTrainer` and calls `fit()` (shared/platform.md), reserving only a tiny custom
+  resource (`trial_driver`, declared on the head) so drivers never starve the training workers.
+- Every Train run has a deterministic name (`train-<pack key>`) under the shared storage path: a retried trial, or
+  a rerun after the whole sweep was killed, resumes from the run's last checkpoint.
+The adapter knows nothing of stages, cells or MLflow: it runs the callables orchestrator/worker.py provides."""
 
 from __future__ import annotations
 
@@ -30,9 +28,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 TRIAL_DRIVER = "trial_driver"
-# Every Ray cluster's head carries this resource (1.0), whoever started it: trial drivers of a cluster without
-# our `trial_driver` (KubeRay, a plain `ray start --head`) reserve a sliver of it, so they stay on the head and
-# take no CPU a Train worker needs. Tune refuses a driver that asks for nothing ({"CPU": 0}).
+# Every Ray cluster's head has this resource (1.0): trial drivers of a cluster without `trial_driver` (KubeRay, a
+# plain `ray start --head`) reserve a sliver of it, so they stay on the head and take no CPU a Train worker needs.
 HEAD_NODE = "node:__internal_head__"
 # Ray Train V2 settings for every job (Train propagates them from the trial driver to its controller and workers).
 # The health-check interval is also how often the controller drains each worker's one-slot result queue, so a
@@ -221,20 +218,24 @@ def run_dag(
     cpus: float,
     gpus: float,
     on_done: Callable[[dict[str, Any], Any, BaseException | None], None],
+    priority: dict[str, float] | None = None,
+    max_in_flight: int | None = None,
 ) -> None:
-    """Run `fn(task)` for every task as a Ray task as soon as the tasks it depends on have finished (not wave by
-    wave: a slow student pretraining must not hold back the teachers). `on_done(task, result, error)` is called
-    as each finishes; a task whose upstream failed is reported with an error and never started."""
+    """Run `fn(task)` for every task as a Ray task as soon as its upstream tasks have finished (a slow student
+    pretraining must not hold back the teachers); `on_done(task, result, error)` as each ends; a task whose
+    upstream failed is reported with an error, never started. Ready tasks go out highest `priority` first, at most
+    `max_in_flight` at once: Ray queues same-shaped tasks first in, first out, so a short stage others wait on (the
+    pool) or a task ready later would queue behind everything submitted before it."""
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1, retry_exceptions=False)(fn)
-    waiting, running, done, failed = set(tasks), {}, set(), set()
+    waiting, running, done, failed, rank = set(tasks), {}, set(), set(), priority or {}
 
     def submit_ready() -> None:
-        for key in sorted(waiting):
+        for key in sorted(waiting, key=lambda k: (-rank.get(k, 0.0), k)):
             if deps[key] & failed:
                 waiting.discard(key)
                 failed.add(key)
                 on_done(tasks[key], None, RuntimeError("an upstream stage failed"))
-            elif deps[key] <= done:
+            elif deps[key] <= done and not (max_in_flight and len(running) >= max_in_flight):
                 waiting.discard(key)
                 running[remote.remote(tasks[key])] = key
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.costs import LOCAL_MS_PER_IMAGE, estimate, sizes, stage_seconds
+from orchestrator.costs import LOCAL_MS_PER_IMAGE, critical_paths, estimate, sizes, stage_seconds
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from trainables.kinds import KINDS
@@ -70,3 +70,19 @@ def test_paper_profile_uses_gflops_and_whole_splits() -> None:
     s = sizes(plan.spec)
     assert (s.n_train, s.n_test) == (1_281_167, 50_000)  # n_train / n_test null: the whole ImageNet splits
     assert "gpu" in estimate(plan)["device"]
+
+
+def test_critical_paths_add_each_stage_to_the_longest_chain_waiting_on_it() -> None:
+    """Table 4's shared stages: the pool (16 s of work) outranks every teacher pretraining, because all six
+    robustifications and their targets wait on it; each stage's path is its own seconds plus its longest child's."""
+    plan = build_plan(load_spec(ROOT / "sweeps" / "teacher_vs_student.yaml", "local"))
+    keys = {k for k, st in plan.stages.items() if st.kind != "cell"}
+    path = critical_paths(plan, keys)
+    for k in keys:
+        children = [c for c in keys if k in plan.stages[c].deps.values()]
+        own = stage_seconds(plan.stages[k], plan.spec)
+        assert path[k] == pytest.approx(own + max((path[c] for c in children), default=0.0))
+    pool = next(k for k in keys if plan.stages[k].kind == "build_pool")
+    pretrain = [k for k in keys if plan.stages[k].kind == "pretrain_teacher"]
+    assert all(path[pool] > path[k] - stage_seconds(plan.stages[k], plan.spec) for k in pretrain)
+    assert max(path, key=path.get) in {pool, *pretrain}
