@@ -221,11 +221,10 @@ def run_dag(
     priority: dict[str, float] | None = None,
     max_in_flight: int | None = None,
 ) -> None:
-    """Run `fn(task)` for every task as a Ray task as soon as its upstream tasks have finished (a slow student
-    pretraining must not hold back the teachers); `on_done(task, result, error)` as each ends; a task whose
-    upstream failed is reported with an error, never started. Ready tasks go out highest `priority` first, at most
-    `max_in_flight` at once: Ray queues same-shaped tasks first in, first out, so a short stage others wait on (the
-    pool) or a task ready later would queue behind everything submitted before it."""
+    """`fn(task)` for every task as a Ray task once its upstream tasks have finished; `on_done(task, result, error)`
+    as each ends (an upstream failure: an error, never started). Ready tasks go out highest `priority` first, at
+    most `max_in_flight` at once: Ray queues same-shaped tasks FIFO, so a short stage others wait on (the pool)
+    would queue behind everything submitted before it."""
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1, retry_exceptions=False)(fn)
     waiting, running, done, failed, rank = set(tasks), {}, set(), set(), priority or {}
 
@@ -241,17 +240,18 @@ def run_dag(
 
     submit_ready()
     while running:
-        ready, _ = ray.wait(list(running), num_returns=1)
-        key = running.pop(ready[0])
-        try:
-            result, err = ray.get(ready[0]), None
-        except ray.exceptions.RayTaskError as e:
-            result, err = None, e.as_instanceof_cause()
-        except ray.exceptions.RayError as e:
-            result, err = None, e
-        (failed if err is not None else done).add(key)
-        on_done(tasks[key], result, err)
-        submit_ready()
+        ready = ray.wait(list(running), num_returns=1, timeout=1.0)[0]  # a bounded wait lets Ctrl-C through
+        if ready:
+            key = running.pop(ready[0])
+            try:
+                result, err = ray.get(ready[0]), None
+            except ray.exceptions.RayTaskError as e:
+                result, err = None, e.as_instanceof_cause()
+            except ray.exceptions.RayError as e:
+                result, err = None, e
+            (failed if err is not None else done).add(key)
+            on_done(tasks[key], result, err)
+            submit_ready()
 
 
 # ------------------------------------------------------------------------------------------------ cell trials

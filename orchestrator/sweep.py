@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -344,6 +345,10 @@ def _cached_on_disk(storage: str):
     return lambda kind, key: (root / kind / key / MANIFEST).is_file()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     """Our own MLflow server (no `--tracking-uri`) is launched first: it boots while torch, MLflow and Ray load.
     One server and one Ray serve every spec of the invocation (`runner.run_sweeps`)."""
@@ -352,6 +357,7 @@ def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     host = checks.mlflow_host(args.address)
     store = local_dir(args.storage) / "mlflow"  # with s3:// storage: this node's working folder (docs/cluster.md)
     server = None if args.tracking_uri else LocalMlflowServer(store, host=host).launch()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops like Ctrl-C: our server and Ray go with us
     try:
         from orchestrator import runner
 

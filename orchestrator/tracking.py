@@ -378,6 +378,7 @@ def outcomes_loader(uri: str, name: str = "outcomes.npz") -> Callable[[str], dic
     (runs logged before outcomes existed, or stages that write none): the claims then say they have no interval."""
     from trainables.outcomes import load
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run flooded the terminal
     client, seen = MlflowClient(uri), {}
 
     def read(run_id: str) -> dict | None:

@@ -223,6 +223,7 @@ def test_live_view_renders_bars_and_times_without_a_terminal(tmp_path) -> None:
 def test_smoke_sweep_plain_output_and_log_file(smoke_sweep) -> None:
     """The session's smoke sweep ran with stdout captured (not a terminal): plain lines, all of them in the log."""
     assert smoke_sweep.returncode == 0, smoke_sweep.stdout[-2000:] + smoke_sweep.stderr[-3000:]
+    assert "Downloading artifacts" not in smoke_sweep.stdout + smoke_sweep.stderr  # MLflow's per-run progress bars
     lines = [ln for ln in smoke_sweep.stdout.splitlines() if ln.strip()]
     status = [ln for ln in lines if re.match(r"\[[0-9: s]+ elapsed\] stages \d+/\d+, cells \d+/\d+ done", ln)]
     assert any("stages 9/9," in ln for ln in status), lines  # the forced line when the stages are through

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -234,3 +235,28 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path: Path, built_stages: Path) -
 
     assert np.load(target).shape[0] == 80  # the teacher's logits on the clean split again (data.n_train=80)
     assert np.load(target.with_name("pool.npy")).shape[0] == 60
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_mid_stages_stops_at_once_and_leaves_nothing(tmp_path: Path, sig: int) -> None:
+    """Ctrl-C (SIGINT) or `kill PID` (SIGTERM) while shared stages compute: the sweep says how to resume and exits
+    130 within seconds (not when the running stage ends), and takes its MLflow server and local Ray with it."""
+    storage, mark, log = tmp_path / "runs", uuid.uuid4().hex, tmp_path / "sweep.log"
+    proc = start_cli(sweep_args(storage), mark, log=log)
+    try:
+        wait_for(lambda: "computing" in log.read_text(), 300, "shared stages to start", proc)
+        time.sleep(2.0)
+        proc.send_signal(sig)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=90)
+        stopped_after = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while pids_with_mark(mark) and time.monotonic() < deadline:  # Ray's daemons end a moment after the driver
+            time.sleep(0.5)
+        left = pids_with_mark(mark)
+    finally:
+        kill_marked(mark)
+    assert rc == 130, log.read_text()[-2000:]
+    assert "interrupted: rerun the same command to resume" in log.read_text()
+    assert stopped_after < 30, f"took {stopped_after:.0f} s to stop"
+    assert not left, f"left running: {left}"
