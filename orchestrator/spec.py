@@ -43,9 +43,9 @@ from orchestrator.spec_sections import (  # noqa: F401
     Resources,
     SearchConfig,
     Strict,
-    TEACHER_OVERRIDE_KEYS,
     TeacherTrainConfig,
     TrainConfig,
+    check_teacher_overrides,
     override_problem,
 )
 from trainables.vocab import (  # noqa: F401 - re-exported
@@ -235,30 +235,18 @@ class SweepSpec(Strict):
     @classmethod
     def _teacher_overrides(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict:
         _check_names(list(v), "teacher")
-        allowed = sorted(TEACHER_OVERRIDE_KEYS)
-        base = info.data.get("teacher_train")
-        for model, knobs in v.items():
-            for knob, value in knobs.items():
-                if knob not in TEACHER_OVERRIDE_KEYS:
-                    raise ValueError(f"{model}.{knob} = {show(value)}: not a teacher_train key; allowed: {', '.join(allowed)}")
-            if base is None:
-                continue  # teacher_train itself is wrong: that error is the one reported
-            try:
-                TeacherTrainConfig.model_validate({**base.model_dump(), **knobs})
-            except ValidationError as err:
-                e = err.errors()[0]
-                knob = e["loc"][0] if e["loc"] else "?"
-                raise ValueError(f"{model}.{knob} = {show(knobs.get(knob))}: {e['msg']}") from None
-        return v
+        return check_teacher_overrides(v, info.data.get("teacher_train"))
 
     def teacher_train_for(self, teacher: str) -> TeacherTrainConfig:
         """`teacher_train` with this teacher's `teacher_overrides` on top: what its naive pretraining, naive and
         robust fine-tuning run with. Why per teacher: one step size does not suit every family trained from
         scratch (ViTs stay at chance at the ResNets' Adam 1e-3; DeiT's rule gives ~6e-5 at batch 64)."""
         over = self.teacher_overrides.get(teacher)
-        if not over:
-            return self.teacher_train
-        return TeacherTrainConfig.model_validate({**self.teacher_train.model_dump(), **over})
+        return (
+            TeacherTrainConfig.model_validate({**self.teacher_train.model_dump(), **over})
+            if over
+            else self.teacher_train
+        )
 
     @field_validator("reproduces")
     @classmethod

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 def _is_number_field(annotation: Any) -> bool:
@@ -83,6 +83,25 @@ class TeacherTrainConfig(Strict):
 
 # `teacher_overrides` may set any of these per teacher; `naive_baseline` says what a sweep trains, not how.
 TEACHER_OVERRIDE_KEYS = frozenset(TeacherTrainConfig.model_fields) - {"naive_baseline"}
+
+
+def check_teacher_overrides(v: dict[str, dict[str, Any]], base: TeacherTrainConfig | None) -> dict:
+    """`teacher_overrides` values: known `teacher_train` keys, and each teacher's merged section within its bounds
+    (None `base`: teacher_train itself was wrong, and that is the error reported)."""
+    for model, knobs in v.items():
+        for knob, value in knobs.items():
+            if knob not in TEACHER_OVERRIDE_KEYS:
+                keys = ", ".join(sorted(TEACHER_OVERRIDE_KEYS))
+                raise ValueError(f"{model}.{knob} = {value!r}: not a teacher_train key; allowed: {keys}")
+        if base is None:
+            continue
+        try:
+            TeacherTrainConfig.model_validate({**base.model_dump(), **knobs})
+        except ValidationError as err:
+            e = err.errors()[0]
+            knob = e["loc"][0] if e["loc"] else "?"
+            raise ValueError(f"{model}.{knob} = {knobs.get(knob)!r}: {e['msg']}") from None
+    return v
 
 
 class PretrainConfig(Strict):

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real MLflow server on 127.0.0.1 and one real smoke sweep per test session."""
+"""Shared fixtures: a real MLflow server on 127.0.0.1, one real smoke sweep per test session, and the shared
+stages of one micro smoke sweep (tests/micro.py) that the fault and cluster tests start from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tracking import LocalMlflowServer
+from tests import micro
 from tests.procs import kill_marked, run_cli
 
 
@@ -52,3 +54,15 @@ def smoke_store(smoke_sweep: SmokeSweep) -> Path:
     """Storage folder of the finished smoke sweep; its MLflow store is `<storage>/mlflow`."""
     assert smoke_sweep.returncode == 0, smoke_sweep.stderr[-3000:]
     return smoke_sweep.storage
+
+
+@pytest.fixture(scope="session")
+def built_stages(tmp_path_factory) -> Path:
+    """One cold run of the micro smoke sweep; its shared stages (not its cells) seed the tests that fault the
+    cell phase, so each of them does not recompute the same pool, eval sets, student and teacher (~1-2 min
+    each here), in test_reliability and test_cluster. The cold path itself is exercised by the kill -9 test,
+    which starts from an empty store."""
+    storage = tmp_path_factory.mktemp("built") / "runs"
+    proc = run_cli(micro.sweep_args(storage), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return storage

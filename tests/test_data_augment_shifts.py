@@ -69,6 +69,20 @@ def test_deepaugment_and_noise2net_change_images(split) -> None:
         assert (y.float() - x.float()).abs().mean() > 1.0
 
 
+def test_noise2net_online_changes_the_given_share_each_image_by_its_own_net(split) -> None:
+    x = split[0].images[:8]
+    y = augment.noise2net_online(x, torch.Generator().manual_seed(0), share=0.5)
+    assert y.dtype == torch.uint8 and torch.equal(y[4:], x[4:])  # the other half untouched
+    changed = (y[:4].float() - x[:4].float()).abs().mean(dim=(1, 2, 3))
+    assert (changed > 1.0).all()
+    # one net per image: the same image twice in a batch comes out different
+    twin = augment.noise2net_online(torch.stack([x[0], x[0]]), torch.Generator().manual_seed(1), share=1.0)
+    assert not torch.equal(twin[0], twin[1])
+    again = augment.noise2net_online(x, torch.Generator().manual_seed(0), share=0.5)
+    assert torch.equal(y, again)  # seeded
+    assert torch.equal(augment.noise2net_online(x, torch.Generator(), share=0.0), x)
+
+
 def test_augmix_views_seeded(split) -> None:
     x = split[0].images[:8]
     a1, a2 = augment.augmix_views(x, seed=5)

@@ -59,6 +59,22 @@ def test_every_array_averages_to_its_logged_metric() -> None:
     assert float(out["acc/c"][1, 2].mean()) == pytest.approx(metrics["acc/c/snow/3"])
 
 
+def test_transfer_probes_hand_back_their_per_example_correctness() -> None:
+    """A transfer probe is fitted, not replayed: evaluate_suites gives its correctness array, whose mean is the
+    logged accuracy, under the metric's own name (what Fig 2's claim pairs across cells)."""
+    g = torch.Generator().manual_seed(3)
+    y_tr, y_te = torch.arange(60) % 4, torch.arange(30) % 4
+    noisy = lambda y: torch.nn.functional.one_hot(y, 4).float() + 0.8 * torch.randn(len(y), 4, generator=g)  # noqa: E731
+    bundles = {"transfer": {"train_x": noisy(y_tr), "train_y": y_tr, "test_x": noisy(y_te), "test_y": y_te}}
+    probes: dict = {}
+    metrics = evaluate_suites(
+        outcomes.memo(_random_predictor()), bundles, ["transfer"], embed=lambda z: z, probe_outcomes=probes
+    )
+    got = probes["acc/transfer/digits"]
+    assert got.dtype == bool and got.shape == (30,)
+    assert float(got.mean()) == metrics["acc/transfer/digits"] and 0.0 < got.mean() < 1.0
+
+
 def test_file_round_trip_is_exact_and_small(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = {"acc/c": rng.random((15, 5, 300)) < 0.6, "fp/mean": rng.random(50).astype(np.float32)}

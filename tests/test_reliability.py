@@ -14,72 +14,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tracking import LocalMlflowServer, runs_dataframe
+from tests.micro import seeded, sweep_args, wait_for
 from tests.procs import kill_marked, pids_with_mark, run_cli, start_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
-MICRO = [
-    "--set",
-    "data.n_train=80",
-    "--set",
-    "data.n_test=40",
-    "--set",
-    "data.c_per_cell=2",
-    "--set",
-    "data.p_sequences=2",
-    "--set",
-    "data.p_frames=3",
-    "--set",
-    "pool.n_images=60",
-    "--set",
-    "teacher_train.n_images=40",
-    "--set",
-    "eval=[clean, c, p]",
-    "--set",
-    "train.batch_size=16",
-    "--set",
-    "train.mc_samples=3",
-]
-
-
-def sweep_args(storage: Path, *extra: str) -> list[str]:
-    return ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage), *MICRO, *extra]
-
-
-def cell_keys(storage: Path, *extra: str) -> dict[str, str]:
-    proc = run_cli([*sweep_args(storage, *extra), "--dry-run", "--json"], timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return {c["method"]: c["key"] for c in json.loads(proc.stdout)["cells"]}
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def built_stages(tmp_path_factory) -> Path:
-    """One cold run of the micro smoke sweep; its shared stages (not its cells) seed the tests that fault the
-    cell phase, so each of them does not recompute the same pool, eval sets, student and teacher (~1-2 min
-    each here). The cold path itself is exercised by the kill -9 test, which starts from an empty store."""
-    storage = tmp_path_factory.mktemp("built") / "runs"
-    proc = run_cli(sweep_args(storage), timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return storage
-
-
-def seeded(tmp_path: Path, built: Path) -> Path:
-    """A fresh store whose cache already holds the shared stages of `built` (no cells, no MLflow, no Train runs)."""
-    storage = tmp_path / "runs"
-    for kind in (built / "cache").iterdir():
-        if kind.is_dir() and kind.name != "cell":
-            shutil.copytree(kind, storage / "cache" / kind.name)
-    return storage
 
 
 def _runs(storage: Path) -> pd.DataFrame:  # noqa: F821
@@ -92,7 +30,7 @@ def _tables(storage: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(out.glob("supp_table4.*"))}
 
 
-def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
+def test_kill_9_mid_sweep_then_resume(tmp_path: Path, built_stages: Path) -> None:
     """SIGKILL the driver, Ray and MLflow mid-training; the same command then finishes without duplicates."""
     slow = ["--set", "train.epochs=6"]
     storage = tmp_path / "runs"
@@ -133,41 +71,12 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path) -> None:
             if key in checkpointed:  # resumed, not restarted: its first epoch was trained (and logged) once
                 assert steps.count(0) == 1, (key, steps)
     assert checkpointed, "no cell had a checkpoint when it was killed"
-    # the tables equal those of an uninterrupted run of the same command
-    clean = tmp_path / "clean"
+    # the tables equal those of an uninterrupted run of the same command (its shared stages from the session's
+    # micro run: computed by the same code from the same inputs, they are what an empty store would compute)
+    clean = seeded(tmp_path / "clean", built_stages)
     proc = run_cli(sweep_args(clean, *slow), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _tables(storage) == _tables(clean)
-
-
-def test_failing_trial_is_retried_marked_and_rerun_alone(tmp_path: Path, built_stages: Path) -> None:
-    storage = seeded(tmp_path, built_stages)
-    keys = cell_keys(storage)
-    bad = keys["apt"]
-    proc = run_cli(
-        sweep_args(storage, "--set", "resources.max_retries=1"), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]}
-    )
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "FAILED" in proc.stdout and "Traceback" not in proc.stderr
-    df = _runs(storage)
-    cells = df[df["tags.kind"] == "cell"].set_index("tags.cell")
-    assert cells.loc[bad, "status"] == "FAILED" and "fault injected" in cells.loc[bad, "tags.error"]
-    assert cells.loc[keys["ours"], "status"] == "FINISHED"
-    attempts = list((storage / "ray_train" / f"train-{bad}").glob("**/*"))
-    assert attempts, "the failing cell ran under Ray Train"
-    table = (storage / "results" / "smoke" / "supp_table4.csv").read_text()
-    assert "RN-34" in table
-    # plain rerun: the failed cell is reported, not retried
-    again = run_cli(sweep_args(storage), timeout=600)
-    assert "previously failed" in again.stdout and "1 previously failed" in again.stdout
-    # --rerun-failed: only that cell runs
-    fixed = run_cli(sweep_args(storage, "--rerun-failed"), timeout=1200)
-    assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
-    assert "0 stages computed" in fixed.stdout
-    df = _runs(storage)
-    cells = df[df["tags.kind"] == "cell"]
-    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}
-    assert "running 1 cell(s)" in fixed.stdout
 
 
 def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built_stages: Path) -> None:
@@ -221,9 +130,10 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built
     assert checkpointed
 
 
-def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: Path) -> None:
-    """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place, marked FAILED
-    with its own error, and its pack-mate still finishes; `--rerun-failed` then runs that one cell."""
+def test_failing_cell_is_retried_marked_fails_alone_and_reruns_alone(tmp_path: Path, built_stages: Path) -> None:
+    """Four cheap cells in two trials (packing): a cell that keeps failing is retried in place
+    (`max_retries`), marked FAILED with its own error, and its pack-mate still finishes; a plain rerun reports it
+    without retrying it; `--rerun-failed` then runs that one cell."""
     storage = seeded(tmp_path, built_stages)
     grid = [
         "--set",
@@ -238,9 +148,11 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: P
     proc = run_cli([*sweep_args(storage, *grid), "--dry-run", "--json"], timeout=120)
     keys = {c["data_fraction"]: c["key"] for c in json.loads(proc.stdout)["cells"]}
     bad = keys[0.5]
-    proc = run_cli(sweep_args(storage, *grid), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]})
+    retries = ["--set", "resources.max_retries=1"]
+    proc = run_cli(sweep_args(storage, *grid, *retries), timeout=1200, env={"ROBUSTIFY_FAIL_CELLS": bad[:12]})
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "running 4 cell(s) as 2 Ray Tune trial(s)" in proc.stdout and "Traceback" not in proc.stderr
+    assert "running 4 cell(s) as 2 Ray Tune trial(s)" in proc.stdout and "FAILED" in proc.stdout
+    assert "Traceback" not in proc.stderr
     cells = _runs(storage).query("`tags.kind` == 'cell'").set_index("tags.cell")
     assert cells.loc[bad, "status"] == "FAILED" and "fault injected" in cells.loc[bad, "tags.error"]
     assert set(cells.drop(index=bad)["status"]) == {"FINISHED"} and len(cells) == 4
@@ -250,6 +162,9 @@ def test_packed_cells_fail_alone_and_rerun_alone(tmp_path: Path, built_stages: P
         json.loads(m.read_text())["cell"] for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")
     }
     assert owners and owners <= set(keys.values()) - {bad}  # every checkpoint names its own cell
+    assert "RN-34" in (storage / "results" / "smoke" / "supp_table4.csv").read_text()  # tables of what finished
+    again = run_cli(sweep_args(storage, *grid), timeout=600)  # plain rerun: reported, not retried
+    assert "1 previously failed" in again.stdout, again.stdout[-2000:]
     fixed = run_cli(sweep_args(storage, *grid, "--rerun-failed"), timeout=1200)
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
     assert "running 1 cell(s) as 1 Ray Tune trial(s)" in fixed.stdout and "0 stages computed" in fixed.stdout

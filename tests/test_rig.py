@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from tests import rig as rigmod
-from tests.test_reliability import MICRO, wait_for
+from tests.micro import MICRO, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.rig, pytest.mark.timeout(1800)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,21 @@ def test_the_file_overrides_the_built_in_defaults(tmp_path: Path) -> None:
     assert spec.model_overrides["vit_small"] == {"patch_size": 16} and spec.data.n_train == 120
     only_paper = write(tmp_path, MINIMAL + "profiles: {paper: {data: {source: imagenet}}}\n")
     assert load_spec(only_paper).data.n_train == LOCAL_DEFAULTS["data"]["n_train"]
+
+
+def test_teacher_overrides_apply_per_teacher_and_are_checked(tmp_path: Path) -> None:
+    p = write(tmp_path, MINIMAL + "teacher_train: {lr: 5.0e-4}\nteacher_overrides: {resnet50: {init_lr: 1.0e-4}}\n")
+    spec = load_spec(p)
+    assert spec.teacher_train_for("resnet50").init_lr == 1.0e-4 and spec.teacher_train_for("resnet50").lr == 5.0e-4
+    assert spec.teacher_train_for("resnet34") == spec.teacher_train
+    assert spec.teacher_train_for("vit_base").init_lr == 1.0e-4  # the built-in local defaults' ViT step
+    for bad, needle in [
+        ("{vit_base: {init_lr: -1}}", "vit_base.init_lr = -1"),
+        ("{vit_base: {naive_baseline: true}}", "not a teacher_train key; allowed"),
+        ("{vit_bse: {lr: 1.0e-4}}", "unknown teacher 'vit_bse'"),
+    ]:
+        with pytest.raises(SpecError, match=re.escape(needle)):
+            load_spec(write(tmp_path, MINIMAL + f"teacher_overrides: {bad}\n"))
 
 
 @pytest.mark.parametrize("profile", ["paper", "cloud"])

@@ -98,18 +98,23 @@ def evaluate_cell(
         pred = _original_predictor(student, enc)
     trunk = orig_trunk if method == Method.original else student.trunk
     pred = outcomes.memo(pred)  # the outcomes file then reuses these very predictions
-    metrics = evaluate_suites(pred, bundles, suites, embed=lambda f: trunk(embed_in(f)).flatten(1))
+    probes: dict = {}
+    embed = lambda f: trunk(embed_in(f)).flatten(1)  # noqa: E731
+    metrics = evaluate_suites(pred, bundles, suites, embed=embed, probe_outcomes=probes)
     if method != Method.original:  # the untouched student on the same sets: "pretrained vs tuned" in one run
         o = evaluate_suites(_original_predictor(student, enc), bundles, [s for s in suites if s in ("clean", "c")])
         metrics.update({f"original/{k}": v for k, v in o.items() if k in ("acc/clean", "acc/c")})
     if out is not None:
-        _save_outcomes(out, pred, _original_predictor(student, enc), bundles, suites, deps)
+        _save_outcomes(out, pred, _original_predictor(student, enc), bundles, suites, deps, probes)
     return metrics
 
 
-def _save_outcomes(out: Path, pred: Predictor, original: Predictor, bundles: dict, suites: list, deps: dict) -> None:
-    """The cell's per-example outcomes, the untouched student's on clean/C and its teacher's (for the claims)."""
-    o = outcomes.collect(pred, bundles, suites)
+def _save_outcomes(
+    out: Path, pred: Predictor, original: Predictor, bundles: dict, suites: list, deps: dict, probes: dict
+) -> None:
+    """The cell's per-example outcomes (its transfer probes' among them), the untouched student's on clean/C and
+    its teacher's (for the claims)."""
+    o = {**outcomes.collect(pred, bundles, suites), **probes}
     o.update({f"original/{k}": v for k, v in outcomes.collect(original, bundles, ["clean", "c"]).items()})
     if "teacher" in deps:
         o.update(outcomes.copy_from(deps["teacher"], "teacher/"))

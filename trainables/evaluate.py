@@ -158,6 +158,11 @@ def with_flip_rates(fp_metrics: dict[str, float], reference: dict[str, float] | 
 
 def linear_probe(train_z: Tensor, train_y: Tensor, test_z: Tensor, test_y: Tensor, seed: int = 0) -> float:
     """Transfer accuracy: logistic regression on frozen features (standardised), as in CLIP's linear probes."""
+    return float(linear_probe_correct(train_z, train_y, test_z, test_y, seed).mean())
+
+
+def linear_probe_correct(train_z: Tensor, train_y: Tensor, test_z: Tensor, test_y: Tensor, seed: int = 0) -> np.ndarray:
+    """Per test example, whether the probe got it right (what a transfer claim's bootstrap resamples)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -166,7 +171,7 @@ def linear_probe(train_z: Tensor, train_y: Tensor, test_z: Tensor, test_y: Tenso
     scaler = StandardScaler().fit(tr)
     clf = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
     clf.fit(scaler.transform(tr), train_y.numpy())
-    return float((clf.predict(scaler.transform(te)) == test_y.numpy()).mean())
+    return clf.predict(scaler.transform(te)) == test_y.numpy()
 
 
 def evaluate_suites(
@@ -178,8 +183,12 @@ def evaluate_suites(
     embed: Callable[[Tensor], Tensor] | None = None,
     transfer_name: str = "digits",
     batch_size: int = 256,
+    probe_outcomes: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Every requested suite present in `bundles`; suites without data are skipped (tables show "—")."""
+    """Every requested suite present in `bundles`; suites without data are skipped (tables show "—").
+
+    `probe_outcomes`, when given, receives each transfer probe's per-example correctness under its metric name
+    (the probe is fitted once, here; trainables/outcomes.py has no predictor to replay it)."""
     out: dict[str, float] = {}
     if "clean" in suites and "clean" in bundles:
         out.update(eval_clean(predict, bundles["clean"], main, batch_size))
@@ -199,7 +208,11 @@ def evaluate_suites(
             t = bundles[key]
             ztr = apply_chunked(embed, t["train_x"], batch_size)
             zte = apply_chunked(embed, t["test_x"], batch_size)
-            out[f"acc/transfer/{t.get('name', transfer_name)}"] = linear_probe(ztr, t["train_y"], zte, t["test_y"])
+            correct = linear_probe_correct(ztr, t["train_y"], zte, t["test_y"])
+            name = f"acc/transfer/{t.get('name', transfer_name)}"
+            out[name] = float(correct.mean())
+            if probe_outcomes is not None:
+                probe_outcomes[name] = correct
     return out
 
 

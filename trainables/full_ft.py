@@ -94,9 +94,12 @@ def evaluate_full(inputs: CellInputs, deps: dict[str, Path], out: Path | None = 
     net = lambda x: tuned(x, head="combined")  # noqa: E731
     pred = outcomes.memo(classifier_predictor(net))
     with torch.no_grad():
-        metrics = evaluate_suites(pred, bundles, inputs.eval, embed=lambda x: tuned.trunk(tuned.encode(x)).flatten(1))
+        embed = lambda x: tuned.trunk(tuned.encode(x)).flatten(1)  # noqa: E731
+        probes: dict = {}
+        metrics = evaluate_suites(pred, bundles, inputs.eval, embed=embed, probe_outcomes=probes)
         if out is not None:
-            outcomes.save(out / outcomes.OUTCOMES_FILE, outcomes.collect(pred, bundles, list(inputs.eval)))
+            o = {**outcomes.collect(pred, bundles, list(inputs.eval)), **probes}
+            outcomes.save(out / outcomes.OUTCOMES_FILE, o)
     ft = read_metrics(deps["full_ft"])
     counts = tuned.param_counts()
     metrics.update(

@@ -87,7 +87,8 @@ def _flips(predict: Predictor, bundle: dict, batch_size: int) -> dict:
 
 
 def collect(predict: Predictor, bundles: dict, suites: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Per-example outcomes of every suite in `suites` that `bundles` has (transfer: none, it is a probe)."""
+    """Per-example outcomes of every suite in `suites` that `bundles` has (transfer: fitted probes, not
+    predictors; `evaluate.evaluate_suites(probe_outcomes=...)` gives theirs)."""
     out: dict[str, np.ndarray] = {}
     if "clean" in suites and "clean" in bundles:
         out.update(_flat(predict, bundles["clean"], "clean", 0, batch_size))
