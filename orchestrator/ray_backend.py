@@ -222,7 +222,7 @@ def shard_map(cpus: float, gpus: float, in_flight: int, threads: float | None = 
     device = "cuda" if gpus > 0 else None
 
     def run(compute: Callable, items: Any, write: Callable[[Any, Any], None]) -> None:
-        fn, running = [ray.put(compute)], {}
+        fn, running = [], {}  # the network goes to the object store with the first unfinished shard, if any
 
         def take_one() -> None:
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -232,6 +232,7 @@ def shard_map(cpus: float, gpus: float, in_flight: int, threads: float | None = 
             for tag, rows in items:
                 if len(running) >= in_flight:
                     take_one()
+                fn = fn or [ray.put(compute)]
                 # a copy of only these rows: a view would pickle the whole memory-mapped split under it
                 rows = rows.clone() if torch.is_tensor(rows) else rows
                 running[remote.remote(fn, rows, threads or cpus, device)] = tag

@@ -13,7 +13,7 @@ import torch
 from orchestrator import ray_backend
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
-from trainables import outcomes
+from trainables import outcomes, shards
 from trainables.common import NullReporter, StageContext, read_metrics
 from trainables.distill import run_cell
 from trainables.pipeline import run_stage
@@ -162,12 +162,13 @@ def test_extraction_resumes_from_its_finished_shards(dag, tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(300)
-def test_shards_as_ray_tasks_write_the_serial_bytes(dag, tmp_path: Path) -> None:
+def test_shards_as_ray_tasks_write_the_serial_bytes(dag, tmp_path: Path, monkeypatch) -> None:
     """extract_features and teacher_targets with every shard a Ray task (a local Ray of 2 CPUs, 2 shard tasks in
     flight, the fixture's 2 torch threads each) write byte for byte the .npy files of the serial path; a retry
     through the same mapper computes only the shard its scratch folder lacks (teacher_targets, the cheaper).
     About a minute on the shared 2-core machine, niced; most of it the two extractions and Ray's start."""
     plan, done, _ = dag
+    monkeypatch.setattr(shards, "MAP_MIN_ROWS", 0)  # tiny stages would keep their shards in-process
     ray_backend.start(None, num_cpus=2)
     try:
         for kind, folder in (("extract_features", "features"), ("teacher_targets", "targets")):

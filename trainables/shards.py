@@ -34,6 +34,12 @@ from torch import Tensor
 from trainables.common import ShardMap, apply_chunked, load, save, serial_map
 from trainables.footprint import INFER_BATCH, SHARD_ROWS
 
+# Fewer unfinished rows than this in a stage: its shards are computed here even when the context offers a parallel
+# map. Why: a shard task costs seconds before it computes anything (a worker process that imports torch and the
+# model code, a copy of the network through the object store), more than such a pass takes on one CPU; measured
+# on the micro smoke sweep (5 shards of <= 200 rows): extract_features 2.7 s here vs 17.9 s as shard tasks. The
+# local profile stays under it (serial, as before); ImageNet is hundreds of times over.
+MAP_MIN_ROWS = 8 * SHARD_ROWS
 ARRAY = "__array__"  # placeholder key: {ARRAY: "relative/name"} stands for <folder>/relative/name.npy
 META = "meta.pt"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -115,8 +121,8 @@ def _leaves(tree: dict[str, Any], leaf: str = "") -> tuple[dict[str, Any], list[
 
 
 def _unfinished(arrays: list[tuple[str, Tensor]], work: Path, item_dims: int) -> Iterator[tuple[Path, Tensor]]:
-    """(shard file, its input rows) for every shard not yet on disk, lazily: the rows are a view of the (memory-
-    mapped) input, read only when the mapper computes or ships them."""
+    """(shard file, its input rows) for every shard not yet on disk: the rows are a view of the (memory-mapped)
+    input, read only when the mapper computes or ships them."""
     rows = shard_rows()
     for name, x in arrays:
         (work / name).mkdir(parents=True, exist_ok=True)
@@ -132,7 +138,8 @@ def encode_tree(
 ) -> tuple[dict[str, Any], int]:
     """Every uint8 image tensor in a (nested) bundle dict replaced by fn's output, stored as an array of `out`;
     everything else (labels, names, class subsets) kept. The unfinished shards of ALL arrays go to `map_shards` as
-    one stream (a parallel mapper keeps every worker busy across arrays), then each array is assembled.
+    one stream (a parallel mapper keeps every worker busy across arrays; under `MAP_MIN_ROWS` rows in all, the
+    serial one), then each array is assembled.
     Returns (the tree with placeholders, shards computed now)."""
     meta, arrays = _leaves(tree)
     computed = 0
@@ -142,7 +149,9 @@ def encode_tree(
         write_shard(path, y)
         computed += 1
 
-    map_shards(ShardFn(fn, dtype), _unfinished(arrays, work, 3), write)
+    todo = list(_unfinished(arrays, work, 3))  # views: no row is read yet
+    mapper = map_shards if sum(len(x) for _, x in todo) >= MAP_MIN_ROWS else serial_map
+    mapper(ShardFn(fn, dtype), todo, write)
     for name, x in arrays:
         assemble(work / name, out / f"{name}.npy", tuple(x.shape[:-3]), dtype)
     return meta, computed
