@@ -13,6 +13,11 @@ bytes (the script fails otherwise); whether serial_2t does too is reported (thre
 Ray's start is not timed; the network's `ray.put` and every task's overhead are. On a machine shared with other
 work the figures are under contention: compare the ratio, not the seconds.
 
+Measured 2026-12-02 on the 2-core dev machine, niced 19 under another job's sweep (load average ~22, this process
+got ~16% of the CPUs): n 4096, 4 shards, best of 2: serial_1t 22.1 s, serial_2t 81.0 s, ray_2x1t 32.1 s (ratio
+0.69: slower), all three byte-identical. That says what 2 tasks cost when there is less than one free core, not
+what they gain on an idle node (at most 2x here; per GPU on a cluster); rerun on a quiet machine before quoting.
+
 Usage: python -m bench.shard_tasks [--n 4096] [--repeats 2] [--out bench/out]
 """
 
