@@ -38,11 +38,13 @@ from orchestrator.records import (
 )
 from orchestrator.tracking import FAILED, FINISHED
 from trainables.common import read_metrics
+from trainables.features import SHARD_MAPPED
 from trainables.kinds import CELL
 
 FAIL_ENV = "ROBUSTIFY_FAIL_CELLS"  # comma-separated cell-key prefixes (or "*") that raise: fault injection
 CELL_POLL_S = 2.0  # while trials run: a manifest check per pending cell this often
 WAIT_POLL_S = 5.0  # ... and what queued work waits for (Ray's pending demand) this often
+SHARD_TASKS_CAP = 64  # shard tasks in flight per stage when the cluster's size is unknown or huge (memory bound)
 
 
 def execute(sc: SweepContext, rerun_failed: bool = False, progress: Progress | None = None) -> Outcome:
@@ -156,7 +158,20 @@ def _stage_task(sc: SweepContext, stage: Stage) -> dict[str, Any]:
         "storage": str(sc.storage),
         "threads": sc.plan.spec.resources.cpus_per_worker,
         "deps": _deps_of(sc, stage),
+        **(_shard_tasks(sc) if stage.kind in SHARD_MAPPED else {}),
     }
+
+
+def _shard_tasks(sc: SweepContext) -> dict[str, Any]:
+    """How a stage that maps a frozen network over shards spreads them (orchestrator/ray_backend.py `shard_map`):
+    `resources.shard_tasks` in flight, else as many as the cluster fits at once. Its shard tasks take the GPUs, so
+    the stage's own task, which only reads inputs and writes results, asks for none."""
+    res = sc.plan.spec.resources
+    gpus = sc.gpus_per_worker()
+    fit = ray_backend.max_concurrent(sc.cluster, 1, res.cpus_per_worker, gpus, SHARD_TASKS_CAP, res.shard_tasks)
+    if fit <= 1:
+        return {"shard_tasks": 1}
+    return {"shard_tasks": fit, "shard_gpus": gpus, **({"num_gpus": 0} if gpus > 0 else {})}
 
 
 # ------------------------------------------------------------------------------------------------ cells

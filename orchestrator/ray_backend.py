@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,16 @@ from ray.autoscaler.v2 import sdk as autoscaler_sdk
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-TRIAL_DRIVER = "trial_driver"
+from orchestrator.capacity import (  # noqa: F401 - ClusterInfo, max_concurrent, uses_gpus: the adapter's API
+    TRIAL_DRIVER,
+    WAITED_ON,
+    ClusterInfo,
+    autoscaler_gpus,
+    describe_wait,
+    max_concurrent,
+    uses_gpus,
+)
+
 # Every Ray cluster's head has this resource (1.0): trial drivers of a cluster without `trial_driver` (KubeRay, a
 # plain `ray start --head`) reserve a sliver of it, so they stay on the head and take no CPU a Train worker needs.
 HEAD_NODE = "node:__internal_head__"
@@ -42,15 +53,6 @@ TRAIN_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
-
-
-@dataclass
-class ClusterInfo:
-    cpus: float
-    gpus: float
-    has_driver_resource: bool
-    started_here: bool
-    reachable_gpus: float = 0.0  # GPUs an autoscaler may add up to (its config's node types x max_workers)
 
 
 def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
@@ -78,32 +80,13 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
             **quiet,
         )
         started = True
+    # ray.init's fatal-signal handler aborts on SIGTERM: `kill PID` must unwind like Ctrl-C (servers stopped, Ray
+    # shut down, "rerun to resume" said), so put Python's back (main thread only; elsewhere the caller's stays)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     res = ray.cluster_resources()
     reach = 0.0 if started else autoscaler_gpus(AUTOSCALING_CONFIG)
     return ClusterInfo(res.get("CPU", 0.0), res.get("GPU", 0.0), TRIAL_DRIVER in res, started, reach)
-
-
-def autoscaler_gpus(path: Path) -> float:
-    """GPUs the cluster can grow to, from the autoscaler's config on the head (the launcher writes it to
-    ~/ray_bootstrap_config.yaml; `ray start --autoscaling-config` reads it): each node type's GPUs times its
-    max_workers, within the cluster's max_workers. 0 when there is no such file (no autoscaler we can read)."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(Path(path).expanduser().read_text()) or {}
-        types = cfg.get("available_node_types") or {}
-        budget = int(cfg.get("max_workers", 10**6))
-        per_node = sorted(
-            ((float((t.get("resources") or {}).get("GPU", 0)), int(t.get("max_workers", 0))) for t in types.values()),
-            reverse=True,
-        )
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
-        return 0.0
-    total = 0.0
-    for gpus, count in per_node:  # the largest GPU nodes first, as many as the cluster's budget of workers allows
-        n = min(count, budget)
-        total, budget = total + gpus * n, budget - n
-    return total
 
 
 @dataclass
@@ -143,29 +126,6 @@ def stop() -> None:
         ray.shutdown()
 
 
-def uses_gpus(info: ClusterInfo, gpus_per_worker: float) -> bool:
-    """Request GPUs? On a cluster we joined, yes whenever the spec asks for them, even if no GPU node is up yet:
-    an autoscaling cluster (cluster.yaml: GPU workers from 0) only adds GPU nodes for work that requests GPUs.
-    On a Ray we started here, only if this machine has one (the CPU fallback: gloo, no GPU request)."""
-    return gpus_per_worker > 0 and (info.gpus > 0 or not info.started_here)
-
-
-def max_concurrent(
-    info: ClusterInfo, workers: int, cpus: float, gpus: float, n_cells: int, explicit: int | None
-) -> int:
-    """How many trials fit at once: GPU-bound on a GPU cluster, CPU-bound otherwise. On a joined cluster the GPUs
-    it can reach count (its autoscaler's maximum), not only those up now; with neither known, every trial at once,
-    so an autoscaler sees the whole demand."""
-    if explicit:
-        return max(1, min(explicit, n_cells))
-    if gpus > 0:
-        reach = max(info.gpus, info.reachable_gpus)
-        fit = int(reach // (workers * gpus)) if reach else (n_cells if not info.started_here else 1)
-    else:
-        fit = int(info.cpus // (workers * cpus)) if info.cpus else 1
-    return max(1, min(fit, n_cells))
-
-
 def waiting_for() -> str | None:
     """What queued work waits for, in words ("waiting for 1 GPU: 0 of 2 nodes up", "waiting for 1 CPU (x2): 2 of 2
     in use"), or None when nothing waits. Why here: Ray's own view is the only one that sees every request (stage
@@ -176,36 +136,13 @@ def waiting_for() -> str | None:
     demands = status.resource_demands
     for d in [*demands.placement_group_demand, *demands.ray_task_actor_demand]:
         for b in d.bundles_by_count:
-            key = tuple(sorted((r, v) for r, v in b.bundle.items() if r in _WAITED_ON and v > 0))
+            key = tuple(sorted((r, v) for r, v in b.bundle.items() if r in WAITED_ON and v > 0))
             pending[key] = pending.get(key, 0) + b.count
     if not pending:
         return None
     starting = sum(r.count for r in status.pending_launches) + len(status.pending_nodes)
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     return describe_wait(pending, ray.cluster_resources(), ray.available_resources(), nodes, starting)
-
-
-def describe_wait(
-    pending: dict[tuple, int], total: dict[str, float], free: dict[str, float], nodes: list[dict], starting: int
-) -> str | None:
-    """The words of `waiting_for`, from plain numbers: the scarcest resource that a pending request (a bundle of
-    resources -> how many such requests) asks for beyond what is free; the cluster's use of it, or, when no node has
-    it, how many nodes with it are up of those up or starting (an autoscaler adds nodes for pending demand)."""
-    for res in _WAITED_ON:
-        for bundle, count in pending.items():
-            amount = dict(bundle).get(res, 0.0)
-            if amount <= free.get(res, 0.0) + 1e-9:
-                continue
-            what = f"waiting for {amount:g} {res}" + (f" (x{count})" if count > 1 else "")
-            if not total.get(res):
-                up = sum(1 for n in nodes if n.get(res))
-                return f"{what}: {up} of {up + starting} nodes up" if starting else f"{what}: no node has one"
-            used = f"{total[res] - free.get(res, 0.0):g} of {total[res]:g} in use"
-            return f"{what}: {used}" + (f", {starting} node(s) starting" if starting else "")
-    return None
-
-
-_WAITED_ON = ("GPU", "CPU", TRIAL_DRIVER)  # the resources our work asks for, the scarcest first
 
 
 # ------------------------------------------------------------------------------------------------ stage tasks
@@ -224,7 +161,8 @@ def run_dag(
     """`fn(task)` for every task as a Ray task once its upstream tasks have finished; `on_done(task, result, error)`
     as each ends (an upstream failure: an error, never started). Ready tasks go out highest `priority` first, at
     most `max_in_flight` at once: Ray queues same-shaped tasks FIFO, so a short stage others wait on (the pool)
-    would queue behind everything submitted before it."""
+    would queue behind everything submitted before it. A task's own `num_gpus` wins over `gpus` (a stage whose
+    shards run as tasks of their own holds none itself)."""
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1, retry_exceptions=False)(fn)
     waiting, running, done, failed, rank = set(tasks), {}, set(), set(), priority or {}
 
@@ -236,7 +174,8 @@ def run_dag(
                 on_done(tasks[key], None, RuntimeError("an upstream stage failed"))
             elif deps[key] <= done and not (max_in_flight and len(running) >= max_in_flight):
                 waiting.discard(key)
-                running[remote.remote(tasks[key])] = key
+                own = remote.options(num_gpus=tasks[key]["num_gpus"]) if "num_gpus" in tasks[key] else remote
+                running[own.remote(tasks[key])] = key
 
     submit_ready()
     while running:
@@ -252,6 +191,65 @@ def run_dag(
             (failed if err is not None else done).add(key)
             on_done(tasks[key], result, err)
             submit_ready()
+
+
+_SHARD_FN: dict[str, Any] = {}  # per worker process: the shard function it deserialised last (by its object id)
+
+
+def _shard_task(fn_ref: list, rows: Any, threads: float, device: str | None) -> Any:
+    """One shard, in any worker of the cluster: the stage's shard function over the rows shipped with the task.
+    The function (the frozen network) is deserialised once per worker process and stage, not once per shard."""
+    torch.set_num_threads(max(1, int(threads)))
+    key = fn_ref[0].hex()
+    if key not in _SHARD_FN:
+        _SHARD_FN.clear()
+        _SHARD_FN[key] = ray.get(fn_ref[0])
+    return _SHARD_FN[key](rows, device if device and torch.cuda.is_available() else None)
+
+
+def shard_map(cpus: float, gpus: float, in_flight: int, threads: float | None = None) -> Callable:
+    """A `StageContext.map_shards` (trainables/common.py `ShardMap`) over the whole cluster: every shard a Ray task
+    with the stage's resources (`cpus` also its torch threads unless `threads` says otherwise: the serial path's
+    threads, so the rows come out bit-identical), on whichever node has room, at most `in_flight` at once.
+
+    Why the frozen network travels through the object store (one `ray.put` per stage) rather than being rebuilt
+    in each task from the stage's deps: a task then needs nothing from the cache, so a node that never holds the
+    stage's inputs (on s3 storage: never downloaded them) can run shards. Why each shard's input rows travel
+    with its task and its output comes back to the stage's process, which writes it into its scratch folder with
+    the usual write-then-rename (trainables/shards.py), rather than tasks writing shards themselves: on a
+    multi-host cluster the scratch folder is local to the stage's node (an `s3://` cache keeps a local mirror,
+    orchestrator/cache.py), which other nodes cannot write. A killed stage resumes at its next unfinished shard
+    as in the serial path (on another node, a retried stage starts over: its scratch was local to the lost one).
+
+    Memory bound: the stage's process holds one shard's input rows while shipping them and one result while
+    writing it; the object store holds at most `in_flight` shard inputs and outputs plus one copy of the network
+    (ImageNet, CLIP ViT-B/16 tokens: 1024 x 150 kB in + 1024 x 197 x 768 x 2 B out ~ 0.46 GB per shard in flight).
+    """
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=3)(_shard_task)
+    device = "cuda" if gpus > 0 else None
+
+    def run(compute: Callable, items: Any, write: Callable[[Any, Any], None]) -> None:
+        fn, running = [], {}  # the network goes to the object store with the first unfinished shard, if any
+
+        def take_one() -> None:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            write(running.pop(ready[0]), ray.get(ready[0]))
+
+        try:
+            for tag, rows in items:
+                if len(running) >= in_flight:
+                    take_one()
+                fn = fn or [ray.put(compute)]
+                # a copy of only these rows: a view would pickle the whole memory-mapped split under it
+                rows = rows.clone() if torch.is_tensor(rows) else rows
+                running[remote.remote(fn, rows, threads or cpus, device)] = tag
+            while running:
+                take_one()
+        finally:
+            for ref in running:
+                ray.cancel(ref)
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------------ cell trials

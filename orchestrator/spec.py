@@ -260,9 +260,10 @@ class SweepSpec(Strict):
 
     def content_hash(self) -> str:
         """Hash of the resolved spec (what was run), used to tag the MLflow parent run. How cells are packed into
-        trials (or the node memory declared for the footprint check) changes nothing they compute, so a sweep resumed
-        with other packing is the same sweep."""
-        dumped = self.model_dump(mode="json", exclude={"resources": {"cells_per_trial", "node_memory_gb"}})
+        trials (or the node memory declared for the footprint check, or how many shard tasks run at once) changes
+        nothing they compute, so a sweep resumed with other packing is the same sweep."""
+        same = {"cells_per_trial", "node_memory_gb", "shard_tasks"}
+        dumped = self.model_dump(mode="json", exclude={"resources": same})
         return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -167,6 +167,10 @@ class Resources(Strict):
     # Memory of one worker node, GB: a plan whose hungriest stage needs more is refused before anything starts
     # (orchestrator/costs.py `footprint`). None: not checked (the footprint is still printed by --dry-run).
     node_memory_gb: float | None = Field(None, gt=0)
+    # Shard tasks in flight at once per stage that maps a frozen network over shards (extract_features,
+    # teacher_targets: orchestrator/ray_backend.py `shard_map`), each with cpus/gpus_per_worker. None: as many as
+    # the cluster fits at once (its CPUs, or GPUs, per worker; at most 64); 1: the stage computes its own shards.
+    shard_tasks: int | None = Field(None, ge=1)
 
 
 class SearchConfig(Strict):

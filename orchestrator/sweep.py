@@ -345,10 +345,6 @@ def _cached_on_disk(storage: str):
     return lambda kind, key: (root / kind / key / MANIFEST).is_file()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     """Our own MLflow server (no `--tracking-uri`) is launched first: it boots while torch, MLflow and Ray load.
     One server and one Ray serve every spec of the invocation (`runner.run_sweeps`)."""
@@ -357,7 +353,7 @@ def _run(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     host = checks.mlflow_host(args.address)
     store = local_dir(args.storage) / "mlflow"  # with s3:// storage: this node's working folder (docs/cluster.md)
     server = None if args.tracking_uri else LocalMlflowServer(store, host=host).launch()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops like Ctrl-C: our server and Ray go with us
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill PID` stops like Ctrl-C (see ray_backend.start)
     try:
         from orchestrator import runner
 

@@ -24,7 +24,7 @@ import torch
 
 from orchestrator import storage
 from orchestrator.cache import Cache
-from orchestrator.ray_backend import TrainSession
+from orchestrator.ray_backend import TrainSession, shard_map
 from orchestrator.search import run_study
 from orchestrator.tracking import RunLogger, system_metrics
 from trainables.common import NullReporter, StageContext, read_metrics, seed_everything, write_metrics
@@ -74,6 +74,8 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     logger = RunLogger(task["uri"], task["run_id"], task["patience_s"]) if task.get("run_id") else None
     scratch = partial_dir(cache, task["kind"], task["key"])
     ctx = StageContext(reporter=logger or NullReporter(), threads=task["threads"], scratch=scratch)
+    if task.get("shard_tasks", 1) > 1:  # its shards as Ray tasks over the cluster, this many at once
+        ctx.map_shards = shard_map(task["threads"], task.get("shard_gpus", 0.0), task["shard_tasks"])
     inputs = KINDS[task["kind"]].inputs.from_payload(task["inputs"])
     t0 = time.perf_counter()
 

@@ -1,9 +1,13 @@
-"""The Ray adapter (orchestrator/ray_backend.py): GPU requests and trial concurrency per cluster, and the order in
-which shared stages go out (a real local Ray)."""
+"""The Ray adapter (orchestrator/ray_backend.py): GPU requests, trial concurrency and shard tasks per cluster, and
+the order in which shared stages go out (a real local Ray)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from orchestrator.driver import SHARD_TASKS_CAP, _shard_tasks
 from orchestrator.ray_backend import ClusterInfo, max_concurrent, uses_gpus
+from orchestrator.spec import SweepSpec
 
 
 def test_gpu_requests_and_concurrency_on_local_and_joined_clusters() -> None:
@@ -51,3 +55,33 @@ def test_run_dag_runs_the_critical_path_first_and_holds_back_the_rest() -> None:
     finally:
         ray.shutdown()
     assert order == ["b", "c", "x!", "d!", "a"]  # d never ran: its upstream failed
+
+
+def _sweep(resources: dict, cluster: ClusterInfo, gpus: float) -> SimpleNamespace:
+    """What `driver._shard_tasks` reads of a SweepContext: the spec's resources, the cluster, the GPUs it grants."""
+    spec = SweepSpec(name="t", grid={"student": ["resnet101"], "method": ["original"]}, resources=resources)
+    return SimpleNamespace(plan=SimpleNamespace(spec=spec), cluster=cluster, gpus_per_worker=lambda: gpus)
+
+
+def test_shard_tasks_per_stage_fill_the_cluster_or_the_knob() -> None:
+    laptop = ClusterInfo(cpus=2, gpus=0, has_driver_resource=True, started_here=True)
+    assert _shard_tasks(_sweep({}, laptop, 0)) == {"shard_tasks": 2, "shard_gpus": 0}
+    assert _shard_tasks(_sweep({"shard_tasks": 1}, laptop, 0)) == {"shard_tasks": 1}  # the stage does its own
+    assert _shard_tasks(_sweep({"cpus_per_worker": 2}, laptop, 0)) == {"shard_tasks": 1}
+    gpu_box = ClusterInfo(cpus=64, gpus=8, has_driver_resource=True, started_here=True)
+    # 8 GPUs, one per shard task; the stage's own task asks for none of them
+    assert _shard_tasks(_sweep({"gpus_per_worker": 1}, gpu_box, 1)) == {
+        "shard_tasks": 8,
+        "shard_gpus": 1,
+        "num_gpus": 0,
+    }
+    assert _shard_tasks(_sweep({"gpus_per_worker": 1, "shard_tasks": 3}, gpu_box, 1))["shard_tasks"] == 3
+    unknown = ClusterInfo(cpus=8, gpus=0, has_driver_resource=True, started_here=False)  # GPU nodes from 0
+    assert _shard_tasks(_sweep({"gpus_per_worker": 1}, unknown, 1))["shard_tasks"] == SHARD_TASKS_CAP
+
+
+def test_shard_tasks_leave_the_sweep_identity_alone() -> None:
+    """How many shard tasks run at once changes no number (they are bit-identical), so not the sweep's hash."""
+    laptop = ClusterInfo(cpus=2, gpus=0, has_driver_resource=True, started_here=True)
+    a, b = _sweep({}, laptop, 0).plan.spec, _sweep({"shard_tasks": 5}, laptop, 0).plan.spec
+    assert a.content_hash() == b.content_hash()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.common import apply_chunked
+from trainables import shards
+from trainables.common import apply_chunked, serial_map
 from trainables.shards import Chain, Rows, load_tree, store_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,24 @@ def test_fp16_storage_and_lazy_rows(tmp_path: Path) -> None:
     assert torch.equal(rows[1:3], stored[idx[1:3]].float())
     chain = Chain(Rows(stored, idx), Rows(stored, idx.flip(0)))
     assert torch.equal(chain[2:6], torch.cat([rows[2:4], Rows(stored, idx.flip(0))[0:2]]))
+
+
+def test_a_parallel_map_gets_the_shards_of_large_stages_only(tmp_path: Path, monkeypatch) -> None:
+    """The context's map is handed every unfinished shard of every array in one stream, when the stage is large
+    enough to be worth shipping (`MAP_MIN_ROWS`); a small one computes them itself (a shard task costs seconds)."""
+    seen: list[int] = []
+
+    def recording_map(compute, items, write) -> None:
+        items = list(items)
+        seen.append(len(items))
+        serial_map(compute, items, write)
+
+    tree = {"a": _images(1100), "b": {"c": _images(2, 300)}}
+    assert store_tree(_net(), tree, tmp_path / "small", None, "float32", recording_map) == 3 and seen == []
+    monkeypatch.setattr(shards, "MAP_MIN_ROWS", 1500)
+    assert store_tree(_net(), tree, tmp_path / "large", None, "float32", recording_map) == 3 and seen == [3]
+    for f in ("a.npy", "b/c.npy"):
+        assert (tmp_path / "small" / f).read_bytes() == (tmp_path / "large" / f).read_bytes()
 
 
 _SLOW_EXTRACTION = """

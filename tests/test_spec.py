@@ -214,6 +214,8 @@ def test_duplicate_keys_and_yaml12_floats(tmp_path: Path) -> None:
         ("train.epochs='3'", "expected a number, got text"),
         ("train.lr=.inf", "finite number"),
         ("resources.cpus_per_worker=.nan", "finite number"),
+        ("resources.shard_tasks=0", "resources.shard_tasks': 0 Input should be greater than or equal to 1"),
+        ("resources.shard_tasks=true", "expected a number, got true/false"),
         ("model_overrides.vit_base.patch_size=-1", "patch_size = -1: allowed: a whole number from 1 to 4096"),
         ("model_overrides.vit_base.patch_size=true", "patch_size = True"),
         ("model_overrides.vit_base.budget_m=0", "budget_m = 0"),

@@ -1,5 +1,6 @@
 """Stage-level tests of the data plane, without Ray: the whole DAG on tiny sizes, distillation on a few batches,
-and the exactness of training on cached features vs the full student forward."""
+and the exactness of training on cached features vs the full student forward; and one with a local Ray: the
+frozen-network stages with their shards as Ray tasks write the serial path's bytes."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator import ray_backend
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
-from trainables import outcomes
+from trainables import outcomes, shards
 from trainables.common import NullReporter, StageContext, read_metrics
 from trainables.distill import run_cell
 from trainables.pipeline import run_stage
@@ -157,6 +159,39 @@ def test_extraction_resumes_from_its_finished_shards(dag, tmp_path: Path) -> Non
     for f in sorted(ref.rglob("*.npy")):
         rel = f.relative_to(ref)
         assert f.read_bytes() == (first / "features" / rel).read_bytes() == (second / "features" / rel).read_bytes()
+
+
+@pytest.mark.timeout(300)
+def test_shards_as_ray_tasks_write_the_serial_bytes(dag, tmp_path: Path, monkeypatch) -> None:
+    """extract_features and teacher_targets with every shard a Ray task (a local Ray of 2 CPUs, 2 shard tasks in
+    flight, the fixture's 2 torch threads each) write byte for byte the .npy files of the serial path; a retry
+    through the same mapper computes only the shard its scratch folder lacks (teacher_targets, the cheaper).
+    About a minute on the shared 2-core machine, niced; most of it the two extractions and Ray's start."""
+    plan, done, _ = dag
+    monkeypatch.setattr(shards, "MAP_MIN_ROWS", 0)  # tiny stages would keep their shards in-process
+    ray_backend.start(None, num_cpus=2)
+    try:
+        for kind, folder in (("extract_features", "features"), ("teacher_targets", "targets")):
+            stage = next(s for s in plan.stages.values() if s.kind == kind)
+            deps = {role: done[k] for role, k in stage.deps.items()}
+            scratch = tmp_path / kind / "scratch"
+            ctx = StageContext(threads=2, scratch=scratch, map_shards=ray_backend.shard_map(1, 0, 2, threads=2))
+            outs = [tmp_path / kind / "first", tmp_path / kind / "second"]
+            outs[0].mkdir(parents=True)
+            computed = run_stage(kind, stage.inputs, deps, outs[0], ctx)[f"{folder}/shards_computed"]
+            assert computed >= 2  # several shards, so two ran at once
+            if kind == "teacher_targets":  # the cheaper stage: a retry after a shard was lost
+                next(scratch.rglob("00000.npy")).unlink()  # the shard a killed attempt had not finished
+                outs[1].mkdir()
+                assert run_stage(kind, stage.inputs, deps, outs[1], ctx)[f"{folder}/shards_computed"] == 1
+            ref = done[stage.key] / folder
+            files = sorted(ref.rglob("*.npy"))
+            assert len(files) >= 2
+            for f in files:
+                rel = f.relative_to(ref)
+                assert all(f.read_bytes() == (out / folder / rel).read_bytes() for out in outs if out.is_dir())
+    finally:
+        ray_backend.stop()
 
 
 def _tail_after_training(inputs, deps: dict[str, Path], rank: int, world: int, wrap) -> dict[str, torch.Tensor]:

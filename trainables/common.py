@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,24 @@ from torch import Tensor, nn
 
 class Reporter(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
+
+
+class ShardMap(Protocol):
+    """How a stage maps a frozen network over its shards: `compute(x)` for every `(tag, x)` of `items`, each result
+    handed to `write(tag, result)` in the calling process (any order). `items` is lazy: an item's rows are read only
+    when it is taken, so a mapper that takes a few at a time holds only those."""
+
+    def __call__(
+        self, compute: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], write: Callable[[Any, Any], None]
+    ) -> None: ...
+
+
+def serial_map(
+    compute: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], write: Callable[[Any, Any], None]
+) -> None:
+    """The default `StageContext.map_shards`: one item after another in this process (no Ray anywhere)."""
+    for tag, x in items:
+        write(tag, compute(x))
 
 
 class NullReporter:
@@ -47,6 +65,9 @@ class StageContext:
         threads: torch intra-op threads.
         scratch: a folder kept across retries of this stage (per cache key) for resumable work, e.g. finished
             shards (trainables/shards.py); None: none (the stage then works inside its output folder).
+        map_shards: how the stage's shards are computed (`ShardMap`): one after another here by default; the Ray
+            adapter hands in a parallel map over the cluster (orchestrator/ray_backend.py `shard_map`), so the data
+            plane parallelises without importing Ray.
     """
 
     reporter: Reporter = field(default_factory=NullReporter)
@@ -58,6 +79,7 @@ class StageContext:
     resume: dict | None = None
     threads: int | None = None
     scratch: Path | None = None
+    map_shards: ShardMap = serial_map
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
         if self.rank == 0:

@@ -7,6 +7,10 @@ terabytes; no process may hold a whole set. A stage that maps a frozen network o
    and renamed when complete, so a shard file that exists is whole: a killed run, rerun with the same work folder
    (the worker's `StageContext.scratch`, kept per stage key until the entry is published), skips the finished
    shards and resumes at the next unfinished one;
+   Who computes the shards is the stage context's `map_shards` (trainables/common.py `ShardMap`): one after
+   another in the stage's process by default, or, under Ray, shard tasks spread over the cluster
+   (orchestrator/ray_backend.py `shard_map`), which hand each result back to the stage's process to be written
+   here; either way a shard is written whole or not at all, so resuming works the same;
 2. assembles the shards into one `.npy` per array in the stage's output folder, copying shard by shard;
 3. is read back with `load_tree`: every array a copy-on-write memory map, so a reader touches (and the kernel
    pages in) only the rows it indexes.
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +31,58 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.common import apply_chunked, load, save
+from trainables.common import ShardMap, apply_chunked, load, save, serial_map
 from trainables.footprint import INFER_BATCH, SHARD_ROWS
 
+# Fewer unfinished rows than this in a stage: its shards are computed here even when the context offers a parallel
+# map. Why: a shard task costs seconds before it computes anything (a worker process that imports torch and the
+# model code, a copy of the network through the object store), more than such a pass takes on one CPU; measured
+# on the micro smoke sweep (5 shards of <= 200 rows): extract_features 2.7 s here vs 17.9 s as shard tasks. The
+# local profile stays under it (serial, as before); ImageNet is hundreds of times over.
+MAP_MIN_ROWS = 8 * SHARD_ROWS
 ARRAY = "__array__"  # placeholder key: {ARRAY: "relative/name"} stands for <folder>/relative/name.npy
 META = "meta.pt"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def encode_shards(fn: Callable[[Tensor], Tensor], x: Tensor, work: Path, dtype: str, item_dims: int = 3) -> int:
-    """fn over the rows of `x` (leading dims flattened, as `apply_chunked`), shard by shard into `work/NNNNN.npy`.
+@dataclass(frozen=True)
+class ShardFn:
+    """What computes one shard: `fn` over its rows in inference batches, cast to the storage dtype.
 
-    Returns:
-        How many shards were computed now (the others were found complete from an earlier, interrupted run).
+    Why an object that carries its batch size and dtype: a parallel `map_shards` runs it in another process,
+    maybe on another host, whose module globals are not this one's; pickled with it, they make every shard the
+    same computation as the serial path's, so the rows come out bit-identical whichever mapper ran them.
     """
-    work.mkdir(parents=True, exist_ok=True)
-    flat = x.reshape(-1, *x.shape[-item_dims:])
-    rows = max(INFER_BATCH, SHARD_ROWS // INFER_BATCH * INFER_BATCH)
-    computed = 0
-    for i, start in enumerate(range(0, len(flat), rows)):
-        f = work / f"{i:05d}.npy"
-        if f.is_file():
-            continue
-        y = apply_chunked(fn, flat[start : start + rows], INFER_BATCH)
-        tmp = work / f".{i:05d}.tmp.npy"
-        np.save(tmp, y.numpy().astype(DTYPES[dtype], copy=False))
-        os.replace(tmp, f)
-        computed += 1
-    return computed
+
+    fn: Callable[[Tensor], Tensor]
+    dtype: str
+    batch: int = INFER_BATCH
+
+    def __call__(self, rows: Tensor, device: str | None = None) -> np.ndarray:
+        """The shard's output rows. `device` ("cuda" in a shard task that holds a GPU): the network moves there for
+        this shard and back to the CPU after it, so an idle worker process keeps no GPU memory."""
+        net = getattr(self.fn, "__self__", self.fn)  # a bound method (`student.encode`) or the module itself
+        if device is None or not isinstance(net, torch.nn.Module):
+            return apply_chunked(self.fn, rows, self.batch).numpy().astype(DTYPES[self.dtype], copy=False)
+        net.to(device)
+        try:
+            y = apply_chunked(self.fn, rows, self.batch, device=torch.device(device))
+        finally:
+            net.to("cpu")
+        return y.numpy().astype(DTYPES[self.dtype], copy=False)
+
+
+def shard_rows() -> int:
+    """Rows per shard: `SHARD_ROWS` rounded to whole inference batches (so every row is computed in the same batch
+    as in an unsharded pass)."""
+    return max(INFER_BATCH, SHARD_ROWS // INFER_BATCH * INFER_BATCH)
+
+
+def write_shard(path: Path, y: np.ndarray) -> None:
+    """Write under a temporary name, then rename: a shard file that exists is whole."""
+    tmp = path.parent / f".{path.stem}.tmp.npy"
+    np.save(tmp, y)
+    os.replace(tmp, path)
 
 
 def assemble(work: Path, dest: Path, lead: tuple[int, ...], dtype: str) -> None:
@@ -74,32 +103,72 @@ def assemble(work: Path, dest: Path, lead: tuple[int, ...], dtype: str) -> None:
     del out, flat
 
 
-def encode_tree(
-    fn: Callable[[Tensor], Tensor], tree: dict[str, Any], out: Path, work: Path, dtype: str, leaf: str = ""
-) -> tuple[dict[str, Any], int]:
-    """Every uint8 image tensor in a (nested) bundle dict replaced by fn's output, stored as an array of `out`;
-    everything else (labels, names, class subsets) kept. Returns (the tree with placeholders, shards computed)."""
-    res: dict[str, Any] = {}
-    computed = 0
+def _leaves(tree: dict[str, Any], leaf: str = "") -> tuple[dict[str, Any], list[tuple[str, Tensor]]]:
+    """The tree with every uint8 image tensor replaced by its placeholder, and those tensors by name."""
+    meta: dict[str, Any] = {}
+    found: list[tuple[str, Tensor]] = []
     for k, v in tree.items():
         name = f"{leaf}/{k}" if leaf else str(k)
         if isinstance(v, dict):
-            res[k], n = encode_tree(fn, v, out, work, dtype, name)
-            computed += n
+            meta[k], more = _leaves(v, name)
+            found += more
         elif torch.is_tensor(v) and v.dtype == torch.uint8:
-            computed += encode_shards(fn, v, work / name, dtype)
-            assemble(work / name, out / f"{name}.npy", tuple(v.shape[:-3]), dtype)
-            res[k] = {ARRAY: name}
+            meta[k] = {ARRAY: name}
+            found.append((name, v))
         else:
-            res[k] = v
-    return res, computed
+            meta[k] = v
+    return meta, found
 
 
-def store_tree(fn: Callable[[Tensor], Tensor], tree: dict[str, Any], out: Path, work: Path | None, dtype: str) -> int:
+def _unfinished(arrays: list[tuple[str, Tensor]], work: Path, item_dims: int) -> Iterator[tuple[Path, Tensor]]:
+    """(shard file, its input rows) for every shard not yet on disk: the rows are a view of the (memory-mapped)
+    input, read only when the mapper computes or ships them."""
+    rows = shard_rows()
+    for name, x in arrays:
+        (work / name).mkdir(parents=True, exist_ok=True)
+        flat = x.reshape(-1, *x.shape[-item_dims:])
+        for i, start in enumerate(range(0, len(flat), rows)):
+            f = work / name / f"{i:05d}.npy"
+            if not f.is_file():
+                yield f, flat[start : start + rows]
+
+
+def encode_tree(
+    fn: Callable[[Tensor], Tensor], tree: dict[str, Any], out: Path, work: Path, dtype: str, map_shards: ShardMap
+) -> tuple[dict[str, Any], int]:
+    """Every uint8 image tensor in a (nested) bundle dict replaced by fn's output, stored as an array of `out`;
+    everything else (labels, names, class subsets) kept. The unfinished shards of ALL arrays go to `map_shards` as
+    one stream (a parallel mapper keeps every worker busy across arrays; under `MAP_MIN_ROWS` rows in all, the
+    serial one), then each array is assembled.
+    Returns (the tree with placeholders, shards computed now)."""
+    meta, arrays = _leaves(tree)
+    computed = 0
+
+    def write(path: Path, y: np.ndarray) -> None:
+        nonlocal computed
+        write_shard(path, y)
+        computed += 1
+
+    todo = list(_unfinished(arrays, work, 3))  # views: no row is read yet
+    mapper = map_shards if sum(len(x) for _, x in todo) >= MAP_MIN_ROWS else serial_map
+    mapper(ShardFn(fn, dtype), todo, write)
+    for name, x in arrays:
+        assemble(work / name, out / f"{name}.npy", tuple(x.shape[:-3]), dtype)
+    return meta, computed
+
+
+def store_tree(
+    fn: Callable[[Tensor], Tensor],
+    tree: dict[str, Any],
+    out: Path,
+    work: Path | None,
+    dtype: str,
+    map_shards: ShardMap = serial_map,
+) -> int:
     """`encode_tree` into `out` plus its `meta.pt`; the shards go to `work` (None: a folder inside `out`, removed
-    once assembled). Returns the shards computed now."""
+    once assembled), computed by `map_shards` (`StageContext.map_shards`). Returns the shards computed now."""
     scratch = work if work is not None else out / ".shards"
-    meta, computed = encode_tree(fn, tree, out, scratch, dtype)
+    meta, computed = encode_tree(fn, tree, out, scratch, dtype, map_shards)
     save(meta, out / META)
     if work is None:
         shutil.rmtree(scratch, ignore_errors=True)
