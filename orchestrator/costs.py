@@ -1,8 +1,8 @@
 """Cost estimate for a plan: per stage kind, how many stages and roughly how many device-hours.
 
 Why a table and not a profiler run: `--dry-run` must start nothing. Two sources, kept here in the repo:
-- `LOCAL_MS_PER_IMAGE`: forward time per image at the local profile's sizes (32 px, ViT patch 8 / CLIP patch 16),
-  measured on the 2-core reference machine (shared/platform.md, after two warm-up calls);
+- `LOCAL_MS_PER_IMAGE`: time per image pass at the local profile's sizes, measured inside a sweep on the 2-core
+  reference machine (see the table);
 - `GFLOPS_PER_IMAGE`: forward GFLOPs at the paper's native resolution, turned into time with an assumed
   sustained throughput per GPU (`GPU_EFFECTIVE_TFLOPS`, deliberately conservative for fp32/AMP training loops).
 A training step costs about 3 forwards (forward + backward); what each stage kind does per image is declared
@@ -16,18 +16,22 @@ from typing import Any
 from trainables.footprint import FOOTPRINTS, GB, Footprint
 from trainables.kinds import KINDS, Sizes
 
+# Measured in the cold Table 4 run of 2026-12-02: a training pass per image (pretraining stage time / its
+# passes), one thread per stage, two stages at once, as the local profile runs them (32 px, ViT-S/B patch 16,
+# CLIP patch 16). Models that sweep did not train scale by its CLIP ViT-B/16 ratio (x3.6 the old 2-thread
+# forward table): an estimate, flagged here so the next measurement replaces it.
 LOCAL_MS_PER_IMAGE = {
-    "resnet34": 0.7,
-    "resnet50": 1.1,
-    "resnet101": 1.8,
-    "resnet152": 2.6,
-    "vit_small": 2.9,
-    "vit_base": 10.6,
-    "clip_rn50": 1.4,
-    "clip_rn101": 2.2,
-    "clip_vit_b16": 3.4,
-    "clip_vit_b32": 3.4,
-    "clip_vit_l14_336": 12.0,
+    "resnet34": 2.5,
+    "resnet50": 3.5,
+    "resnet101": 10.1,
+    "resnet152": 10.2,
+    "vit_small": 3.8,
+    "vit_base": 13.5,
+    "clip_rn50": 5.0,  # x3.6
+    "clip_rn101": 7.9,  # x3.6
+    "clip_vit_b16": 12.2,
+    "clip_vit_b32": 12.2,  # x3.6
+    "clip_vit_l14_336": 43.0,  # x3.6
 }
 GFLOPS_PER_IMAGE = {
     "resnet34": 3.6,
