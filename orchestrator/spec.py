@@ -46,6 +46,7 @@ from orchestrator.spec_sections import (  # noqa: F401
     TeacherTrainConfig,
     TrainConfig,
     check_teacher_overrides,
+    merged_teacher_train,
     override_problem,
 )
 from trainables.vocab import (  # noqa: F401 - re-exported
@@ -241,12 +242,7 @@ class SweepSpec(Strict):
         """`teacher_train` with this teacher's `teacher_overrides` on top: what its naive pretraining, naive and
         robust fine-tuning run with. Why per teacher: one step size does not suit every family trained from
         scratch (ViTs stay at chance at the ResNets' Adam 1e-3; DeiT's rule gives ~6e-5 at batch 64)."""
-        over = self.teacher_overrides.get(teacher)
-        return (
-            TeacherTrainConfig.model_validate({**self.teacher_train.model_dump(), **over})
-            if over
-            else self.teacher_train
-        )
+        return merged_teacher_train(self.teacher_train, self.teacher_overrides.get(teacher, {}))
 
     @field_validator("reproduces")
     @classmethod

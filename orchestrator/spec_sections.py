@@ -85,6 +85,11 @@ class TeacherTrainConfig(Strict):
 TEACHER_OVERRIDE_KEYS = frozenset(TeacherTrainConfig.model_fields) - {"naive_baseline"}
 
 
+def merged_teacher_train(base: TeacherTrainConfig, knobs: dict[str, Any]) -> TeacherTrainConfig:
+    """`base` with one teacher's `teacher_overrides` on top, validated as a whole section."""
+    return TeacherTrainConfig.model_validate({**base.model_dump(), **knobs}) if knobs else base
+
+
 def check_teacher_overrides(v: dict[str, dict[str, Any]], base: TeacherTrainConfig | None) -> dict:
     """`teacher_overrides` values: known `teacher_train` keys, and each teacher's merged section within its bounds
     (None `base`: teacher_train itself was wrong, and that is the error reported)."""
@@ -96,7 +101,7 @@ def check_teacher_overrides(v: dict[str, dict[str, Any]], base: TeacherTrainConf
         if base is None:
             continue
         try:
-            TeacherTrainConfig.model_validate({**base.model_dump(), **knobs})
+            merged_teacher_train(base, knobs)
         except ValidationError as err:
             e = err.errors()[0]
             knob = e["loc"][0] if e["loc"] else "?"

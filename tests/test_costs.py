@@ -73,8 +73,9 @@ def test_paper_profile_uses_gflops_and_whole_splits() -> None:
 
 
 def test_critical_paths_add_each_stage_to_the_longest_chain_waiting_on_it() -> None:
-    """Table 4's shared stages: the pool (16 s of work) outranks every teacher pretraining, because all six
-    robustifications and their targets wait on it; each stage's path is its own seconds plus its longest child's."""
+    """Table 4's shared stages: each stage's path is its own seconds plus its longest child's; the pool (seconds of
+    work) carries the whole robustification chain below it, so it outranks what waits below any teacher's
+    pretraining, and the longest path starts at the pool or at a pretraining."""
     plan = build_plan(load_spec(ROOT / "sweeps" / "teacher_vs_student.yaml", "local"))
     keys = {k for k, st in plan.stages.items() if st.kind != "cell"}
     path = critical_paths(plan, keys)

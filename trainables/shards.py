@@ -63,12 +63,13 @@ class ShardFn:
         this shard and back to the CPU after it, so an idle worker process keeps no GPU memory."""
         net = getattr(self.fn, "__self__", self.fn)  # a bound method (`student.encode`) or the module itself
         if device is None or not isinstance(net, torch.nn.Module):
-            return apply_chunked(self.fn, rows, self.batch).numpy().astype(DTYPES[self.dtype], copy=False)
-        net.to(device)
-        try:
-            y = apply_chunked(self.fn, rows, self.batch, device=torch.device(device))
-        finally:
-            net.to("cpu")
+            y = apply_chunked(self.fn, rows, self.batch)
+        else:
+            net.to(device)
+            try:
+                y = apply_chunked(self.fn, rows, self.batch, device=torch.device(device))
+            finally:
+                net.to("cpu")
         return y.numpy().astype(DTYPES[self.dtype], copy=False)
 
 
