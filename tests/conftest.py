@@ -60,8 +60,8 @@ def smoke_store(smoke_sweep: SmokeSweep) -> Path:
 def built_stages(tmp_path_factory) -> Path:
     """One cold run of the micro smoke sweep; its shared stages (not its cells) seed the tests that fault the
     cell phase, so each of them does not recompute the same pool, eval sets, student and teacher (~1-2 min
-    each here), in test_reliability and test_cluster. The cold path itself is exercised by the kill -9 test,
-    which starts from an empty store."""
+    each here), in test_reliability and test_cluster. This run is itself the cold path through the CLI (an
+    empty store); the smoke sweep's fixture is another."""
     storage = tmp_path_factory.mktemp("built") / "runs"
     proc = run_cli(micro.sweep_args(storage), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

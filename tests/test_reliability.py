@@ -31,28 +31,48 @@ def _tables(storage: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(out.glob("supp_table4.*"))}
 
 
-def test_kill_9_mid_sweep_then_resume(tmp_path: Path, built_stages: Path) -> None:
-    """SIGKILL the driver, Ray and MLflow mid-training; the same command then finishes without duplicates."""
-    slow = ["--set", "train.epochs=6"]
-    storage = tmp_path / "runs"
+def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built_stages: Path) -> None:
+    """Two cells packed in one trial; SIGKILL the driver, Ray and MLflow once the pack has checkpointed. The rerun
+    turns packing off (each cell a trial of its own, `train-<key>`: another Train run than the one that
+    checkpointed), and the same sweep resumes each cell from the checkpoint its pack wrote (found by
+    `cell.json`), not epoch 0: one run per cell, no orphan, finished stages untouched, and the tables of an
+    uninterrupted run."""
+    grid = [
+        "--set",
+        "grid.method=[ours]",
+        "--set",
+        "grid.data_fraction=[0.5, 1.0]",
+        "--set",
+        "resources.cells_per_trial=2",
+        "--set",
+        "train.epochs=6",
+    ]
+    storage = seeded(tmp_path / "killed", built_stages)
     mark = uuid.uuid4().hex
     t0 = time.monotonic()
-    proc = start_cli(sweep_args(storage, *slow), mark, log=tmp_path / "first.log")
+    proc = start_cli(sweep_args(storage, *grid), mark, log=tmp_path / "first.log")
     try:
-        # wait until a cell has checkpointed at least one epoch (its Train run dir has a checkpoint)
-        wait_for(lambda: any((storage / "ray_train").glob("train-*/checkpoint_*")), 900, "a cell checkpoint", proc)
+        wait_for(
+            lambda: any((storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")),
+            900,
+            "a checkpoint of the pack",
+            proc,
+        )
         stages_before = {p.parent.name: p.stat().st_mtime for p in (storage / "cache").glob("*/*/MANIFEST.json")}
         assert kill_marked(mark), "nothing to kill"
         checkpointed = {
-            p.parent.name.removeprefix("train-") for p in (storage / "ray_train").glob("train-*/checkpoint_*/state.pt")
+            json.loads(m.read_text())["cell"]
+            for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")
         }
     finally:
         kill_marked(mark)
     assert not pids_with_mark(mark)
-    resumed = run_cli(sweep_args(storage, *slow), timeout=1200)
-    wall = time.monotonic() - t0
+    resumed = run_cli(sweep_args(storage, *grid, "--set", "resources.cells_per_trial=1"), timeout=1200)
+    print(f"kill-and-resume wall time: {time.monotonic() - t0:.0f} s")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    print(f"kill-and-resume wall time: {wall:.0f} s")
+    assert "(resumed)" in resumed.stdout  # packing is not part of the sweep's identity
+    left = int(resumed.stdout.split("running ")[1].split(" cell")[0])
+    assert f"running {left} cell(s) as {left} Ray Tune trial(s)" in resumed.stdout
     df = _runs(storage)
     cells = df[df["tags.kind"] == "cell"]
     assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}  # one run per cell, no duplicates
@@ -62,7 +82,6 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path, built_stages: Path) -> Non
     for key, mtime in stages_before.items():  # finished stages not recomputed
         manifest = next((storage / "cache").glob(f"*/{key}/MANIFEST.json"))
         assert manifest.stat().st_mtime == mtime, key
-    # the interrupted cell continued from its checkpoint: its loss history has one entry per epoch, no restart
     from orchestrator.tracking import metric_history
 
     with LocalMlflowServer(storage / "mlflow") as server:
@@ -75,60 +94,9 @@ def test_kill_9_mid_sweep_then_resume(tmp_path: Path, built_stages: Path) -> Non
     # the tables equal those of an uninterrupted run of the same command (its shared stages from the session's
     # micro run: computed by the same code from the same inputs, they are what an empty store would compute)
     clean = seeded(tmp_path / "clean", built_stages)
-    proc = run_cli(sweep_args(clean, *slow), timeout=1200)
+    proc = run_cli(sweep_args(clean, *grid), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _tables(storage) == _tables(clean)
-
-
-def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built_stages: Path) -> None:
-    """Two cells packed in one trial; SIGKILL everything once the pack has checkpointed. The rerun turns packing
-    off (each cell a trial of its own, `train-<key>`: another Train run than the one that checkpointed), and the
-    same sweep still resumes each cell from the checkpoint its pack wrote (found by `cell.json`), not epoch 0."""
-    grid = [
-        "--set",
-        "grid.method=[ours]",
-        "--set",
-        "grid.data_fraction=[0.5, 1.0]",
-        "--set",
-        "resources.cells_per_trial=2",
-        "--set",
-        "train.epochs=6",
-    ]
-    storage = seeded(tmp_path, built_stages)
-    mark = uuid.uuid4().hex
-    proc = start_cli(sweep_args(storage, *grid), mark, log=tmp_path / "first.log")
-    try:
-        wait_for(
-            lambda: any((storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")),
-            900,
-            "a checkpoint of the pack",
-            proc,
-        )
-        assert kill_marked(mark), "nothing to kill"
-        checkpointed = {
-            json.loads(m.read_text())["cell"]
-            for m in (storage / "ray_train").glob("train-pack-*/checkpoint_*/cell.json")
-        }
-    finally:
-        kill_marked(mark)
-    resumed = run_cli(sweep_args(storage, *grid, "--set", "resources.cells_per_trial=1"), timeout=1200)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "(resumed)" in resumed.stdout  # packing is not part of the sweep's identity
-    left = int(resumed.stdout.split("running ")[1].split(" cell")[0])
-    assert f"running {left} cell(s) as {left} Ray Tune trial(s)" in resumed.stdout
-    df = _runs(storage)
-    cells = df[df["tags.kind"] == "cell"]
-    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"} and not (df["status"] == "RUNNING").any()
-    assert len(df[df["tags.kind"] == "sweep"]) == 1
-    from orchestrator.tracking import metric_history
-
-    with LocalMlflowServer(storage / "mlflow") as server:
-        for key, run_id in zip(cells["tags.cell"], cells["run_id"]):
-            steps = [s for s, _ in metric_history(server.uri, run_id, "train/loss")]
-            assert sorted(set(steps)) == list(range(6)), steps
-            if key in checkpointed:
-                assert steps.count(0) == 1, (key, steps)
-    assert checkpointed
 
 
 def test_failing_cell_is_retried_marked_fails_alone_and_reruns_alone(tmp_path: Path, built_stages: Path) -> None:
@@ -173,11 +141,23 @@ def test_failing_cell_is_retried_marked_fails_alone_and_reruns_alone(tmp_path: P
     assert len(cells) == 4 and set(cells["status"]) == {"FINISHED"}
 
 
-def test_mlflow_outage_is_buffered_and_survived(tmp_path: Path, built_stages: Path) -> None:
-    """The tracking server goes away for a while mid-sweep and comes back on the same port: nothing is lost."""
-    storage = seeded(tmp_path, built_stages)
+def test_mlflow_outage_refused_up_front_then_buffered_and_survived_mid_sweep(
+    tmp_path: Path, built_stages: Path
+) -> None:
+    """A tracking server that is down from the start is bad input (exit 2, one line, nothing created); one that
+    goes away for a while mid-sweep and comes back on the same port loses nothing."""
     server = LocalMlflowServer(tmp_path / "mlflow").start()
     port = server.port
+    server.stop()
+    refused = tmp_path / "refused"
+    proc = run_cli(
+        sweep_args(refused, "--tracking-uri", f"http://127.0.0.1:{port}", "--mlflow-patience", "5"), timeout=300
+    )
+    assert proc.returncode == 2 and "no MLflow server answers" in proc.stderr and str(port) in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not refused.exists()
+    storage = seeded(tmp_path, built_stages)
+    server = LocalMlflowServer(tmp_path / "mlflow", port=port).start()
     mark = uuid.uuid4().hex
     proc = start_cli(
         sweep_args(storage, "--tracking-uri", server.uri, "--mlflow-patience", "300", "--set", "train.epochs=6"),
@@ -201,22 +181,6 @@ def test_mlflow_outage_is_buffered_and_survived(tmp_path: Path, built_stages: Pa
     finally:
         kill_marked(mark)
         server.stop()
-
-
-def test_mlflow_outage_beyond_patience_stops_cleanly_and_resumes(tmp_path: Path) -> None:
-    storage = tmp_path / "runs"
-    server = LocalMlflowServer(tmp_path / "mlflow").start()
-    port = server.port
-    server.stop()  # down from the start: bad input (exit 2, one line), refused before anything is created
-    proc = run_cli(
-        sweep_args(storage, "--tracking-uri", f"http://127.0.0.1:{port}", "--mlflow-patience", "5"), timeout=300
-    )
-    assert proc.returncode == 2 and "no MLflow server answers" in proc.stderr and str(port) in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not storage.exists()
-    with LocalMlflowServer(tmp_path / "mlflow", port=port) as server:
-        proc = run_cli(sweep_args(storage, "--tracking-uri", server.uri), timeout=1200)
-        assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_corrupt_cache_entry_is_recomputed(tmp_path: Path, built_stages: Path) -> None:
