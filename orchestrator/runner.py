@@ -4,6 +4,7 @@ the invocation's report, services down. One Ray and one MLflow serve every sweep
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import time
 import traceback
@@ -33,16 +34,20 @@ from orchestrator.tracking import (
 )
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit this invocation runs, `-dirty` when the checkout has uncommitted changes to tracked files; read
+    once per process (the parent run's tag at the start and the report at the end must agree even if someone
+    commits while a sweep runs), 'unknown' outside a checkout."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here
+        ).stdout.strip()
+        if not head:
+            return "unknown"
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=5, cwd=here)
+        return head + ("-dirty" if dirty.returncode == 1 else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -48,6 +48,9 @@ def test_tracking_outage_says_rerun_resumes(tmp_path, monkeypatch, capsys) -> No
     assert len(err) == 1 and "rerun the same command to resume" in err[0]
 
 
-def test_git_commit_names_this_checkout() -> None:
+def test_git_commit_names_this_checkout_once_per_process() -> None:
+    """The report written at the end names the commit the sweep started with: read once, then remembered."""
     commit = runner.git_commit()
-    assert commit == "unknown" or (4 <= len(commit) <= 12 and all(c in "0123456789abcdef" for c in commit))
+    head = commit.removesuffix("-dirty")
+    assert commit == "unknown" or (4 <= len(head) <= 12 and all(c in "0123456789abcdef" for c in head))
+    assert runner.git_commit.cache_info().currsize == 1 and runner.git_commit() is commit
