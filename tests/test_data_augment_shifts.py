@@ -113,6 +113,23 @@ def test_c_set_shape_severity_and_reproducibility(split) -> None:
     assert shifts.CSet.from_state(state).corruptions == shifts.CORRUPTIONS
 
 
+def test_c_set_of_distinct_images_maps_every_slot_to_its_image(split) -> None:
+    """With `n_distinct`, the 75 cells share out that many test images: `sources` says which one each slot holds
+    (what the bootstrap resamples), every one is used, and each slot's image has its slot's label."""
+    _, test = split
+    c = shifts.build_c_set(test, seed=0, n_per_cell=4, n_distinct=30)
+    sub = shifts._subsample(test, 30, 0)
+    used = {i for i in range(30) if sub.labels[i] in c.labels}  # the classes that have a slot (4 slots here)
+    assert c.sources.shape == (15, 5, 4) and set(c.sources.flatten().tolist()) == used and len(used) > 4
+    assert (sub.labels[c.sources.long()] == c.labels).all()
+    ci = shifts.CORRUPTIONS.index("brightness")  # mild at severity 1: the nearest clean image is the source
+    d = (c.images[ci, 0, :, None].float() - sub.images[None].float()).abs().mean(dim=(2, 3, 4))
+    assert torch.equal(d.argmin(dim=1), c.sources[ci, 0].long())
+    assert shifts.CSet.from_state(c.to_state()).sources is not None
+    same = shifts.build_c_set(test, seed=0, n_per_cell=4)  # one subset in every cell: slot k is image k
+    assert torch.equal(same.sources, torch.arange(4, dtype=torch.int32).expand(15, 5, 4))
+
+
 def test_p_set_sequences(split) -> None:
     _, test = split
     p = shifts.build_p_set(test, seed=0, n_sequences=3, n_frames=5)

@@ -57,6 +57,10 @@ def test_every_array_averages_to_its_logged_metric() -> None:
     for key in ("acc/clean", "acc/wo_kld/clean", "f_correct/ours/clean", "acc/c", "acc/wo_kld/c", "fp/mean"):
         assert float(out[key].mean()) == pytest.approx(metrics[key], abs=1e-6), key
     assert float(out["acc/c"][1, 2].mean()) == pytest.approx(metrics["acc/c/snow/3"])
+    assert "source/c" not in out  # no map in the bundle: none invented
+    bundles["c"]["source"] = torch.arange(2 * 3 * N, dtype=torch.int32).reshape(2, 3, N) % N
+    mapped = outcomes.collect(pred, bundles, suites, batch_size=16)
+    assert np.array_equal(mapped["source/c"], bundles["c"]["source"].numpy()) and "acc/source/c" not in mapped
 
 
 def test_transfer_probes_hand_back_their_per_example_correctness() -> None:

@@ -156,3 +156,43 @@ def test_snapshot_of_a_table_with_intervals() -> None:
     check_snapshot(
         "supp_table3_bootstrap.md", render.to_markdown(build_table(TABLES["supp_table3"], runs, outcomes.get))
     )
+
+
+def _mapped(rng: np.random.Generator, effect: float, n_images: int = 300, slots: int = 20) -> tuple[dict, dict]:
+    """Table 3's four pairs on a C set of 75 cells x `slots` slots sharing out `n_images` distinct images (each
+    image behind 75 * slots / n_images slots): each image has its own difficulty, shared by all its slots."""
+    source = (np.arange(15 * 5 * slots) % n_images).reshape(15, 5, slots)
+    rows, out = [], {}
+    for s, t in PAIRS:
+        easy = rng.random(n_images)  # an image's difficulty: the same for both methods and every corruption
+        for method, lift in (("wo_kd", 0.0), ("ours", effect)):
+            for seed in SEEDS:
+                x = rng.random((15, 5, slots)) < np.clip(easy[source] + lift, 0, 1)
+                i = len(rows)
+                rows.append(cell(i, {"acc/c": float(x.mean())}, seed=seed, student=s, teacher=t, method=method))
+                out[f"r{i}"] = {"acc/c": x, "source/c": source.astype(np.int32)}
+    return pd.DataFrame(rows), out
+
+
+def test_c_is_resampled_by_distinct_image_where_the_outcomes_map_them() -> None:
+    """C's 1,500 evaluations rest on 300 distinct images: the bootstrap draws images (with all their corruptions),
+    and says so; per image, the columns still average to the logged accuracy."""
+    rng = np.random.default_rng(6)
+    runs, out = _mapped(rng, 0.1)
+    x, source = out["r0"]["acc/c"], out["r0"]["source/c"]
+    cols = verdicts.per_example(x.astype(float), source)
+    assert cols.shape == (300,) and np.isclose(cols.mean(), x.mean())
+    assert np.isclose(cols[7], x[source == 7].mean())  # every image appears equally often here: its own accuracy
+    c = _claim("supp_table3", runs, out)
+    assert c.verdict is True and "3 seed(s) × 300 test examples" in c.detail, c.detail
+    # one run without the map (a store from before it existed): its pair falls back to its 20 slots, and says so
+    out["r0"] = {"acc/c": out["r0"]["acc/c"]}
+    assert "3 seed(s) × 20/300 test examples" in _claim("supp_table3", runs, out).detail
+    assert verdicts.SOURCE == __import__("trainables.outcomes").outcomes.SOURCE
+
+
+def test_unequal_image_counts_keep_the_overall_mean() -> None:
+    x = np.array([[[1.0, 0.0, 1.0]], [[1.0, 1.0, 0.0]]])  # 6 evaluations of 2 images: image 0 four times
+    source = np.array([[[0, 0, 1]], [[0, 1, 0]]])
+    cols = verdicts.per_example(x, source)
+    assert np.isclose(cols.mean(), x.mean()) and np.allclose(cols, [2.0 * 2 / 6, 2.0 * 2 / 6])

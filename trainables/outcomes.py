@@ -4,6 +4,7 @@
 metric is the mean of, under the metric's own name:
     acc/<set>, acc/<rule|head_*>/<set>:  bool, clean/flat sets (N,), C-like sets (corruptions, severities, N)
     f_correct/<rule>/<set>:              bool, the rule picked the right head, same shapes
+    source/<set>:                        int32 (corruptions, severities, N), C-like sets: the distinct image per slot
     fp/mean:                             float32 (m,), per P sequence the flip fraction of `main`, averaged over
                                          the perturbations (its mean is the logged fp/mean)
 The last axis is always the test example (the image behind every corruption and severity, or the P sequence),
@@ -25,6 +26,9 @@ from trainables.evaluate import SHIFT_SETS, Predictor, _name, _predict, _targets
 from trainables.metrics import is_noise_perturbation
 
 OUTCOMES_FILE = "outcomes.npz"
+# `source/<set>`: for a C-like set whose cells hold different images (a few distinct test images shared out over
+# the 75 cells), the distinct image behind each (corruption, severity, slot): what a bootstrap resamples.
+SOURCE = "source/"
 _SEP = "|"  # "/" would make sub-folders inside the npz's zip
 
 
@@ -95,6 +99,8 @@ def collect(predict: Predictor, bundles: dict, suites: list[str], batch_size: in
     for name in ("c", "objectnet_c"):
         if name in suites and name in bundles:
             out.update(_grid(predict, bundles[name], name, batch_size))
+            if bundles[name].get("source") is not None:  # which distinct image each slot holds (see SOURCE)
+                out[f"{SOURCE}{name}"] = np.asarray(bundles[name]["source"], dtype=np.int32)
     for name in SHIFT_SETS:
         if name in suites and name in bundles:
             out.update(_flat(predict, bundles[name], name, 1, batch_size))

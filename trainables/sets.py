@@ -35,7 +35,7 @@ def _embedded_eval_bundles(d: dict, suites: list[str], test: data.ImageSet, seed
     bundles: dict[str, Any] = {}
     if "c" in suites:
         cs = shifts.build_c_set(test, seed=seed, n_per_cell=d["c_per_cell"], n_distinct=d.get("c_distinct"))
-        bundles["c"] = {"x": cs.images, "y": cs.labels, "corruptions": list(cs.corruptions)}
+        bundles["c"] = {"x": cs.images, "y": cs.labels, "corruptions": list(cs.corruptions), "source": cs.sources}
     if "p" in suites:
         ps = shifts.build_p_set(test, seed=seed, n_sequences=d["p_sequences"], n_frames=d["p_frames"])
         bundles["p"] = {"x": ps.images, "y": ps.labels, "perturbations": list(ps.perturbations)}

@@ -45,13 +45,20 @@ class CSet:
     images: Tensor  # uint8 (15, 5, N, 3, H, W)
     labels: Tensor  # (N,)
     corruptions: tuple[str, ...] = CORRUPTIONS
+    # (15, 5, N) int: which distinct test image each slot holds (0..n_distinct-1); the unit a bootstrap resamples
+    sources: Tensor | None = None
 
     def to_state(self) -> dict:
-        return {"images": self.images, "labels": self.labels, "corruptions": list(self.corruptions)}
+        return {
+            "images": self.images,
+            "labels": self.labels,
+            "corruptions": list(self.corruptions),
+            "sources": self.sources,
+        }
 
     @classmethod
     def from_state(cls, s: dict) -> CSet:
-        return cls(s["images"], s["labels"], tuple(s["corruptions"]))
+        return cls(s["images"], s["labels"], tuple(s["corruptions"]), s.get("sources"))
 
 
 @dataclass
@@ -103,11 +110,13 @@ def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None, n_dist
     n_slots = min(n_slots, len(sub))
     hwc_all = sub.images.permute(0, 2, 3, 1).numpy()
     out = np.empty((len(CORRUPTIONS), len(SEVERITIES), n_slots, *hwc_all.shape[1:]), dtype=np.uint8)
+    sources = torch.empty((len(CORRUPTIONS), len(SEVERITIES), n_slots), dtype=torch.int32)
     for ci, name in enumerate(CORRUPTIONS):
         for si, sev in enumerate(SEVERITIES):
             np.random.seed((seed * 1009 + ci * 31 + si) % 2**32)
             cell = ci * len(SEVERITIES) + si
-            hwc = hwc_all[_cell_images(sub, n_slots, cell).numpy()] if n_distinct else hwc_all[:n_slots]
+            sources[ci, si] = _cell_images(sub, n_slots, cell) if n_distinct else torch.arange(n_slots)
+            hwc = hwc_all[sources[ci, si].numpy()]
             for k, img in enumerate(hwc):
                 # two corruptions draw from their own RNGs unless given a seed: pass one per image
                 kw = {"seed": (seed * 1_000_003 + ci * 7919 + si * 104_729 + k) % 2**31} if name in SEEDED else {}
@@ -118,7 +127,7 @@ def build_c_set(test: ImageSet, seed: int, n_per_cell: int | None = None, n_dist
                     .astype(np.uint8)[: img.shape[0], : img.shape[1]]
                 )
     images = torch.from_numpy(out).permute(0, 1, 2, 5, 3, 4).contiguous()
-    return CSet(images, sub.labels[:n_slots].clone())
+    return CSet(images, sub.labels[:n_slots].clone(), sources=sources)
 
 
 # --------------------------------------------------------------------------------------------- P sequences

@@ -6,6 +6,9 @@ runs the paired bootstrap of stats.py. Without per-example data (the paper's own
 logged before outcomes existed) it says so and returns no interval: a verdict is never claimed from point
 estimates alone.
 
+The resampling unit is the test image: C's 75 cells share out a few hundred distinct images (trainables/shifts.py),
+so its outcomes are regrouped per distinct image (`per_example`) and an image is drawn with all its corruptions.
+
 Verdicts (stats.Interval.verdict, the interval oriented so > 0 is the claim's direction):
     ✓ holds: the 95 % interval lies above 0;  ✗ contradicted: it lies below 0;  ~ inconclusive: it covers 0.
 "For every item" claims (every pair, every ablation): ✓ only if every item is ✓; ✗ if any item is ✗ (the
@@ -23,6 +26,7 @@ from orchestrator.tables._types import Claim, Row, TableResult
 
 NO_DATA = "no per-example data: no interval"
 MARK = {True: "✓", False: "✗", None: "~"}
+SOURCE = "source/"  # trainables.outcomes.SOURCE (not imported: the tables stay free of torch)
 ALIAS = {"mfr": "fp/mean"}  # mFR's numerator: the per-sequence flip fraction (the reference is common to both arms)
 Cell = tuple[str, str]  # (row label, column label)
 
@@ -55,8 +59,33 @@ def seeds(res: TableResult, cells: Sequence[Cell]) -> list[str]:
     return sorted(common or ())
 
 
-def arm(res: TableResult, cell: Cell, use: Sequence[str]) -> stats.Arm | None:
-    """One cell's per-example values per seed in `use`: [(block, (S, N))], or None if some run lacks them."""
+def _source_key(key: str) -> str:
+    """Where the outcomes keep the distinct-image map of `key`'s eval set, under the same prefix (a cell carries
+    its teacher's outcomes as `teacher/...`, its original student's as `original/...`)."""
+    roots = [i for i in (key.find(r) for r in ("acc/", "f_correct/")) if i >= 0]
+    return key[: min(roots, default=0)] + SOURCE + _block(key)
+
+
+def per_example(x: np.ndarray, source: np.ndarray | None) -> np.ndarray:
+    """A run's outcome array reduced to one value per resampling unit (the last axis, `N`).
+
+    Flat sets: unchanged. C-like sets (corruptions, severities, N): with `source` (the same shape, which
+    distinct test image each slot holds), one column per distinct image, its total over its slots scaled by
+    n_images / n_slots, so the columns' mean is the overall mean and a bootstrap resamples images with every
+    corruption of each (a cluster bootstrap); without it, the mean over corruptions and severities per slot
+    (right when every cell holds the same N images, as ImageNet-C's do)."""
+    if x.ndim == 1:
+        return x
+    if source is None or source.shape != x.shape:
+        return x.reshape(-1, x.shape[-1]).mean(axis=0)
+    ids = source.ravel().astype(np.int64)
+    n = int(ids.max()) + 1
+    return np.bincount(ids, weights=x.ravel(), minlength=n) * (n / ids.size)
+
+
+def arm(res: TableResult, cell: Cell, use: Sequence[str], by_image: bool = True) -> stats.Arm | None:
+    """One cell's per-example values per seed in `use`: [(block, (S, N))], or None if some run lacks them.
+    `by_image`: C's units are its distinct images where the outcomes map them (`per_example`)."""
     row, col = cell
     out: stats.Arm = []
     for c, key in _metrics(res, row, col):
@@ -65,8 +94,8 @@ def arm(res: TableResult, cell: Cell, use: Sequence[str]) -> stats.Arm | None:
             data = res.outcomes(res.cell_runs[(row, c)][s]) if res.outcomes else None
             if data is None or key not in data:
                 return None
-            x = np.asarray(data[key], dtype=float)
-            per_seed.append(x.reshape(-1, x.shape[-1]).mean(axis=0))
+            source = data.get(_source_key(key)) if by_image else None
+            per_seed.append(per_example(np.asarray(data[key], dtype=float), source))
         if len({len(p) for p in per_seed}) != 1:
             return None
         out.append((_block(key), np.stack(per_seed)))
@@ -83,16 +112,21 @@ def interval(
         return NO_DATA
     if not use:
         return "no seed common to every compared cell: no interval"
-    arms = []
-    for g in groups:
-        parts = [arm(res, c, use) for c in g]
-        if any(p is None for p in parts):
-            return NO_DATA
-        arms.append([(b, x / len(parts) * sum(len(p) for p in parts) / len(p)) for p in parts for b, x in p])
-    try:
-        return stats.bootstrap(arms, stat, name)
-    except ValueError as err:  # eval sets of different sizes: the cells do not pair up example by example
-        return f"{err}: no interval"
+    reason = NO_DATA
+    for by_image in (True, False):  # per distinct image where every run maps them, else per slot
+        arms = []
+        for g in groups:
+            parts = [arm(res, c, use, by_image) for c in g]
+            if any(p is None for p in parts):  # by image: some run's C may lack the map; by slot: no data
+                reason = NO_DATA
+                break
+            arms.append([(b, x / len(parts) * sum(len(p) for p in parts) / len(p)) for p in parts for b, x in p])
+        else:
+            try:
+                return stats.bootstrap(arms, stat, name)
+            except ValueError as err:  # eval sets of different sizes: the cells do not pair up example by example
+                reason = f"{err}: no interval"
+    return reason
 
 
 def describe(iv: stats.Interval | str, unit: str = " points", digits: int = 1) -> str:
