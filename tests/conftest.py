@@ -63,6 +63,6 @@ def built_stages(tmp_path_factory) -> Path:
     each here), in test_reliability and test_cluster. This run is itself the cold path through the CLI (an
     empty store); the smoke sweep's fixture is another."""
     storage = tmp_path_factory.mktemp("built") / "runs"
-    proc = run_cli(micro.sweep_args(storage), timeout=1200)
+    proc = run_cli(micro.sweep_args(storage, *micro.BUILT), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return storage

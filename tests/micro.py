@@ -31,6 +31,11 @@ MICRO = [
 ]
 
 
+# The session's reference run (conftest `built_stages`) trains its cells this long: long enough for the kill -9
+# test to kill a pack between two checkpoints, and that test then compares its tables with the reference's.
+BUILT = ["--set", "train.epochs=6"]
+
+
 def sweep_args(storage: Path, *extra: str) -> list[str]:
     return ["orchestrator.sweep", "sweeps/smoke.yaml", "--storage", str(storage), *MICRO, *extra]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tracking import LocalMlflowServer, runs_dataframe
-from tests.micro import seeded, sweep_args, wait_for
+from tests.micro import BUILT, seeded, sweep_args, wait_for
 from tests.procs import kill_marked, pids_with_mark, run_cli, start_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
@@ -37,16 +37,7 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built
     checkpointed), and the same sweep resumes each cell from the checkpoint its pack wrote (found by
     `cell.json`), not epoch 0: one run per cell, no orphan, finished stages untouched, and the tables of an
     uninterrupted run."""
-    grid = [
-        "--set",
-        "grid.method=[ours]",
-        "--set",
-        "grid.data_fraction=[0.5, 1.0]",
-        "--set",
-        "resources.cells_per_trial=2",
-        "--set",
-        "train.epochs=6",
-    ]
+    grid = [*BUILT, "--set", "resources.cells_per_trial=2"]  # the reference run's two cells, as one pack
     storage = seeded(tmp_path / "killed", built_stages)
     mark = uuid.uuid4().hex
     t0 = time.monotonic()
@@ -91,12 +82,8 @@ def test_kill_9_mid_pack_then_resume_under_another_packing(tmp_path: Path, built
             if key in checkpointed:  # resumed, not restarted: its first epoch was trained (and logged) once
                 assert steps.count(0) == 1, (key, steps)
     assert checkpointed, "no cell had a checkpoint when it was killed"
-    # the tables equal those of an uninterrupted run of the same command (its shared stages from the session's
-    # micro run: computed by the same code from the same inputs, they are what an empty store would compute)
-    clean = seeded(tmp_path / "clean", built_stages)
-    proc = run_cli(sweep_args(clean, *grid), timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _tables(storage) == _tables(clean)
+    # the tables equal those of the session's uninterrupted run of the same cells from an empty store
+    assert _tables(storage) == _tables(built_stages) != {}
 
 
 def test_failing_cell_is_retried_marked_fails_alone_and_reruns_alone(tmp_path: Path, built_stages: Path) -> None:
@@ -188,11 +175,12 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path: Path, built_stages: Path) -
     shutil.copytree(built_stages, storage)  # a finished store, cells included
     target = next((storage / "cache" / "teacher_targets").glob("*/targets/train.npy"))
     target.write_bytes(b"garbage")
-    for f in (storage / "cache" / "cell").glob("*/MANIFEST.json"):  # force the cells to read the entry again
-        shutil.rmtree(f.parent)
+    for f in (storage / "cache" / "cell").glob("*/MANIFEST.json"):  # force the distilling cell to read it again
+        if "teacher/" in (f.parent / "metrics.json").read_text():
+            shutil.rmtree(f.parent)
     fresh = tmp_path / "mlflow-moved"
     (storage / "mlflow").rename(fresh)
-    again = run_cli(sweep_args(storage), timeout=1200)
+    again = run_cli(sweep_args(storage, *BUILT), timeout=1200)  # the copied cells' own settings
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "1 stages computed" in again.stdout or "stages computed" in again.stdout
     import numpy as np
