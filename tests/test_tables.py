@@ -495,3 +495,25 @@ def test_regime_checks_on_teacher_stage_runs() -> None:
     (chance,) = build_table(TABLES["supp_table6"], runs).assumptions
     assert chance.holds is False
     assert chance.detail == "resnet34 naive_teacher clean 95.0; resnet34 robustify_teacher clean 10.0 (at chance)"
+
+
+def test_teacher_vs_s0_is_decided_by_an_interval_over_c_images() -> None:
+    """With per-example outcomes the margin carries its interval: a teacher clearly ahead holds; one half a point
+    ahead on 300 images is not established as more robust (its interval covers 0), though its mean is higher."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    s0 = rng.random((15, 5, 300)) < 0.6
+
+    def check(flip_up: float) -> tuple[bool | None, str]:
+        noisy = s0 ^ (rng.random(s0.shape) < 0.1)  # another model: a tenth of the answers differ either way
+        teacher = noisy | (rng.random(s0.shape) < flip_up)  # ... plus a share of the wrong ones made right
+        runs = _regime_runs(float(teacher.mean()), 0.003, 0.9).assign(**{"metrics.original/acc/c": float(s0.mean())})
+        out = {runs["run_id"][0]: {"teacher/acc/c": teacher, "original/acc/c": s0}}
+        (a,) = [a for a in build_table(TABLES["supp_table4"], runs, out.get).assumptions if "S0 on C" in a.text]
+        return a.holds, a.detail
+
+    holds, detail = check(0.2)
+    assert holds is True and "95 % bootstrap interval over C images" in detail and "[+" in detail, detail
+    holds, detail = check(0.01)
+    assert holds is False and "[-" in detail, detail

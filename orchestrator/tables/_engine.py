@@ -174,7 +174,7 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, outcomes: Outcomes | None =
         outcomes=outcomes,
     )
     res.complete = _complete(spec, df, n)
-    res.assumptions = regime_checks(spec.source, df)
+    res.assumptions = regime_checks(spec.source, df, outcomes)
     res.claims = [check(res) for check in spec.claims]
     res.paper_claims = [check(paper_view(res)) for check in spec.claims]
     return res
