@@ -50,6 +50,7 @@ class Snapshot:
     cells: dict[State, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    eta_model: bool = False  # eta_s is the cost model's raw estimate (nothing measured yet)
     waiting: str | None = None
 
     def total(self, kind: Phase) -> int:
@@ -70,15 +71,18 @@ def speed_ratio(items: Iterable[Item]) -> float | None:
     return act / est if est > 0 and act > 0 else None
 
 
-def eta_seconds(items: Iterable[Item], parallel: dict[str, int], since_event_s: float = 0.0) -> float | None:
+def eta_seconds(
+    items: Iterable[Item], parallel: dict[str, int], since_event_s: float = 0.0, unmeasured: float | None = None
+) -> float | None:
     """Seconds left: each phase's remaining estimate, scaled by its `speed_ratio` (the phase's own once one of its
     units has finished, else all finished work's: a trial's start-up makes cells slower than stages against the
     model) and divided by how many of its units run at once (never more than are left), summed over phases; minus
     the time since the last event, so the ETA counts down between events (never below zero). Failed work is not
-    waited for. None while work remains and nothing has been measured yet: the raw model leaves out start-up costs
-    that dominate small sweeps, and a number that is off by 50x is worse than none."""
+    waited for. None while work remains and nothing has been measured yet (unless `unmeasured` gives the ratio to
+    assume): the raw model leaves out start-up costs that dominate small sweeps, and a number that is off by 50x
+    is worse than none."""
     items = list(items)
-    overall, left = speed_ratio(items), 0.0
+    overall, left = speed_ratio(items) or unmeasured, 0.0
     for kind in ("stage", "cell"):
         todo = [it.est_s for it in items if it.kind == kind and it.state in ("pending", "running")]
         ratio = speed_ratio(it for it in items if it.kind == kind) or overall
@@ -111,11 +115,19 @@ def cell_line(label: str, seconds: float | None, metrics: dict[str, float], cach
     return f"  cell {label} done {when}".rstrip() + (": " + ", ".join(shown) if shown else "")
 
 
+# Before any result, the cost model's raw estimate is shown when it is at least this long: start-up costs (Ray,
+# Train worker groups, MLflow), which it leaves out, are then a small share; a short sweep waits for a result.
+RAW_ETA_MIN_S = 600.0
+
+
 def eta_text(snap: Snapshot) -> str:
-    """`ETA 0:40`; before anything was measured `ETA after the first result`; past the estimate `ETA overdue`."""
+    """`ETA 0:40`; before anything was measured `ETA ~41:00 (cost model)` for long sweeps, else `ETA after the
+    first result`; past the estimate `ETA overdue`."""
     busy = any(c.get(s) for c in (snap.stages, snap.cells) for s in ("pending", "running"))
     if snap.eta_s is None:
         return "ETA after the first result" if busy else "ETA 0 s"
+    if snap.eta_model:
+        return f"ETA ~{duration(max(snap.eta_s, 0.0))} (cost model)"
     return "ETA overdue" if busy and snap.eta_s <= 0 else f"ETA {duration(snap.eta_s)}"
 
 
@@ -269,7 +281,12 @@ class Progress:
             for it in self.items.values():
                 counts = snap.stages if it.kind == "stage" else snap.cells
                 counts[it.state] = counts.get(it.state, 0) + 1
-            snap.eta_s = eta_seconds(self.items.values(), self.parallel, self.clock() - self.last_event)
+            since = self.clock() - self.last_event
+            snap.eta_s = eta_seconds(self.items.values(), self.parallel, since)
+            if snap.eta_s is None:  # nothing measured yet: the raw model, if the sweep is long enough to trust it
+                raw = eta_seconds(self.items.values(), self.parallel, 0.0, unmeasured=1.0) or 0.0
+                if raw >= RAW_ETA_MIN_S:
+                    snap.eta_s, snap.eta_model = raw - since, True
             return snap
 
     def status(self, force: bool = False) -> None:

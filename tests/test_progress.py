@@ -149,6 +149,23 @@ def test_counts_eta_and_cell_lines_once(tmp_path) -> None:
     assert out.getvalue().splitlines() == ["  cell ours-a done in 12 s: acc/c 50.0 %"]
 
 
+def test_a_long_sweep_shows_the_cost_models_eta_before_its_first_result(tmp_path) -> None:
+    """A cold Table 4 computes for ~15 min before its first stage ends: it shows the raw model's estimate, marked
+    as such and counting down; a short sweep (start-up costs dominate) waits for its first result."""
+    p, _, clock = _progress(tmp_path)
+    p.add("stage", {"t1": ("teacher-a", 900.0), "t2": ("teacher-b", 700.0)}, parallel=2)
+    p.add("cell", {"c1": ("ours-a", 300.0)}, parallel=1)
+    snap = p.snapshot()
+    assert snap.eta_model and snap.eta_s == pytest.approx(1600.0 / 2 + 300.0)
+    clock.t += 100.0
+    assert status_line(p.snapshot()).endswith("; ETA ~16:40 (cost model)")
+    p.stage_done("t2", 700.0)  # measured: the ETA is scaled by what finished, no longer the raw model
+    assert not p.snapshot().eta_model
+    short, _, _ = _progress(tmp_path / "short")
+    short.add("stage", {"s": ("pool", 10.0)}, parallel=2)
+    assert short.snapshot().eta_s is None and "after the first result" in status_line(short.snapshot())
+
+
 def test_plain_status_lines_are_spaced_and_all_lines_reach_the_log_file(tmp_path) -> None:
     p, out, clock = _progress(tmp_path, every=30.0)
     p.status()  # nothing registered: nothing under way, nothing to say
