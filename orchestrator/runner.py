@@ -204,7 +204,7 @@ def _execute(
     n_orphans = tracker.mark_orphans(sweep_id, keep=[parent_id])
     progress.log(
         f"sweep {spec.name}: {len(plan.cells)} cells, {len(plan.stages) - len(plan.cells)} shared stages "
-        f"({sum(s.cached for s in plan.stages.values())} cached); parent run {parent_id}"
+        f"({sum(s.cached for s in plan.stages.values() if s.kind != 'cell')} cached); parent run {parent_id}"
         + (" (resumed)" if resumed else "")
         + (f"; {n_orphans} orphaned run(s) marked KILLED" if n_orphans else "")
     )

@@ -80,6 +80,8 @@ def test_rerun_recomputes_nothing(smoke_store, smoke_sweep) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "0 stages computed" in proc.stdout
+    stages = proc.stdout.split(" shared stages (")[0].rsplit(" ", 1)[-1]
+    assert f"{stages} shared stages ({stages} cached)" in proc.stdout  # the cached cells are not counted as stages
     df = runs_dataframe(smoke_sweep.uri, "smoke", "tags.kind = 'cell'", finished_only=False)
     assert len(df) == 2  # no duplicates
     assert (smoke_store / "results" / "smoke" / "supp_table4.csv").read_bytes() == before
