@@ -376,7 +376,7 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 def outcomes_loader(uri: str, name: str = "outcomes.npz") -> Callable[[str], dict | None]:
     """run id -> its per-example outcomes artifact (trainables/outcomes.py), read once per run; None if absent
     (runs logged before outcomes existed, or stages that write none): the claims then say they have no interval."""
-    from trainables.outcomes import load
+    from trainables.outcomes import load, with_mfr
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run flooded the terminal
     client, seen = MlflowClient(uri), {}
@@ -385,7 +385,10 @@ def outcomes_loader(uri: str, name: str = "outcomes.npz") -> Callable[[str], dic
         if run_id not in seen:
             with tempfile.TemporaryDirectory(prefix="outcomes-") as tmp:
                 try:
-                    seen[run_id] = load(client.download_artifacts(run_id, name, tmp))
+                    data = load(client.download_artifacts(run_id, name, tmp))
+                    if any("fp/seq/" in k for k in data):  # mFR per sequence needs the run's flip rates
+                        data = with_mfr(data, client.get_run(run_id).data.metrics)
+                    seen[run_id] = data
                 except (MlflowException, OSError):
                     seen[run_id] = None
         return seen[run_id]

@@ -63,6 +63,28 @@ def test_every_array_averages_to_its_logged_metric() -> None:
     assert np.array_equal(mapped["source/c"], bundles["c"]["source"].numpy()) and "acc/source/c" not in mapped
 
 
+def test_mfr_per_sequence_averages_to_the_runs_mfr() -> None:
+    """mFR weighs each perturbation by 1 / FP_ref(p): the per-sequence values `with_mfr` derives from the flips and
+    the run's flip rates average to the logged mFR exactly (the plain per-sequence flip fraction does not)."""
+    from trainables.evaluate import with_flip_rates
+
+    bundles, suites = _bundles(), ["p"]
+    pred = outcomes.memo(_random_predictor())
+    metrics = evaluate_suites(pred, bundles, suites, batch_size=16)
+    out = outcomes.collect(pred, bundles, suites, batch_size=16)
+    assert out["fp/seq/motion_blur"].shape == (M,)
+    assert float(out["fp/seq/motion_blur"].mean()) == pytest.approx(metrics["fp/motion_blur"], abs=1e-6)
+    reference = {"fp/gaussian_noise": 0.5, "fp/motion_blur": 0.05}  # a reference that rarely flips on blur
+    metrics.update(with_flip_rates(metrics, reference))
+    derived = outcomes.with_mfr(out, metrics)
+    assert float(derived["mfr/seq"].mean()) == pytest.approx(metrics["mfr"], rel=1e-6)
+    assert outcomes.with_mfr(out, {}) == out  # no flip rates logged (no reference): nothing derived
+    teacher = outcomes.with_mfr(
+        {f"teacher/{k}": v for k, v in out.items()}, {f"teacher/{k}": v for k, v in metrics.items()}
+    )
+    assert np.array_equal(teacher["teacher/mfr/seq"], derived["mfr/seq"])
+
+
 def test_transfer_probes_hand_back_their_per_example_correctness() -> None:
     """A transfer probe is fitted, not replayed: evaluate_suites gives its correctness array, whose mean is the
     logged accuracy, under the metric's own name (what Fig 2's claim pairs across cells)."""

@@ -101,6 +101,8 @@ def test_cells_and_teachers_log_per_example_outcomes(smoke_sweep) -> None:
         assert data is not None and data["acc/c"].dtype == bool and data["acc/c"].ndim == 3, run["params.method"]
         assert data["acc/c"].mean() == pytest.approx(run["metrics.acc/c"], abs=1e-6)
         assert data["fp/mean"].mean() == pytest.approx(run["metrics.fp/mean"], abs=1e-6)
+        assert data["mfr/seq"].mean() == pytest.approx(run["metrics.mfr"], rel=1e-5)  # the loader's mFR per sequence
+        assert data["source/c"].shape == data["acc/c"].shape  # C's distinct image per slot
     ours = cells[cells["params.method"] == "ours"].iloc[0]
     data = read(ours["run_id"])
     assert data["teacher/acc/c"].mean() == pytest.approx(ours["metrics.teacher/acc/c"], abs=1e-6)

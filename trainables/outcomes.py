@@ -5,6 +5,7 @@ metric is the mean of, under the metric's own name:
     acc/<set>, acc/<rule|head_*>/<set>:  bool, clean/flat sets (N,), C-like sets (corruptions, severities, N)
     f_correct/<rule>/<set>:              bool, the rule picked the right head, same shapes
     source/<set>:                        int32 (corruptions, severities, N), C-like sets: the distinct image per slot
+    fp/seq/<perturbation>:               float32 (m,), per P sequence its flip fraction (`with_mfr`: into mFR)
     fp/mean:                             float32 (m,), per P sequence the flip fraction of `main`, averaged over
                                          the perturbations (its mean is the logged fp/mean)
 The last axis is always the test example (the image behind every corruption and severity, or the P sequence),
@@ -23,7 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from trainables.evaluate import SHIFT_SETS, Predictor, _name, _predict, _targets
-from trainables.metrics import is_noise_perturbation
+from trainables.metrics import TEST_PERTURBATIONS, is_noise_perturbation
 
 OUTCOMES_FILE = "outcomes.npz"
 # `source/<set>`: for a C-like set whose cells hold different images (a few distinct test images shared out over
@@ -87,7 +88,37 @@ def _flips(predict: Predictor, bundle: dict, batch_size: int) -> dict:
         f = _predict(predict, x[pi].reshape(m * n, *x.shape[3:]), batch_size)["main"].reshape(m, n).cpu().numpy()
         ref = f[:, :1] if is_noise_perturbation(pert) else f[:, :-1]
         per.append((f[:, 1:] != ref).mean(axis=1))
-    return {"fp/mean": np.mean(per, axis=0).astype(np.float32)}
+    out = {f"fp/seq/{pert}": v.astype(np.float32) for pert, v in zip(names, per)}
+    return {**out, "fp/mean": np.mean(per, axis=0).astype(np.float32)}
+
+
+def with_mfr(outcomes: dict[str, np.ndarray], metrics: dict[str, float]) -> dict[str, np.ndarray]:
+    """`outcomes` plus `<prefix>mfr/seq`: per P sequence, its share of the run's mFR, where the run's metrics give
+    the flip rates (`<prefix>fr/<p>` = FP_p / FP_p(reference) and `<prefix>fp/<p>`).
+
+    mFR = mean over test perturbations of FP_p / FP_ref(p), and FP_p is the mean over sequences of their flip
+    fractions `fp/seq/<p>`; so the per-sequence value mean_p fp/seq/<p>[j] / FP_ref(p) averages to the mFR
+    exactly, and a bootstrap over sequences resamples mFR itself. (`fp/mean` weighs every perturbation alike: on
+    Table 6 it called a teacher whose mFR rose 100 -> 107 "flips less".) Perturbations with an undefined rate (a
+    reference that never flips) are left out, as `metrics.mean_flip_rate` leaves them out."""
+    out = dict(outcomes)
+    prefixes = {k[: k.index("fp/seq/")] for k in outcomes if "fp/seq/" in k}
+    for pre in prefixes:
+        parts = []
+        for key, seq in outcomes.items():
+            if not key.startswith(pre + "fp/seq/"):
+                continue
+            pert = key[len(pre + "fp/seq/") :]
+            fr, fp = metrics.get(f"{pre}fr/{pert}"), metrics.get(f"{pre}fp/{pert}")
+            if pert not in TEST_PERTURBATIONS or fr is None or fp is None or not np.isfinite(fr):
+                continue
+            if fp > 0:
+                parts.append(np.asarray(seq, dtype=float) * (fr / fp))
+            elif fr == 0:  # never flipped: contributes 0 whatever the reference's rate
+                parts.append(np.zeros(len(seq)))
+        if parts:
+            out[f"{pre}mfr/seq"] = np.mean(parts, axis=0)
+    return out
 
 
 def collect(predict: Predictor, bundles: dict, suites: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:

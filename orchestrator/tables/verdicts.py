@@ -27,7 +27,9 @@ from orchestrator.tables._types import Claim, Row, TableResult
 NO_DATA = "no per-example data: no interval"
 MARK = {True: "✓", False: "✗", None: "~"}
 SOURCE = "source/"  # trainables.outcomes.SOURCE (not imported: the tables stay free of torch)
-ALIAS = {"mfr": "fp/mean"}  # mFR's numerator: the per-sequence flip fraction (the reference is common to both arms)
+# mFR per P sequence (trainables/outcomes.with_mfr, added by the outcomes loader from the run's flip rates); runs
+# from before it have no interval for mFR claims (their per-sequence flip fraction weighs perturbations unlike mFR)
+ALIAS = {"mfr": "mfr/seq"}
 Cell = tuple[str, str]  # (row label, column label)
 
 
@@ -46,7 +48,7 @@ def _metrics(res: TableResult, row: str, col: str) -> list[tuple[str, str]]:
 
 def _block(key: str) -> str:
     """The eval set whose examples a key's last axis indexes (the pairing unit)."""
-    return "p" if "fp/" in key else key.rsplit("/", 1)[-1]
+    return "p" if "fp/" in key or "mfr/" in key else key.rsplit("/", 1)[-1]
 
 
 def seeds(res: TableResult, cells: Sequence[Cell]) -> list[str]:
