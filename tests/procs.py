@@ -72,10 +72,21 @@ def run_cli(
         kill_marked(mark)
 
 
-def start_cli(args: list[str], mark: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+# `python -m <module> ...` with Ctrl-C's default handler: a process started from a background job of a
+# non-interactive shell inherits SIGINT ignored (POSIX job control), and Python keeps ignoring it, so a test that
+# sends SIGINT would depend on how pytest itself was launched.
+_INTERRUPTIBLE = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+
+
+def start_cli(
+    args: list[str], mark: str, env: dict | None = None, log: Path | None = None, interruptible: bool = False
+) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", *args],
+        [sys.executable, *(["-c", _INTERRUPTIBLE] if interruptible else ["-m"]), *args],
         cwd=ROOT,
         env=marked_env(mark, env),
         stdout=out,

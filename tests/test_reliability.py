@@ -194,7 +194,7 @@ def test_ctrl_c_or_kill_mid_stages_stops_at_once_and_leaves_nothing(tmp_path: Pa
     """Ctrl-C (SIGINT) or `kill PID` (SIGTERM) while shared stages compute: the sweep says how to resume and exits
     130 within seconds (not when the running stage ends), and takes its MLflow server and local Ray with it."""
     storage, mark, log = tmp_path / "runs", uuid.uuid4().hex, tmp_path / "sweep.log"
-    proc = start_cli(sweep_args(storage), mark, log=log)
+    proc = start_cli(sweep_args(storage), mark, log=log, interruptible=True)
     try:
         wait_for(lambda: "computing" in log.read_text(), 300, "shared stages to start", proc)
         time.sleep(2.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from orchestrator.tables import stats
+import orchestrator.tables.stats as stats
 from orchestrator.tables._types import Claim, Outcomes
 from orchestrator.tables.verdicts import per_example
 
