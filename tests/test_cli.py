@@ -253,7 +253,10 @@ def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path) 
     LocalMlflowServer(tmp_path / "runs" / "mlflow").start().stop()  # a store, as a finished sweep leaves it
     mark = uuid.uuid4().hex
     # Ctrl-C's default handler: a background job of a non-interactive shell would hand SIGINT down ignored
-    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from orchestrator.cli import main; raise SystemExit(main())"
+    code = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from orchestrator.cli import main; raise SystemExit(main())"
+    )
     argv = [sys.executable, "-c", code, "ui", "--storage", str(tmp_path / "runs"), "--port", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=marked_env(mark), stdout=subprocess.PIPE, text=True)
     try:
