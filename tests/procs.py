@@ -75,9 +75,10 @@ def run_cli(
 # `python -m <module> ...` with Ctrl-C's default handler: a process started from a background job of a
 # non-interactive shell inherits SIGINT ignored (POSIX job control), and Python keeps ignoring it, so a test that
 # sends SIGINT would depend on how pytest itself was launched.
+DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
 _INTERRUPTIBLE = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+    DEFAULT_SIGINT + "import runpy, sys; sys.argv = sys.argv[1:]; "
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
 )
 
 

@@ -248,15 +248,12 @@ def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path) 
     import uuid
 
     from orchestrator.mlflow_server import LocalMlflowServer, wait_healthy
-    from tests.procs import kill_marked, marked_env, pids_with_mark
+    from tests.procs import DEFAULT_SIGINT, kill_marked, marked_env, pids_with_mark
 
     LocalMlflowServer(tmp_path / "runs" / "mlflow").start().stop()  # a store, as a finished sweep leaves it
     mark = uuid.uuid4().hex
     # Ctrl-C's default handler: a background job of a non-interactive shell would hand SIGINT down ignored
-    code = (
-        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from orchestrator.cli import main; raise SystemExit(main())"
-    )
+    code = DEFAULT_SIGINT + "from orchestrator.cli import main; raise SystemExit(main())"
     argv = [sys.executable, "-c", code, "ui", "--storage", str(tmp_path / "runs"), "--port", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=marked_env(mark), stdout=subprocess.PIPE, text=True)
     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import orchestrator.tables.stats as stats
 from orchestrator.tables._types import Claim, Outcomes
-from orchestrator.tables.verdicts import per_example
+from orchestrator.tables.verdicts import per_example, source_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -58,8 +58,8 @@ def _margin(g: pd.DataFrame, outcomes: Outcomes | None, teacher: str) -> stats.I
         data = outcomes(run_id)
         if data and "teacher/acc/c" in data and "original/acc/c" in data:
             arms = [
-                [("c", per_example(data[k].astype(float), data.get(src))[None])]
-                for k, src in (("original/acc/c", "original/source/c"), ("teacher/acc/c", "teacher/source/c"))
+                [("c", per_example(data[k].astype(float), data.get(source_key(k)))[None])]
+                for k in ("original/acc/c", "teacher/acc/c")
             ]
             try:
                 return stats.bootstrap(arms, stats.difference(scale=100.0), f"regime: {teacher} vs S0 on C")
@@ -73,16 +73,17 @@ def teacher_beats_s0(df: pd.DataFrame, outcomes: Outcomes | None = None) -> Clai
     outcomes exist, by a margin whose 95 % bootstrap interval over C images lies above 0 (a teacher 0.5 points
     ahead on 300 images is not established as more robust); else by the point estimate."""
     text = "teacher more robust than the original student S0 on C"
-    lines, ok = [], True
+    lines, ok, with_interval = [], True, False
     for teacher, g in _groups(df, "teacher"):
         t, s = _mean(g, "metrics.teacher/acc/c"), _mean(g, "metrics.original/acc/c")
         if math.isnan(t) or math.isnan(s):
             continue
         iv = _margin(g, outcomes, teacher)
+        with_interval |= iv is not None
         ok &= (iv.lo > 0) if iv is not None else t > s
         margin = iv.text(1) if iv is not None else f"{t - s:+.1f}"
         lines.append(f"{teacher} {t:.1f} vs S0 {s:.1f} ({margin})")
-    if lines and any("[" in line for line in lines):
+    if with_interval:
         lines.append("95 % bootstrap interval over C images")
     return Claim(text, ok, "; ".join(lines)) if lines else None
 

@@ -61,7 +61,7 @@ def seeds(res: TableResult, cells: Sequence[Cell]) -> list[str]:
     return sorted(common or ())
 
 
-def _source_key(key: str) -> str:
+def source_key(key: str) -> str:
     """Where the outcomes keep the distinct-image map of `key`'s eval set, under the same prefix (a cell carries
     its teacher's outcomes as `teacher/...`, its original student's as `original/...`)."""
     roots = [i for i in (key.find(r) for r in ("acc/", "f_correct/")) if i >= 0]
@@ -96,7 +96,7 @@ def arm(res: TableResult, cell: Cell, use: Sequence[str], by_image: bool = True)
             data = res.outcomes(res.cell_runs[(row, c)][s]) if res.outcomes else None
             if data is None or key not in data:
                 return None
-            source = data.get(_source_key(key)) if by_image else None
+            source = data.get(source_key(key)) if by_image else None
             per_seed.append(per_example(np.asarray(data[key], dtype=float), source))
         if len({len(p) for p in per_seed}) != 1:
             return None
