@@ -159,7 +159,19 @@ def _stage_task(sc: SweepContext, stage: Stage) -> dict[str, Any]:
         "threads": sc.plan.spec.resources.cpus_per_worker,
         "deps": _deps_of(sc, stage),
         **(_shard_tasks(sc) if stage.kind in SHARD_MAPPED else {}),
+        **_read_tasks(sc),
     }
+
+
+def _read_tasks(sc: SweepContext) -> dict[str, Any]:
+    """How a stage decodes image files (trainables/reading.py): on `data.source: imagenet`, as CPU-only shard tasks,
+    as many at once as the cluster has CPUs (at most SHARD_TASKS_CAP). Why CPUs only: decoding needs no GPU, and
+    a stage blocked waiting on its shard tasks gives its own CPUs back to Ray meanwhile. The embedded data reads
+    no file: nothing to spread."""
+    if sc.plan.spec.data.source != "imagenet":
+        return {}
+    fit = ray_backend.max_concurrent(sc.cluster, 1, 1, 0, SHARD_TASKS_CAP, sc.plan.spec.resources.shard_tasks)
+    return {"read_tasks": fit} if fit > 1 else {}
 
 
 def _shard_tasks(sc: SweepContext) -> dict[str, Any]:

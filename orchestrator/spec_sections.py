@@ -175,6 +175,7 @@ class Resources(Strict):
     # Shard tasks in flight at once per stage that maps a frozen network over shards (extract_features,
     # teacher_targets: orchestrator/ray_backend.py `shard_map`), each with cpus/gpus_per_worker. None: as many as
     # the cluster fits at once (its CPUs, or GPUs, per worker; at most 64); 1: the stage computes its own shards.
+    # Also bounds the CPU-only tasks that decode image files on source imagenet (trainables/reading.py).
     shard_tasks: int | None = Field(None, ge=1)
 
 

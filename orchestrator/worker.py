@@ -76,6 +76,8 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
     ctx = StageContext(reporter=logger or NullReporter(), threads=task["threads"], scratch=scratch)
     if task.get("shard_tasks", 1) > 1:  # its shards as Ray tasks over the cluster, this many at once
         ctx.map_shards = shard_map(task["threads"], task.get("shard_gpus", 0.0), task["shard_tasks"])
+    if task.get("read_tasks", 1) > 1:  # its image files decoded by CPU-only shard tasks (trainables/reading.py)
+        ctx.read_shards = shard_map(1, 0, task["read_tasks"])
     inputs = KINDS[task["kind"]].inputs.from_payload(task["inputs"])
     t0 = time.perf_counter()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from orchestrator.driver import SHARD_TASKS_CAP, _shard_tasks
+from orchestrator.driver import SHARD_TASKS_CAP, _read_tasks, _shard_tasks
 from orchestrator.ray_backend import ClusterInfo, max_concurrent, uses_gpus
 from orchestrator.spec import SweepSpec
 
@@ -57,9 +57,10 @@ def test_run_dag_runs_the_critical_path_first_and_holds_back_the_rest() -> None:
     assert order == ["b", "c", "x!", "d!", "a"]  # d never ran: its upstream failed
 
 
-def _sweep(resources: dict, cluster: ClusterInfo, gpus: float) -> SimpleNamespace:
+def _sweep(resources: dict, cluster: ClusterInfo, gpus: float, data: dict | None = None) -> SimpleNamespace:
     """What `driver._shard_tasks` reads of a SweepContext: the spec's resources, the cluster, the GPUs it grants."""
-    spec = SweepSpec(name="t", grid={"student": ["resnet101"], "method": ["original"]}, resources=resources)
+    grid = {"student": ["resnet101"], "method": ["original"]}
+    spec = SweepSpec(name="t", grid=grid, resources=resources, **({"data": data} if data else {}))
     return SimpleNamespace(plan=SimpleNamespace(spec=spec), cluster=cluster, gpus_per_worker=lambda: gpus)
 
 
@@ -85,3 +86,15 @@ def test_shard_tasks_leave_the_sweep_identity_alone() -> None:
     laptop = ClusterInfo(cpus=2, gpus=0, has_driver_resource=True, started_here=True)
     a, b = _sweep({}, laptop, 0).plan.spec, _sweep({"shard_tasks": 5}, laptop, 0).plan.spec
     assert a.content_hash() == b.content_hash()
+
+
+def test_image_files_are_decoded_by_cpu_tasks_over_the_whole_cluster() -> None:
+    """On source imagenet every stage decodes its files with one CPU per task, as many as the cluster has CPUs
+    (GPUs play no part), capped by resources.shard_tasks; the embedded data reads no file, so no tasks."""
+    gpu_box = ClusterInfo(cpus=48, gpus=8, has_driver_resource=True, started_here=True)
+    paper = {"source": "imagenet", "n_train": None, "n_test": None}
+    assert _read_tasks(_sweep({"gpus_per_worker": 1}, gpu_box, 1)) == {}
+    assert _read_tasks(_sweep({"gpus_per_worker": 1}, gpu_box, 1, paper)) == {"read_tasks": 48}
+    assert _read_tasks(_sweep({"shard_tasks": 6}, gpu_box, 0, paper)) == {"read_tasks": 6}
+    one = ClusterInfo(cpus=1, gpus=0, has_driver_resource=True, started_here=True)
+    assert _read_tasks(_sweep({}, one, 0, paper)) == {}  # one CPU: the stage decodes its own files

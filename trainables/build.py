@@ -11,15 +11,17 @@ from torch import nn
 from trainables import data, imagenet
 from trainables.kinds import ModelRef
 from trainables.models import create_student, create_teacher, load_state_dict_file
+from trainables.reading import SERIAL, Reader
 
 SPLIT_SEED = 0  # one fixed train/test split for every seed: a pretrained student must never have seen a test image
 
 
-def source_split(d: dict[str, Any]) -> tuple[data.ImageSet, data.ImageSet]:
+def source_split(d: dict[str, Any], reader: Reader = SERIAL) -> tuple[data.ImageSet, data.ImageSet]:
     """The clean (train, test) split of `data.source`: MNIST-5k (embedded) or ImageNet train/val folders
-    (imagenet, bounded by n_train / n_test: see trainables/imagenet.py). Always the fixed SPLIT_SEED."""
+    (imagenet, bounded by n_train / n_test: see trainables/imagenet.py; files decoded by `reader`: a stage's
+    `reading.stage_reader`). Always the fixed SPLIT_SEED."""
     if d["source"] == "imagenet":
-        return imagenet.imagenet_split(d, seed=SPLIT_SEED)
+        return imagenet.imagenet_split(d, seed=SPLIT_SEED, reader=reader)
     if d["source"] != "embedded":
         raise ValueError(f"data.source {d['source']!r} is not known; allowed: embedded, imagenet")
     return data.load_mnist5k(seed=SPLIT_SEED, n_train=d["n_train"], n_test=d["n_test"], size=d["image_size"])

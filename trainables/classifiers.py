@@ -29,6 +29,7 @@ from trainables.common import (
 from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.kinds import PretrainInputs, TeacherInputs, body
 from trainables.losses import augmix_loss
+from trainables.reading import Reader, stage_reader
 from trainables.train_loop import adam, run_epochs
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
@@ -80,7 +81,7 @@ def _augmix_step(seed: int, jsd_weight: float, severity: int, noise2net_share: f
 
 
 def _teacher_data(
-    inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator, robust: bool
+    inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator, robust: bool, reader: Reader
 ) -> tuple[Tensor, Tensor, dict]:
     """The teacher's training images and labels, and the pool.
 
@@ -89,7 +90,7 @@ def _teacher_data(
     from the same start; only the data (clean vs clean + DeepAugment) and the loss (CE vs AugMix + JSD) differ.
     """
     tt = inputs.teacher_train
-    train, _ = source_split(inputs.data)
+    train, _ = source_split(inputs.data, reader)
     n = tt["n_images"] or len(train)
     sel = torch.randperm(len(train), generator=g)[:n]
     x, y = train.images[sel], train.labels[sel]
@@ -116,7 +117,7 @@ def _teacher_stage(
     bundles = load_bundles(deps["eval"])
     classes = bundles["classes"]
     g = torch.Generator().manual_seed(seed)
-    x, y, pool = _teacher_data(inputs, deps, g, robust)
+    x, y, pool = _teacher_data(inputs, deps, g, robust, stage_reader(ctx))
     net = build_teacher(inputs.model, len(classes), size)
     _load_init(net, deps)
     step_fn = (
@@ -158,7 +159,7 @@ def pretrain_teacher(inputs: PretrainInputs, deps: dict[str, Path], out: Path, c
     """Local stand-in for a teacher's ImageNet weights: CE on the whole clean split, to a plateau (its per-epoch
     clean accuracy is logged; `acc/clean_gain_last` is the last epoch's gain, the regime check's input)."""
     d, p = inputs.data, inputs.pretrain
-    train, test = source_split(d)
+    train, test = source_split(d, stage_reader(ctx))
     net = build_teacher(inputs.model, len(train.classes), d["image_size"])
     n = p["n_images"] or len(train)
     with Timer() as t:
@@ -203,7 +204,7 @@ def pretrain_student(inputs: PretrainInputs, deps: dict[str, Path], out: Path, c
     clean images and brittle under corruptions, like the paper's pretrained students. CLIP students learn through
     their class-prompt text embeddings, so their zero-shot classifier means something afterwards."""
     d, p = inputs.data, inputs.pretrain
-    train, test = source_split(d)
+    train, test = source_split(d, stage_reader(ctx))
     classes = list(train.classes)
     s = build_student(inputs.model, len(classes), d["image_size"], classes, inputs.dropout)
     n = p["n_images"] or len(train)

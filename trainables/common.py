@@ -68,6 +68,8 @@ class StageContext:
         map_shards: how the stage's shards are computed (`ShardMap`): one after another here by default; the Ray
             adapter hands in a parallel map over the cluster (orchestrator/ray_backend.py `shard_map`), so the data
             plane parallelises without importing Ray.
+        read_shards: the same for decoding image files (trainables/reading.py): CPU-only shard tasks under Ray,
+            since decoding needs no GPU whatever the stage's network does.
     """
 
     reporter: Reporter = field(default_factory=NullReporter)
@@ -80,6 +82,7 @@ class StageContext:
     threads: int | None = None
     scratch: Path | None = None
     map_shards: ShardMap = serial_map
+    read_shards: ShardMap = serial_map
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
         if self.rank == 0:

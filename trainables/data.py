@@ -11,6 +11,7 @@ import importlib.util
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,44 @@ def video_decoder() -> str | None:
     return "cv2" if importlib.util.find_spec("cv2") is not None else None
 
 
+class PaperDataError(ValueError):
+    """A data root that does not hold what the paper profile needs; one line naming the root/file."""
+
+
+def read_video_frames(path: Path, n_frames: int, size: int) -> Tensor:
+    """First `n_frames` frames of an .mp4 as uint8 (n, 3, size, size). Raises one line naming the file when
+    nothing here can decode it (then extract the frames to <seq>/<n>.png)."""
+    from PIL import Image
+
+    decoder = video_decoder()
+    if decoder is None:
+        raise PaperDataError(
+            f"cannot decode {path}: no video decoder installed (PyAV for torchvision, or OpenCV); "
+            f"extract its frames to {path.with_suffix('')}/<n>.png"
+        )
+    frames: list[np.ndarray] = []
+    if decoder == "torchvision":
+        import torchvision.io as tio
+
+        frames = [f.numpy() for f in tio.read_video(str(path), pts_unit="sec", output_format="THWC")[0][:n_frames]]
+    else:
+        import cv2
+
+        cap = cv2.VideoCapture(str(path))
+        while len(frames) < n_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames.append(bgr[:, :, ::-1])
+        cap.release()
+    if len(frames) < n_frames:
+        raise PaperDataError(f"{path} has {len(frames)} frames; data.p_frames = {n_frames} needs at least that many")
+    out = torch.empty(n_frames, 3, size, size, dtype=torch.uint8)
+    for j, f in enumerate(frames):
+        out[j] = image_to_uint8(Image.fromarray(np.ascontiguousarray(f)), size)
+    return out
+
+
 def check_roots(roots: dict[str, str], needed: list[str]) -> list[str]:
     """Plan-time validation: one human line per missing, absent or image-less root. Never raises."""
     problems = []
@@ -285,10 +324,16 @@ def class_subset(dataset_classes: list[str], imagenet_wnids: list[str]) -> list[
 
 
 def load_folder(
-    root: str | Path, size: int, classes: list[str] | None = None, limit: int | None = None, seed: int = 0
+    root: str | Path,
+    size: int,
+    classes: list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    read: Callable[[list[Path], int], Tensor] = read_images,
 ) -> ImageSet:
-    """Read a (sub)folder dataset into memory as uint8; `limit` images drawn with `seed` (kept in file order)."""
+    """Read a (sub)folder dataset as uint8; `limit` images drawn with `seed` (kept in file order). `read`: how the
+    files are decoded (a stage's `trainables.reading.Reader.read`: sharded, resumable, parallel under Ray)."""
     ds = FolderDataset(root, size, classes)
     idx = seeded_subset(len(ds), limit, seed)
-    images = read_images([ds.samples[i][0] for i in idx], size)
+    images = read([ds.samples[i][0] for i in idx], size)
     return ImageSet(images, torch.tensor([ds.samples[i][1] for i in idx], dtype=torch.int64), ds.classes)

@@ -5,11 +5,12 @@ bundles of `trainables.evaluate`), so every stage after the reading is shared. L
 ImageNet class list = the sorted wnids of `<roots.imagenet>/train`; sets that cover only some classes (R, A,
 ObjectNet) carry `class_subset` (the ImageNet indices allowed) so evaluation masks the logits to them.
 
-Memory: sets are uint8, 150 kB per image at 224 px, read one image at a time into `data.image_buffer`: a set
-above `footprint.RESIDENT_BYTES` is a memory map of a temporary file, so it costs disk ($TMPDIR), not memory, and
-later stages read the cache entries memory-mapped too (`common.load`). `data.n_train` bounds the clean train split
-(and `data.n_test` the val split and every shift/transfer set; `data.c_per_cell` and `data.p_sequences` bound C
-and P); None reads everything (the whole train split then needs ~190 GB of disk per reading stage).
+Memory: sets are uint8, 150 kB per image at 224 px, read through the stage's `trainables.reading.Reader` (shards
+decoded in parallel under Ray, resumable after a kill) into `data.image_buffer`: a set above
+`footprint.RESIDENT_BYTES` is a memory map of a temporary file, so it costs disk ($TMPDIR), not memory, and later
+stages read the cache entries memory-mapped too (`common.load`). `data.n_train` bounds the clean train split (and
+`data.n_test` the val split and every shift/transfer set; `data.c_per_cell` and `data.p_sequences` bound C and P);
+None reads everything (the whole train split then needs ~190 GB of disk per reading stage).
 """
 
 from __future__ import annotations
@@ -18,31 +19,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from trainables import shifts
 from trainables.data import (
     IMAGE_EXTENSIONS,
     ImageSet,
+    PaperDataError,
     class_subset,
-    image_buffer,
-    image_to_uint8,
     list_images,
     load_folder,
-    read_image,
-    read_images,
     seeded_subset,
-    video_decoder,
 )
+from trainables.reading import SERIAL, Entry, Reader
 
 TRANSFER_SETS = ("tiny_imagenet", "flowers102", "stanford_cars", "cifar100", "fgvc_aircraft", "sun397")
 OBJECTNET_MAPPING_KEY = "objectnet_mapping"  # data.roots entry: JSON {objectnet folder: [wnid, ...]}
-
-
-class PaperDataError(ValueError):
-    """A data root that does not hold what the paper profile needs; one line naming the root/file."""
 
 
 def root_of(d: dict[str, Any], name: str) -> Path:
@@ -68,27 +60,27 @@ def imagenet_wnids(d: dict[str, Any]) -> list[str]:
     return wnids
 
 
-def _read_split(folder: Path, classes: list[str], size: int, limit: int | None, seed: int) -> ImageSet:
+def _read_split(folder: Path, classes: list[str], size: int, limit: int | None, seed: int, reader: Reader) -> ImageSet:
     if not folder.is_dir():
         raise PaperDataError(f"{folder} does not exist (expected <wnid>/ folders of images)")
-    s = load_folder(folder, size, classes, limit, seed)
+    s = load_folder(folder, size, classes, limit, seed, reader.read)
     if not len(s.labels):
         raise PaperDataError(f"{folder} holds no images of the {len(classes)} ImageNet classes")
     return s
 
 
-def imagenet_split(d: dict[str, Any], seed: int) -> tuple[ImageSet, ImageSet]:
+def imagenet_split(d: dict[str, Any], seed: int, reader: Reader = SERIAL) -> tuple[ImageSet, ImageSet]:
     """train = <imagenet>/train/<wnid>/*, test = <imagenet>/val/<wnid>/*, each a seeded subsample of
     `n_train` / `n_test` images (None: all), resized to `image_size`."""
     root, wnids, size = root_of(d, "imagenet"), imagenet_wnids(d), d["image_size"]
-    train = _read_split(root / "train", wnids, size, d.get("n_train"), seed)
-    return train, imagenet_val(d, seed)
+    train = _read_split(root / "train", wnids, size, d.get("n_train"), seed, reader)
+    return train, imagenet_val(d, seed, reader)
 
 
-def imagenet_val(d: dict[str, Any], seed: int) -> ImageSet:
+def imagenet_val(d: dict[str, Any], seed: int, reader: Reader = SERIAL) -> ImageSet:
     """The test side of `imagenet_split` alone (the eval sets need no train image: reading them costs time)."""
     root, wnids = root_of(d, "imagenet"), imagenet_wnids(d)
-    return _read_split(root / "val", wnids, d["image_size"], d.get("n_test"), seed + 1)
+    return _read_split(root / "val", wnids, d["image_size"], d.get("n_test"), seed + 1, reader)
 
 
 # --------------------------------------------------------------------------------------------- ImageNet-C
@@ -104,7 +96,7 @@ def _c_cell(root: Path, corruption: str, severity: int) -> Path:
     return cell
 
 
-def imagenet_c_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str, Any]:
+def imagenet_c_bundle(d: dict[str, Any], wnids: list[str], seed: int, reader: Reader = SERIAL) -> dict[str, Any]:
     """The C bundle read from <imagenet_c>/<corruption>/<severity>/<wnid>/*: the SAME `c_per_cell` images (by
     relative path, seeded) in every one of the 75 cells, so one label vector serves all, as on the embedded path."""
     root, size = root_of(d, "imagenet_c"), d["image_size"]
@@ -114,16 +106,17 @@ def imagenet_c_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
     if not rel:
         raise PaperDataError(f"{first} holds no images in <wnid>/ folders of the ImageNet classes")
     rel = [rel[i] for i in seeded_subset(len(rel), d.get("c_per_cell"), seed)]
-    x = image_buffer(len(shifts.CORRUPTIONS), len(shifts.SEVERITIES), len(rel), 3, size, size)
-    for ci, corruption in enumerate(shifts.CORRUPTIONS):
-        for si, severity in enumerate(shifts.SEVERITIES):
+    files: list[Entry] = []  # cell after cell, in (corruption, severity) order: the rows of x, flattened
+    for corruption in shifts.CORRUPTIONS:
+        for severity in shifts.SEVERITIES:
             cell = _c_cell(root, corruption, severity)
-            for k, r in enumerate(rel):
+            for r in rel:
                 if not (cell / r).is_file():
                     raise PaperDataError(
                         f"ImageNet-C image missing: {cell / r} (every cell must hold the images of {first})"
                     )
-                x[ci, si, k] = read_image(cell / r, size)
+                files.append(str(cell / r))
+    x = reader.read(files, size).view(len(shifts.CORRUPTIONS), len(shifts.SEVERITIES), len(rel), 3, size, size)
     y = torch.tensor([index[r.parts[0]] for r in rel], dtype=torch.int64)
     return {"x": x, "y": y, "corruptions": list(shifts.CORRUPTIONS)}
 
@@ -145,41 +138,8 @@ def _sequence_ids(folder: Path) -> set[str]:
     return ids
 
 
-def read_video_frames(path: Path, n_frames: int, size: int) -> Tensor:
-    """First `n_frames` frames of an .mp4 as uint8 (n, 3, size, size). Raises one line naming the file when
-    nothing here can decode it (then extract the frames to <seq>/<n>.png)."""
-    from PIL import Image
-
-    decoder = video_decoder()
-    if decoder is None:
-        raise PaperDataError(
-            f"cannot decode {path}: no video decoder installed (PyAV for torchvision, or OpenCV); "
-            f"extract its frames to {path.with_suffix('')}/<n>.png"
-        )
-    frames: list[np.ndarray] = []
-    if decoder == "torchvision":
-        import torchvision.io as tio
-
-        frames = [f.numpy() for f in tio.read_video(str(path), pts_unit="sec", output_format="THWC")[0][:n_frames]]
-    else:
-        import cv2
-
-        cap = cv2.VideoCapture(str(path))
-        while len(frames) < n_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(bgr[:, :, ::-1])
-        cap.release()
-    if len(frames) < n_frames:
-        raise PaperDataError(f"{path} has {len(frames)} frames; data.p_frames = {n_frames} needs at least that many")
-    out = torch.empty(n_frames, 3, size, size, dtype=torch.uint8)
-    for j, f in enumerate(frames):
-        out[j] = image_to_uint8(Image.fromarray(np.ascontiguousarray(f)), size)
-    return out
-
-
-def _read_sequence(folder: Path, seq: str, n_frames: int, size: int) -> Tensor:
+def _sequence_entries(folder: Path, seq: str, n_frames: int) -> list[Entry]:
+    """A sequence's first `n_frames` frames as read entries: its frame files, or (its .mp4, n_frames)."""
     frames_dir, video = folder / seq, folder / f"{seq}.mp4"
     if frames_dir.is_dir():
         frames = sorted((p for p in frames_dir.iterdir() if p.suffix in IMAGE_EXTENSIONS), key=_frame_key)
@@ -187,13 +147,13 @@ def _read_sequence(folder: Path, seq: str, n_frames: int, size: int) -> Tensor:
             raise PaperDataError(
                 f"{frames_dir} has {len(frames)} frames; data.p_frames = {n_frames} needs at least that many"
             )
-        return read_images(frames[:n_frames], size)
+        return [str(f) for f in frames[:n_frames]]
     if video.is_file():
-        return read_video_frames(video, n_frames, size)
+        return [(str(video), n_frames)]
     raise PaperDataError(f"ImageNet-P sequence missing: neither {frames_dir}/ nor {video} exists")
 
 
-def imagenet_p_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str, Any]:
+def imagenet_p_bundle(d: dict[str, Any], wnids: list[str], seed: int, reader: Reader = SERIAL) -> dict[str, Any]:
     """The P bundle from <imagenet_p>/<perturbation>/<wnid>/<seq>/<frame> (or <seq>.mp4): `p_sequences`
     sequences (seeded, among those present in all 10 test perturbations) x the first `p_frames` frames."""
     root, size, n = root_of(d, "imagenet_p"), d["image_size"], d["p_frames"]
@@ -211,10 +171,8 @@ def imagenet_p_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[st
     if not seqs:
         raise PaperDataError(f"data.roots.imagenet_p = {root}: no <wnid>/<sequence> is present in all 10 perturbations")
     seqs = [seqs[i] for i in seeded_subset(len(seqs), d["p_sequences"], seed + 7)]
-    x = image_buffer(len(shifts.TEST_PERTURBATIONS), len(seqs), n, 3, size, size)
-    for pi, pert in enumerate(shifts.TEST_PERTURBATIONS):
-        for s, seq in enumerate(seqs):
-            x[pi, s] = _read_sequence(root / pert, seq, n, size)
+    entries = [e for pert in shifts.TEST_PERTURBATIONS for seq in seqs for e in _sequence_entries(root / pert, seq, n)]
+    x = reader.read(entries, size).view(len(shifts.TEST_PERTURBATIONS), len(seqs), n, 3, size, size)
     y = torch.tensor([index[s.split("/")[0]] for s in seqs], dtype=torch.int64)
     return {"x": x, "y": y, "perturbations": list(shifts.TEST_PERTURBATIONS)}
 
@@ -231,7 +189,7 @@ def _bundle(s: ImageSet, subset: list[int] | None = None, target: list[int] | No
     return b
 
 
-def v2_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str, Any]:
+def v2_bundle(d: dict[str, Any], wnids: list[str], seed: int, reader: Reader = SERIAL) -> dict[str, Any]:
     """ImageNet-V2: folders named by class index 0..999, which IS the sorted-wnid order; labels stay indices."""
     root = root_of(d, "imagenet_v2")
     bad = [n for n in _subdirs(root) if not (n.isdigit() and int(n) < len(wnids))]
@@ -239,11 +197,13 @@ def v2_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str, Any]:
         raise PaperDataError(
             f"data.roots.imagenet_v2 = {root}: folder {bad[0]!r} is not a class index 0..{len(wnids) - 1}"
         )
-    s = _read_split(root, [str(i) for i in range(len(wnids))], d["image_size"], d.get("n_test"), seed)
+    s = _read_split(root, [str(i) for i in range(len(wnids))], d["image_size"], d.get("n_test"), seed, reader)
     return _bundle(s)
 
 
-def wnid_set_bundle(d: dict[str, Any], name: str, wnids: list[str], seed: int, masked: bool) -> dict[str, Any]:
+def wnid_set_bundle(
+    d: dict[str, Any], name: str, wnids: list[str], seed: int, masked: bool, reader: Reader = SERIAL
+) -> dict[str, Any]:
     """R / A / Sketch: <root>/<wnid>/* (Sketch also <root>/sketch/<wnid>/*). R and A cover 200 classes: their
     ImageNet indices are recorded as `class_subset`, so predictions are the argmax over those logits only."""
     root = root_of(d, name)
@@ -254,7 +214,7 @@ def wnid_set_bundle(d: dict[str, Any], name: str, wnids: list[str], seed: int, m
         subset = class_subset(found, wnids)
     except ValueError as err:
         raise PaperDataError(f"data.roots.{name} = {root}: {err}") from None
-    s = _read_split(root, wnids, d["image_size"], d.get("n_test"), seed)
+    s = _read_split(root, wnids, d["image_size"], d.get("n_test"), seed, reader)
     return _bundle(s, subset if masked else None)
 
 
@@ -277,7 +237,7 @@ def objectnet_mapping(d: dict[str, Any]) -> dict[str, list[str]]:
     return mapping
 
 
-def objectnet_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str, Any]:
+def objectnet_bundle(d: dict[str, Any], wnids: list[str], seed: int, reader: Reader = SERIAL) -> dict[str, Any]:
     """ObjectNet's mapped classes: images/<class>/* (or <class>/*). Label = the ImageNet index of the class's
     first wnid; logits are masked to all mapped wnids and a prediction counts as that first wnid (class_target)."""
     root = root_of(d, "objectnet")
@@ -293,7 +253,7 @@ def objectnet_bundle(d: dict[str, Any], wnids: list[str], seed: int) -> dict[str
             f"data.roots.{OBJECTNET_MAPPING_KEY}: {unknown[0]!r} is not a wnid of data.roots.imagenet/train"
         )
     folders = sorted(mapping)
-    on = load_folder(root, d["image_size"], folders, d.get("n_test"), seed)  # labels index `folders`
+    on = load_folder(root, d["image_size"], folders, d.get("n_test"), seed, reader.read)  # labels index `folders`
     first = torch.tensor([index[mapping[f][0]] for f in folders], dtype=torch.int64)
     pairs = sorted({(index[w], index[mapping[f][0]]) for f in folders for w in mapping[f]})
     s = ImageSet(on.images, first[on.labels], list(wnids))
@@ -311,20 +271,22 @@ def objectnet_c_bundle(objectnet: dict[str, Any], d: dict[str, Any], seed: int) 
     }
 
 
-def shift_bundles(d: dict[str, Any], suites: list[str], wnids: list[str], seed: int) -> dict[str, Any]:
+def shift_bundles(
+    d: dict[str, Any], suites: list[str], wnids: list[str], seed: int, reader: Reader = SERIAL
+) -> dict[str, Any]:
     """Every requested ImageNet shift set (v2, r, a, sketch, objectnet, objectnet_c) as an eval bundle."""
     out: dict[str, Any] = {}
     if "v2" in suites:
-        out["v2"] = v2_bundle(d, wnids, seed)
+        out["v2"] = v2_bundle(d, wnids, seed, reader)
     for suite, name, masked in (
         ("r", "imagenet_r", True),
         ("a", "imagenet_a", True),
         ("sketch", "imagenet_sketch", False),
     ):
         if suite in suites:
-            out[suite] = wnid_set_bundle(d, name, wnids, seed, masked)
+            out[suite] = wnid_set_bundle(d, name, wnids, seed, masked, reader)
     if "objectnet" in suites or "objectnet_c" in suites:
-        on = objectnet_bundle(d, wnids, seed)
+        on = objectnet_bundle(d, wnids, seed, reader)
         if "objectnet" in suites:
             out["objectnet"] = on
         if "objectnet_c" in suites:
@@ -335,7 +297,7 @@ def shift_bundles(d: dict[str, Any], suites: list[str], wnids: list[str], seed: 
 # --------------------------------------------------------------------------------------------- transfer
 
 
-def transfer_bundles(d: dict[str, Any], seed: int) -> dict[str, Any]:
+def transfer_bundles(d: dict[str, Any], seed: int, reader: Reader = SERIAL) -> dict[str, Any]:
     """One bundle per configured transfer set (data.roots keys among TRANSFER_SETS): train/<class>/* and
     test/<class>/* (Tiny-ImageNet: train/<wnid>/images/* and val/<wnid>/*), class list = train's folders,
     each side a seeded subsample of n_train / n_test images (linear probes run on features held in memory)."""
@@ -349,8 +311,8 @@ def transfer_bundles(d: dict[str, Any], seed: int) -> dict[str, Any]:
         if not (root / "train").is_dir():
             raise PaperDataError(f"data.roots.{name} = {root} has no train/ folder of <class>/ images")
         classes = _subdirs(root / "train")
-        tr = _read_split(root / "train", classes, d["image_size"], d.get("n_train"), seed)
-        te = _read_split(test_dir, classes, d["image_size"], d.get("n_test"), seed + 1)
+        tr = _read_split(root / "train", classes, d["image_size"], d.get("n_train"), seed, reader)
+        te = _read_split(test_dir, classes, d["image_size"], d.get("n_test"), seed + 1, reader)
         out[f"transfer/{name}"] = {
             "train_x": tr.images,
             "train_y": tr.labels,

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainables import augment, data, imagenet, shifts
+from trainables import augment, data, imagenet, reading, shifts
 from trainables.build import SPLIT_SEED, source_split
 from trainables.common import StageContext, Timer, save
 from trainables.kinds import EvalSetsInputs, PoolInputs, body
+from trainables.reading import stage_reader
 
 
 @body("build_eval_sets")
@@ -21,10 +22,11 @@ def build_eval_sets(inputs: EvalSetsInputs, deps: dict[str, Path], out: Path, ct
     d, seed, suites = inputs.data, inputs.seed, inputs.suites
     with Timer() as t:
         imagenet_source = d["source"] == "imagenet"
-        test = imagenet.imagenet_val(d, SPLIT_SEED) if imagenet_source else source_split(d)[1]
+        reader = stage_reader(ctx)
+        test = imagenet.imagenet_val(d, SPLIT_SEED, reader) if imagenet_source else source_split(d)[1]
         bundles: dict[str, Any] = {"clean": {"x": test.images, "y": test.labels}, "classes": list(test.classes)}
         if imagenet_source:
-            bundles.update(_imagenet_eval_bundles(d, suites, list(test.classes), seed))
+            bundles.update(_imagenet_eval_bundles(d, suites, list(test.classes), seed, reader))
         else:
             bundles.update(_embedded_eval_bundles(d, suites, test, seed))
         save(bundles, out / "eval.pt")
@@ -51,16 +53,18 @@ def _embedded_eval_bundles(d: dict, suites: list[str], test: data.ImageSet, seed
     return bundles
 
 
-def _imagenet_eval_bundles(d: dict, suites: list[str], wnids: list[str], seed: int) -> dict[str, Any]:
+def _imagenet_eval_bundles(
+    d: dict, suites: list[str], wnids: list[str], seed: int, reader: reading.Reader
+) -> dict[str, Any]:
     """ImageNet-C / -P read from disk (not generated), the shift sets, and `transfer/<name>` per transfer root."""
     bundles: dict[str, Any] = {}
     if "c" in suites:
-        bundles["c"] = imagenet.imagenet_c_bundle(d, wnids, seed)
+        bundles["c"] = imagenet.imagenet_c_bundle(d, wnids, seed, reader)
     if "p" in suites:
-        bundles["p"] = imagenet.imagenet_p_bundle(d, wnids, seed)
-    bundles.update(imagenet.shift_bundles(d, suites, wnids, seed))
+        bundles["p"] = imagenet.imagenet_p_bundle(d, wnids, seed, reader)
+    bundles.update(imagenet.shift_bundles(d, suites, wnids, seed, reader))
     if "transfer" in suites:
-        bundles.update(imagenet.transfer_bundles(d, SPLIT_SEED))
+        bundles.update(imagenet.transfer_bundles(d, SPLIT_SEED, reader))
     return bundles
 
 
@@ -69,7 +73,7 @@ def build_pool(inputs: PoolInputs, deps: dict[str, Path], out: Path, ctx: StageC
     """DeepAugment autoencoder (reconstruction checked) + Noise2Net + AugMix: the offline pool of N' images."""
     d, p, seed = inputs.data, inputs.pool, inputs.seed
     with Timer() as t:
-        train, _ = source_split(d)
+        train, _ = source_split(d, stage_reader(ctx))
         ae, report = augment.train_autoencoder(train.images, epochs=p["ae_epochs"], seed=seed)
         cfg = augment.PoolConfig(
             n_images=p["n_images"],
