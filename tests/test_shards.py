@@ -17,7 +17,7 @@ import torch
 
 from trainables import shards
 from trainables.common import apply_chunked, serial_map
-from trainables.shards import Chain, Rows, load_tree, store_tree
+from trainables.shards import Chain, Picked, Rows, load_tree, store_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +120,16 @@ def test_killed_extraction_resumes_at_the_next_unfinished_shard(tmp_path: Path) 
     with torch.no_grad():  # the same network and images as the script's, in one uninterrupted pass
         whole = apply_chunked(_net(), _images(2048))
     assert torch.equal(load_tree(tmp_path / "a" / "out")["x"], whole)
+
+
+def test_picked_rows_are_the_concatenated_copy() -> None:
+    """A teacher's mixture as index views reads exactly what the copied mixture would, by index tensor or slice,
+    in the sources' dtype."""
+    a, b = _images(30), _images(12)
+    ia, ib = torch.randperm(30)[:20], torch.tensor([3, 3, 0, 11, 7])
+    copy = torch.cat([a[ia], b[ib]])
+    view = Picked((a, ia), (b, ib))
+    assert len(view) == 25 and view.dtype == torch.uint8
+    idx = torch.randperm(25)[:9]
+    assert torch.equal(view[idx], copy[idx]) and torch.equal(view[18:23], copy[18:23])
+    assert torch.equal(view[torch.arange(25)], copy)

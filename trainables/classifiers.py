@@ -30,6 +30,7 @@ from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.kinds import PretrainInputs, TeacherInputs, body
 from trainables.losses import augmix_loss
 from trainables.reading import Reader, stage_reader
+from trainables.shards import Picked
 from trainables.train_loop import adam, run_epochs
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
@@ -37,7 +38,7 @@ LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, dict[str, Tens
 
 def _train_classifier(
     net: nn.Module,
-    x: Tensor,
+    x: Tensor | Picked,
     y: Tensor,
     epochs: int,
     lr: float,
@@ -82,8 +83,8 @@ def _augmix_step(seed: int, jsd_weight: float, severity: int, noise2net_share: f
 
 def _teacher_data(
     inputs: TeacherInputs, deps: dict[str, Path], g: torch.Generator, robust: bool, reader: Reader
-) -> tuple[Tensor, Tensor, dict]:
-    """The teacher's training images and labels, and the pool.
+) -> tuple[Picked, Tensor, dict]:
+    """The teacher's training images (an index view) and labels, and the pool.
 
     Why the naive teacher trains on as many images as the robust one (clean images drawn again in place of the
     pool's): supplement Table 6 compares the two at the same budget, so they must take the same optimiser steps
@@ -93,14 +94,15 @@ def _teacher_data(
     train, _ = source_split(inputs.data, reader)
     n = tt["n_images"] or len(train)
     sel = torch.randperm(len(train), generator=g)[:n]
-    x, y = train.images[sel], train.labels[sel]
+    y = train.labels[sel]
     pool = load_pool(deps["pool"])["pool"]
     n_pool = min(tt.get("pool_images") or len(pool["y"]), len(pool["y"]))
     psel = torch.randperm(len(pool["y"]), generator=g)[:n_pool]
+    # images as index views (shards.Picked), gathered per batch: never a copy of the split
     if robust:  # AugMix + JSD on clean *and* the DeepAugment/Noise2Net images that build the pool (method.md §8)
-        return torch.cat([x, pool["x"][psel]]), torch.cat([y, pool["y"][psel]]), pool
-    extra = torch.randint(len(x), (n_pool,), generator=g)
-    return torch.cat([x, x[extra]]), torch.cat([y, y[extra]]), pool
+        return Picked((train.images, sel), (pool["x"], psel)), torch.cat([y, pool["y"][psel]]), pool
+    extra = torch.randint(len(sel), (n_pool,), generator=g)
+    return Picked((train.images, torch.cat([sel, sel[extra]]))), torch.cat([y, y[extra]]), pool
 
 
 def _load_init(net: nn.Module, deps: dict[str, Path]) -> None:

@@ -229,3 +229,28 @@ class Chain:
         out = torch.empty((len(idx), *(a.shape[1:] if len(a) else b.shape[1:])), dtype=torch.float32)
         out[in_a], out[~in_a] = a, b
         return out
+
+
+class Picked:
+    """Rows of several sources, each picked by an index, read as one set: what `torch.cat([a[ia], b[ib], ...])`
+    would be, in the sources' own dtype, but gathered only when indexed. Why: a teacher trains on a mixture (clean
+    rows drawn from the memory-mapped split, then pool rows); copying it would hold the whole ImageNet train split
+    in memory (~190 GB at 224 px), while a batch needs 256 rows."""
+
+    def __init__(self, *parts: tuple[Tensor, Tensor]) -> None:
+        self.parts = parts
+        self.starts = torch.tensor([0, *np.cumsum([len(i) for _, i in parts]).tolist()])
+        self.dtype = parts[0][0].dtype
+        self.shape = (int(self.starts[-1]), *parts[0][0].shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: slice | Tensor) -> Tensor:
+        idx = torch.arange(len(self))[i] if isinstance(i, slice) else torch.as_tensor(i)
+        out = torch.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for k, (base, index) in enumerate(self.parts):
+            mine = (idx >= self.starts[k]) & (idx < self.starts[k + 1])
+            if mine.any():
+                out[mine] = base[index[idx[mine] - self.starts[k]]]
+        return out
