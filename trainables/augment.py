@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.data import ImageSet
+from trainables.data import ImageSet, image_buffer
+from trainables.shards import Picked, Scatter
 
 # --------------------------------------------------------------------------------------------- AugMix
 
@@ -37,6 +39,20 @@ def augmix_views(images: Tensor, seed: int, severity: int = 1) -> tuple[Tensor, 
             a1[i] = aug(images[i])
             a2[i] = aug(images[i])
     return a1, a2
+
+
+def augmix_in_place(images: Tensor, rows: Tensor, seed: int, severity: int = 1) -> None:
+    """`images[rows] = augmix_views(images[rows], seed, severity)[0]` without copying the rows out: the same
+    calls in the same order (the second view is drawn and dropped, so every random number is the same)."""
+    from torchvision.transforms import v2
+
+    aug = v2.AugMix(severity=severity, all_ops=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in rows.tolist():
+            first = aug(images[i])
+            aug(images[i])
+            images[i] = first
 
 
 # --------------------------------------------------------------------------------------------- DeepAugment
@@ -96,11 +112,11 @@ def train_autoencoder(
     torch.manual_seed(seed)
     ae = ConvAutoencoder()
     opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    x = images.float() / 255.0
-    epochs = max(epochs, math.ceil(min_steps / max(1, math.ceil(len(x) / batch_size))))
+    epochs = max(epochs, math.ceil(min_steps / max(1, math.ceil(len(images) / batch_size))))
     for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(batch_size):
-            loss = F.mse_loss(ae(x[idx]), x[idx])
+        for idx in torch.randperm(len(images), generator=g).split(batch_size):
+            x = images[idx].float() / 255.0  # per batch: no float copy of the split (4x its uint8 size)
+            loss = F.mse_loss(ae(x), x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -154,11 +170,14 @@ def _apply_op(w: Tensor, op: str, g: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def deepaugment(images: Tensor, autoencoder: ConvAutoencoder, seed: int, p_new: float = 0.05) -> Tensor:
+def deepaugment(
+    images: Tensor | Picked, autoencoder: ConvAutoencoder, seed: int, p_new: float = 0.05, out: Any = None
+) -> Any:
     """DeepAugment images: encode, decode with a perturbed decoder; a new perturbation with probability p_new per
-    image (consecutive images share one: they are batched)."""
+    image (consecutive images share one: they are batched). `out`: where row i goes (`out[a:b] = rows`, e.g. a
+    `Scatter` into the pool), so a pool of ImageNet size is never held twice; None: a new tensor."""
     g = torch.Generator().manual_seed(seed)
-    out = torch.empty_like(images)
+    out = torch.empty(images.shape, dtype=torch.uint8) if out is None else out
     start = 0
     while start < len(images):
         run = 1
@@ -195,9 +214,10 @@ class Noise2Net(nn.Module):
 
 
 @torch.no_grad()
-def noise2net(images: Tensor, seed: int, batch_size: int = 32) -> Tensor:
+def noise2net(images: Tensor | Picked, seed: int, batch_size: int = 32, out: Any = None) -> Any:
+    """A new Noise2Net per batch of `batch_size` images; `out` as in `deepaugment`."""
     g = torch.Generator().manual_seed(seed)
-    out = torch.empty_like(images)
+    out = torch.empty(images.shape, dtype=torch.uint8) if out is None else out
     for i in range(0, len(images), batch_size):
         net = Noise2Net(g)
         out[i : i + batch_size] = (net(images[i : i + batch_size].float() / 255.0) * 255).round().to(torch.uint8)
@@ -252,15 +272,17 @@ def build_pool(clean: ImageSet, autoencoder: ConvAutoencoder, seed: int, cfg: Po
         if cfg.n_images > len(clean)
         else torch.randperm(len(clean), generator=g)[: cfg.n_images]
     )
-    base = clean.images[src]
     n_n2n = int(round(cfg.noise2net_share * cfg.n_images))
     order = torch.randperm(cfg.n_images, generator=g)
-    imgs = torch.empty_like(base)
-    imgs[order[:n_n2n]] = noise2net(base[order[:n_n2n]], seed + 1)
-    imgs[order[n_n2n:]] = deepaugment(base[order[n_n2n:]], autoencoder, seed + 2, cfg.p_new)
+    # streamed: sources are index views of the clean split, results go straight into their rows of the pool
+    # (file-backed when large), AugMix rewrites rows in place; the numbers are those of the copying version
+    imgs = image_buffer(cfg.n_images, *clean.images.shape[1:])
+    n2n, deep = order[:n_n2n], order[n_n2n:]
+    noise2net(Picked((clean.images, src[n2n])), seed + 1, out=Scatter(imgs, n2n))
+    deepaugment(Picked((clean.images, src[deep])), autoencoder, seed + 2, cfg.p_new, out=Scatter(imgs, deep))
     mix = torch.rand(cfg.n_images, generator=g) < cfg.augmix_prob
     if mix.any():
-        imgs[mix] = augmix_views(imgs[mix], seed + 3, cfg.augmix_severity)[0]
+        augmix_in_place(imgs, mix.nonzero().flatten(), seed + 3, cfg.augmix_severity)
     return ImageSet(imgs, clean.labels[src].clone(), clean.classes)
 
 

@@ -254,3 +254,14 @@ class Picked:
             if mine.any():
                 out[mine] = base[index[idx[mine] - self.starts[k]]]
         return out
+
+
+class Scatter:
+    """Writes to rows `index` of `base`: `Scatter(base, index)[a:b] = rows` is `base[index[a:b]] = rows`. The
+    writing side of `Picked`, for producers that fill their output in runs (trainables/augment.py)."""
+
+    def __init__(self, base: Tensor, index: Tensor) -> None:
+        self.base, self.index = base, index
+
+    def __setitem__(self, s: slice, rows: Tensor) -> None:
+        self.base[self.index[s]] = rows
