@@ -131,22 +131,22 @@ def _eval_sets(i: Any, s: Sizes) -> Footprint:
 
 
 def _pool(i: Any, s: Sizes) -> Footprint:
+    """The split read, the pool written into its own (file-backed) buffer run by run (trainables/augment.py)."""
     disk = (s.n_train + s.n_pool) * image_bytes(s)
-    return _split(disk, 2 * _held(s.n_train + s.n_pool, s) + _held(s.n_pool, s), 0.0, s)
+    return _split(disk, _held(s.n_train, s) + _held(s.n_pool, s), 0.0, s)
 
 
 def _teacher(i: Any, s: Sizes) -> Footprint:
-    """Teachers gather their training images (clean + pool) into one in-memory set (trainables/classifiers.py)."""
+    """Teachers train on index views of the split and the pool (`shards.Picked`), gathered per batch."""
     t = i.teacher_train
-    n = (t["n_images"] or s.n_train) + (t.get("pool_images") or s.n_pool)
-    host = n * image_bytes(s) + _held(s.n_eval, s)
+    host = _held(s.n_train, s) + _held(s.n_pool, s) + _held(s.n_eval, s)
     return _split(_weights(i.model.name), host, _training(i.model.name, 3 * t["batch_size"], s), s)
 
 
 def _pretrain(i: Any, s: Sizes) -> Footprint:
-    n = i.pretrain["n_images"] or s.n_train
+    """A slice of the (file-backed) split, gathered per batch, and the test split for the plateau check."""
     device = _training(i.model.name, i.pretrain["batch_size"], s)
-    return _split(_weights(i.model.name), n * image_bytes(s), device, s)
+    return _split(_weights(i.model.name), _held(s.n_train, s) + _held(s.n_test, s), device, s)
 
 
 def _features(i: Any, s: Sizes) -> Footprint:
@@ -163,8 +163,8 @@ def _targets(i: Any, s: Sizes) -> Footprint:
 
 
 def _full_ft(i: Any, s: Sizes) -> Footprint:
-    n = (i.data_fraction or 1.0) * (s.n_train + s.n_pool)
-    host = n * image_bytes(s) + _held(s.n_eval, s)
+    """Index views of the split and the pool (`shards.Picked`), as the teachers."""
+    host = _held(s.n_train, s) + _held(s.n_pool, s) + _held(s.n_eval, s)
     return _split(_weights(i.model.name), host, _training(i.model.name, i.train["batch_size"], s), s)
 
 

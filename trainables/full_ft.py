@@ -27,6 +27,7 @@ from trainables.common import (
 )
 from trainables.evaluate import classifier_predictor, evaluate_suites
 from trainables.kinds import CellInputs, FullFinetuneInputs, body
+from trainables.shards import Picked
 from trainables.train_loop import adam, run_epochs
 from trainables.vocab import Method
 
@@ -41,7 +42,7 @@ def full_finetune(inputs: FullFinetuneInputs, deps: dict[str, Path], out: Path, 
     a = inputs.data_fraction
     ci = sample_fraction(len(pool["train"]["y"]), a, seed)
     pi = sample_fraction(len(pool["pool"]["y"]), a, seed)
-    x = torch.cat([pool["train"]["x"][ci], pool["pool"]["x"][pi]])
+    x = Picked((pool["train"]["x"], ci), (pool["pool"]["x"], pi))  # index views, gathered per batch
     y = torch.cat([pool["train"]["y"][ci], pool["pool"]["y"][pi]])
     student.set_frozen_trainable(True)
     g = seed_everything(seed)
