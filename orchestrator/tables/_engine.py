@@ -118,11 +118,14 @@ def _put(frames: tuple, row: str, col: str, vals: pd.Series) -> None:
         n.loc[row, col] = len(vals)
 
 
-def _averages(spec: TableSpec, per_cell: dict, labels: list[str], mean: pd.DataFrame) -> list[tuple[Col, dict]]:
+def _averages(
+    spec: TableSpec, per_cell: dict, labels: list[str], mean: pd.DataFrame
+) -> list[tuple[Col, list[str], dict]]:
     """'Avg shifts' over the paper's six shifts (only where all six have data), and, when some are missing
     (the local profile has C only), a clearly labelled average over the shifts every row with data has.
 
-    Averaged per run, then over seeds, so the std is that of the average, not a mix of columns."""
+    Averaged per run, then over seeds, so the std is that of the average, not a mix of columns.
+    Returns (column, the shift columns it averages, row -> per-run values) per average column."""
     import pandas as pd
 
     shifts = [c.label for c in spec.cols if c.shift]
@@ -134,7 +137,7 @@ def _averages(spec: TableSpec, per_cell: dict, labels: list[str], mean: pd.DataF
     result = []
     for col, use in out:
         by_row = {r: pd.concat([per_cell[(r, c)].rename(c) for c in use], axis=1).dropna().mean(axis=1) for r in labels}
-        result.append((col, by_row))
+        result.append((col, use, by_row))
     return result
 
 
@@ -211,13 +214,13 @@ def _with_averages(spec: TableSpec, frames: tuple, per_cell: dict, labels: list[
         [c.label for c in spec.cols if not c.extra]
         + [AVG_SHIFTS]
         + [c.label for c in spec.cols if c.extra]
-        + [a.label for a, _ in avgs[1:]]
+        + [a.label for a, _, _ in avgs[1:]]
     )
     frames = _with_columns(frames, order)
-    for col, by_row in avgs:
+    for col, _, by_row in avgs:
         for r, vals in by_row.items():
             _put(frames, r, col.label, vals)
-    return frames, {col.label: col for col, _ in avgs}, {col.label: list(use) for col, use in avgs}
+    return frames, {col.label: col for col, _, _ in avgs}, {col.label: list(use) for col, use, _ in avgs}
 
 
 def _cell_runs(spec: TableSpec, df: pd.DataFrame, per_cell: dict) -> dict[tuple[str, str], dict[str, str]]:
