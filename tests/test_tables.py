@@ -517,3 +517,24 @@ def test_teacher_vs_s0_is_decided_by_an_interval_over_c_images() -> None:
     assert holds is True and "95 % bootstrap interval over C images" in detail and "[+" in detail, detail
     holds, detail = check(0.01)
     assert holds is False and "[-" in detail, detail
+
+
+def test_teacher_vs_s0_is_checked_per_student_and_shares_the_c_map() -> None:
+    """Two students in one table (main Figure 1): each teacher is compared with each student's own S0, never with
+    their average; a teacher whose cached outcomes lack the C map borrows S0's (the same C set), so the margin is
+    still resampled by distinct image."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    source = np.tile(np.arange(300), 5)[:1500].reshape(15, 5, 20)  # 300 distinct images over 75 cells of 20
+    teacher = rng.random(source.shape) < 0.8
+    rows, out = [], {}
+    for i, (student, s0_acc) in enumerate((("clip_rn50", 0.3), ("clip_vit_b16", 0.7))):
+        s0 = rng.random(source.shape) < s0_acc
+        m = {"teacher/acc/c": float(teacher.mean()), "original/acc/c": float(s0.mean())}
+        rows.append(cell(i, m, student=student, teacher="vit_small", method="ours", seed=0))
+        out[f"r{i}"] = {"teacher/acc/c": teacher, "original/acc/c": s0, "original/source/c": source}
+    (a,) = [a for a in build_table(TABLES["main_fig1"], pd.DataFrame(rows), out.get).assumptions if "S0" in a.text]
+    rn50, vitb = a.detail.split("; ")[:2]
+    assert rn50.startswith("vit_small 79") and " vs S0 clip_rn50 3" in rn50 and " vs S0 clip_vit_b16 69" in vitb
+    assert a.holds is True and a.detail.endswith("95 % bootstrap interval over C images")

@@ -57,9 +57,14 @@ def _margin(g: pd.DataFrame, outcomes: Outcomes | None, teacher: str) -> stats.I
     for run_id in g["run_id"]:
         data = outcomes(run_id)
         if data and "teacher/acc/c" in data and "original/acc/c" in data:
+            keys = ("original/acc/c", "teacher/acc/c")
+            maps = [data.get(source_key(k)) for k in keys]
+            # a teacher entry cached before outcomes carried the C map lacks it; both models were scored on the
+            # sweep's one C set (same data section and seed), so one side's map serves both where the shapes agree
+            shared = next((m for m in maps if m is not None and m.shape == data[keys[0]].shape), None)
             arms = [
-                [("c", per_example(data[k].astype(float), data.get(source_key(k)))[None])]
-                for k in ("original/acc/c", "teacher/acc/c")
+                [("c", per_example(data[k].astype(float), m if m is not None else shared)[None])]
+                for k, m in zip(keys, maps, strict=True)
             ]
             try:
                 return stats.bootstrap(arms, stats.difference(scale=100.0), f"regime: {teacher} vs S0 on C")
@@ -74,15 +79,18 @@ def teacher_beats_s0(df: pd.DataFrame, outcomes: Outcomes | None = None) -> Clai
     ahead on 300 images is not established as more robust); else by the point estimate."""
     text = "teacher more robust than the original student S0 on C"
     lines, ok, with_interval = [], True, False
-    for teacher, g in _groups(df, "teacher"):
-        t, s = _mean(g, "metrics.teacher/acc/c"), _mean(g, "metrics.original/acc/c")
-        if math.isnan(t) or math.isnan(s):
-            continue
-        iv = _margin(g, outcomes, teacher)
-        with_interval |= iv is not None
-        ok &= (iv.lo > 0) if iv is not None else t > s
-        margin = iv.text(1) if iv is not None else f"{t - s:+.1f}"
-        lines.append(f"{teacher} {t:.1f} vs S0 {s:.1f} ({margin})")
+    students = _groups(df, "student")
+    for teacher, gt in _groups(df, "teacher"):
+        # per (teacher, student): each student has its own S0 (one S0 line per teacher when the grid has one)
+        for student, g in _groups(gt, "student") if len(students) > 1 else [("", gt)]:
+            t, s = _mean(g, "metrics.teacher/acc/c"), _mean(g, "metrics.original/acc/c")
+            if math.isnan(t) or math.isnan(s):
+                continue
+            iv = _margin(g, outcomes, teacher)
+            with_interval |= iv is not None
+            ok &= (iv.lo > 0) if iv is not None else t > s
+            margin = iv.text(1) if iv is not None else f"{t - s:+.1f}"
+            lines.append(f"{teacher} {t:.1f} vs S0{f' {student}' if student else ''} {s:.1f} ({margin})")
     if with_interval:
         lines.append("95 % bootstrap interval over C images")
     return Claim(text, ok, "; ".join(lines)) if lines else None
