@@ -3,7 +3,7 @@
 Why: the paper profile's `build_eval_sets` reads every ImageNet-C cell (15 x 5 x 50,000 JPEGs), ImageNet-P's
 videos and five shift sets, and the training stages read the train split. Decoding and resizing one ImageNet JPEG
 costs milliseconds of one core, so one process reading C alone takes hours while the cluster's other cores idle.
-Every read of files in a stage therefore goes through the stage's `Reader` (`StageContext.reader()`):
+Every read of files in a stage therefore goes through the stage's `Reader` (`stage_reader(ctx)`):
 1. the entries (image files, or the first n frames of a video) are cut into shards of `READ_ROWS` rows;
 2. the shards not yet done are decoded by the context's `read_shards` map (trainables/common.py `ShardMap`): one
    after another in the stage's process by default; under Ray, CPU-only shard tasks on any node that mounts the
