@@ -244,7 +244,7 @@ LOCAL_DEFAULTS: dict[str, Any] = {
         "resnet101": {"init_epochs": 10, "epochs": 5},
         "resnet152": {"init_epochs": 10, "epochs": 5},
         "vit_small": {"init_epochs": 15, "init_lr": 3.0e-4, "lr": 1.5e-4, "epochs": 3},
-        "vit_base": {"init_epochs": 10, "init_lr": 1.0e-4, "lr": 5.0e-5},
+        "vit_base": {"init_epochs": 10, "init_lr": 1.0e-4, "lr": 5.0e-5, "epochs": 3},
     },
     "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
 }
