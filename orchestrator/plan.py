@@ -328,6 +328,32 @@ def dry_run_report(plan: Plan) -> dict[str, Any]:
     }
 
 
+def invocation_shares(plans: list[Plan]) -> list[dict[str, Any]]:
+    """Per sweep of one invocation, in order: what it still has to compute once the sweeps before it have run.
+
+    Why: `runner.run_sweeps` runs the specs one after the other into one cache, so a stage two sweeps share (same
+    content key: the pool, the eval sets, a common teacher or student) is computed by the first and found by the
+    next. A dry run of `sweeps/*.yaml` shows that saving before anything starts, beside each sweep's own cost.
+    """
+    seen: set[str] = set()
+    out = []
+    for plan in plans:
+        todo = {k: s for k, s in plan.stages.items() if not s.cached}
+        hours = {k: stage_seconds(s, plan.spec) / 3600.0 for k, s in todo.items()}
+        earlier = [k for k in todo if k in seen]
+        out.append(
+            {
+                "sweep": plan.spec.name,
+                "device_hours_alone": sum(hours.values()),
+                "device_hours": sum(h for k, h in hours.items() if k not in seen),
+                "stages": len(todo) - len(earlier),
+                "stages_from_earlier_sweeps": len(earlier),
+            }
+        )
+        seen.update(todo)
+    return out
+
+
 def pending_cells(plan: Plan) -> list[str]:
     """Keys of the cells a run would still compute (not in the cache), in plan order."""
     keys = dict.fromkeys(plan.cell_stage[c] for c in plan.cells)

@@ -28,6 +28,22 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines + format_footprint(report["footprint"]))
 
 
+def format_invocation(shares: list[dict[str, Any]]) -> list[str]:
+    """Text lines of `plan.invocation_shares`: several specs in one invocation against each file on its own."""
+    joint = sum(s["device_hours"] for s in shares)
+    alone = sum(s["device_hours_alone"] for s in shares)
+    lines = [
+        f"all {len(shares)} sweeps in this invocation, in order (one cache: a stage is computed by the first sweep "
+        f"that needs it): {joint:.3f} device-hours not cached, against {alone:.3f} for the files run one by one"
+    ]
+    for s in shares:
+        lines.append(
+            f"  {s['sweep']:<22} {s['device_hours']:.3f} h  {s['stages']} stage(s) to compute, "
+            f"{s['stages_from_earlier_sweeps']} from earlier sweeps (alone: {s['device_hours_alone']:.3f} h)"
+        )
+    return lines
+
+
 def format_footprint(fp: dict[str, Any]) -> list[str]:
     """Text lines of the footprint: per kind the disk its stages write and the memory of its largest stage."""
     node = fp.get("node_memory_gb")

@@ -274,21 +274,24 @@ def _stdout_to_devnull() -> None:
 
 
 def _dry_runs(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
-    """Plan and print every spec; `--json` prints one object for one spec (as always), a list for several."""
-    reports = [_dry_run_report(args, spec) for spec in specs]
+    """Plan and print every spec; `--json` prints one object for one spec (as always), a list for several, each
+    with its `invocation` share (what it computes after the sweeps before it, `plan.invocation_shares`).
+
+    Reads the stage cache only if it is already on local disk (no folder made, no network)."""
+    from orchestrator.plan import build_plan, dry_run_report, invocation_shares
+    from orchestrator.plan_text import format_invocation
+
+    cached = _cached_on_disk(args.storage)
+    plans = [build_plan(spec, cached) for spec in specs]
+    reports = [{**dry_run_report(plan), "packing": _packing(args, plan)} for plan in plans]
+    shares = invocation_shares(plans) if len(plans) > 1 else []
+    for report, share in zip(reports, shares, strict=False):
+        report["invocation"] = share
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         return 0
-    print("\n\n".join(_dry_run_text(r) for r in reports))
+    print("\n\n".join([_dry_run_text(r) for r in reports] + (["\n".join(format_invocation(shares))] if shares else [])))
     return 0
-
-
-def _dry_run_report(args: argparse.Namespace, spec: SweepSpec) -> dict:
-    """Reads the stage cache only if it is already on local disk (no folder made, no network)."""
-    from orchestrator.plan import build_plan, dry_run_report
-
-    plan = build_plan(spec, _cached_on_disk(args.storage))
-    return {**dry_run_report(plan), "packing": _packing(args, plan)}
 
 
 def _dry_run_text(report: dict) -> str:

@@ -76,3 +76,10 @@ def test_dry_run_of_several_specs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     reports = json.loads(proc.stdout)
     assert [r["sweep"] for r in reports] == ["one", "two"] and all(r["packing"]["trials"] for r in reports)
+    # the same cells under another name: the second sweep finds every stage the first computes
+    first, second = (r["invocation"] for r in reports)
+    assert first["stages_from_earlier_sweeps"] == 0 and first["device_hours"] == first["device_hours_alone"] > 0
+    assert second["stages"] == 0 and second["stages_from_earlier_sweeps"] == len(reports[1]["stages"])
+    assert second["device_hours"] == 0 and second["device_hours_alone"] == first["device_hours_alone"]
+    text = run_cli(["orchestrator.sweep", *specs, "--dry-run", "--storage", str(tmp_path / "r")], timeout=120).stdout
+    assert "all 2 sweeps in this invocation" in text and "0 stage(s) to compute" in text
