@@ -232,7 +232,8 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     # chance there: DeiT's rule gives ~6e-5 at batch 64); fine-tuning at half the pretraining step, as the ResNets.
     "model_overrides": {"vit_small": {"patch_size": 16}, "vit_base": {"patch_size": 16}},
     # Robustification epochs per teacher, so each ends more robust on C than the students it teaches (the paper's
-    # regime; one epoch left five of six teachers below S0). Measured: ViT-S passes after 3 epochs, ViT-B after 1;
+    # regime; one epoch left five of six teachers below S0). Measured: ViT-S passes after 3 epochs; ViT-B after 1
+    # passed the CLIP ViT-B/16 S0 (+6.6) but not the ablations' converged ViT-L/14@336 S0 (+2.3 [-0.3, +4.9]): 3;
     # RN-101 (72.9 % C) and RN-152 (75.4 %) after 10 pretraining and 5 robustification epochs; RN-50 gains ~0.75
     # point per epoch (67.4 % after 3, 68.9 % after 5, S0 68.1 %) and gets 8. RN-34 after 3 was +4.5 [+0.7, +8.8]
     # ahead of S0 here but +3.8 [-0.1, +8.1] with AVX2 kernels (another machine): 6. 10 pretraining epochs for
