@@ -16,7 +16,9 @@ work the figures are under contention: compare the ratio, not the seconds.
 Measured 2026-12-02 on the 2-core dev machine, niced 19 under another job's sweep (load average ~22, this process
 got ~16% of the CPUs): n 4096, 4 shards, best of 2: serial_1t 22.1 s, serial_2t 81.0 s, ray_2x1t 32.1 s (ratio
 0.69: slower), all three byte-identical. That says what 2 tasks cost when there is less than one free core, not
-what they gain on an idle node (at most 2x here; per GPU on a cluster); rerun on a quiet machine before quoting.
+what they gain on an idle node (at most 2x here; per GPU on a cluster). On the quiet machine (2026-12-02, nothing
+else running), n 4096, best of 2: serial_1t 7.68 s, serial_2t 4.66 s, ray_2x1t 4.38 s: ratio 1.75 over one thread
+and 1.06 over two threads in one process, all three byte-identical.
 
 Usage: python -m bench.shard_tasks [--n 4096] [--repeats 2] [--out bench/out]
 """
