@@ -133,3 +133,24 @@ def test_picked_rows_are_the_concatenated_copy() -> None:
     idx = torch.randperm(25)[:9]
     assert torch.equal(view[idx], copy[idx]) and torch.equal(view[18:23], copy[18:23])
     assert torch.equal(view[torch.arange(25)], copy)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_assembled_set_is_the_npy_a_memory_map_would_write_and_checks_its_rows(tmp_path: Path, dtype: str) -> None:
+    """`assemble` streams the shards into the `.npy` (no map of the whole set in the process's RSS); its bytes are
+    those of `open_memmap` + copy, and shards that do not fill the set's rows are refused, not padded."""
+    work = tmp_path / "w"
+    work.mkdir()
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((n, 2, 3)).astype(np.float32) for n in (5, 3, 4)]
+    for i, a in enumerate(parts):
+        np.save(work / f"{i:06d}.npy", a)
+    shards.assemble(work, tmp_path / "new.npy", (2, 6), dtype)
+    ref = np.lib.format.open_memmap(tmp_path / "ref.npy", mode="w+", dtype=shards.DTYPES[dtype], shape=(2, 6, 2, 3))
+    ref.reshape(-1, 2, 3)[:] = np.concatenate(parts)
+    ref.flush()
+    del ref
+    assert (tmp_path / "new.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    with pytest.raises(ValueError, match="shards hold 12 rows, the set needs 13"):
+        shards.assemble(work, tmp_path / "short.npy", (13,), dtype)
+    assert not (tmp_path / "short.npy").exists()

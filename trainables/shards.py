@@ -20,6 +20,7 @@ pass: the numbers are the same. Storage dtype: fp16 on ImageNet, fp32 on the emb
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -93,15 +94,22 @@ def assemble(work: Path, dest: Path, lead: tuple[int, ...], dtype: str) -> None:
     if not shards:
         np.save(dest, np.empty((0,), DTYPES[dtype]))
         return
-    first = np.load(shards[0], mmap_mode="r")
-    out = np.lib.format.open_memmap(dest, mode="w+", dtype=DTYPES[dtype], shape=(*lead, *first.shape[1:]))
-    flat, at = out.reshape(-1, *first.shape[1:]), 0
-    for s in shards:
-        part = np.load(s, mmap_mode="r")
-        flat[at : at + len(part)] = part
-        at += len(part)
-    out.flush()
-    del out, flat
+    # Streamed: the header, then each shard's bytes appended in order. Not through a memory map of `dest`: its
+    # dirty pages stay in this process's RSS until unmapped, so the peak grew with the whole set (bench/data_plane).
+    dt = np.dtype(DTYPES[dtype])
+    item = np.load(shards[0], mmap_mode="r").shape[1:]
+    header = {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": (*lead, *item)}
+    with open(dest, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        rows = 0
+        for s in shards:
+            part = np.load(s, mmap_mode="r")
+            f.write(np.ascontiguousarray(part, dtype=dt).tobytes())
+            rows += len(part)
+            del part
+    if rows != math.prod(lead):  # a memory map would have refused the copy; a stream must say it itself
+        dest.unlink()
+        raise ValueError(f"{work}: shards hold {rows} rows, the set needs {math.prod(lead)} ({lead})")
 
 
 def _leaves(tree: dict[str, Any], leaf: str = "") -> tuple[dict[str, Any], list[tuple[str, Tensor]]]:
