@@ -284,13 +284,16 @@ def _dry_runs(args: argparse.Namespace, specs: list[SweepSpec]) -> int:
     cached = _cached_on_disk(args.storage)
     plans = [build_plan(spec, cached) for spec in specs]
     reports = [{**dry_run_report(plan), "packing": _packing(args, plan)} for plan in plans]
-    shares = invocation_shares(plans) if len(plans) > 1 else []
-    for report, share in zip(reports, shares, strict=False):
+    if len(plans) == 1:
+        print(json.dumps(reports[0], indent=1) if args.json else _dry_run_text(reports[0]))
+        return 0
+    shares = invocation_shares(plans)
+    for report, share in zip(reports, shares, strict=True):
         report["invocation"] = share
     if args.json:
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
+        print(json.dumps(reports, indent=1))
         return 0
-    print("\n\n".join([_dry_run_text(r) for r in reports] + (["\n".join(format_invocation(shares))] if shares else [])))
+    print("\n\n".join([_dry_run_text(r) for r in reports] + ["\n".join(format_invocation(shares))]))
     return 0
 
 

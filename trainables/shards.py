@@ -104,9 +104,8 @@ def assemble(work: Path, dest: Path, lead: tuple[int, ...], dtype: str) -> None:
         rows = 0
         for s in shards:
             part = np.load(s, mmap_mode="r")
-            f.write(np.ascontiguousarray(part, dtype=dt).tobytes())
+            np.ascontiguousarray(part, dtype=dt).tofile(f)  # as np.save writes: no bytes copy of the shard
             rows += len(part)
-            del part
     if rows != math.prod(lead):  # a memory map would have refused the copy; a stream must say it itself
         dest.unlink()
         raise ValueError(f"{work}: shards hold {rows} rows, the set needs {math.prod(lead)} ({lead})")
