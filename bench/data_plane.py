@@ -17,11 +17,10 @@ path, so reading costs the same). Stages read the images at `--size` px (default
 take at 224 px.
 Measured 2026-12-02 on the 2-core dev machine, nothing else running (16.7 min for all three N): peak anonymous RSS
 2k / 8k / 32k, in MB: read_pool 509 / 518 / 506, build_eval_sets 308 / 319 / 311, extract_features 778 / 805 / 765,
-teacher_targets 692 / 703 / 704 (flat: <= 1.02x). VmHWM grows with N (extract_features 1,168 -> 2,318 MB) by the
-memory maps' file-backed pages, which the kernel drops under pressure; with `shards.assemble` streaming the
-output instead of mapping it, extract_features' VmHWM went 1,166 -> 1,907 MB (was 2,318) from 2k to 32k, the rest
-being the inputs read through maps. Wall time 32k / 8k: 2.8-3.95x for 4x the
-images (fixed start-up costs); per image at 32k: 1.1 / 0.8 / 14.3 / 5.7 ms.
+teacher_targets 692 / 703 / 704 (flat: <= 1.02x). VmHWM grows with N by the memory maps' file-backed pages,
+which the kernel drops under pressure: extract_features 1,168 -> 2,318 MB while `shards.assemble` copied through a
+map of the whole output, 1,166 -> 1,907 MB since it streams it (the rest: the inputs read through maps). Wall
+time 32k / 8k: 2.8-3.95x for 4x the images (fixed start-up costs); per image at 32k: 1.1 / 0.8 / 14.3 / 5.7 ms.
 Usage: python -m bench.data_plane [--n 2000 8000 32000] [--size 64] [--out bench/out]
 """
 
