@@ -154,3 +154,41 @@ def test_assembled_set_is_the_npy_a_memory_map_would_write_and_checks_its_rows(t
     with pytest.raises(ValueError, match="shards hold 12 rows, the set needs 13"):
         shards.assemble(work, tmp_path / "short.npy", (13,), dtype)
     assert not (tmp_path / "short.npy").exists()
+
+
+def _rss_file_mb() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssFile:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_file_backed_sets_are_saved_streamed_and_their_pages_released(tmp_path: Path, monkeypatch) -> None:
+    """`common.save` writes a file-backed set as its own .npy through a bounded window (the set's pages do not
+    stay in the process, as torch.save's would), loads back byte-equal, and leaves in-memory tensors in the
+    pickle: such a file is byte-identical to torch.save's (the local profile's cache entries do not change)."""
+    from trainables import common, pages
+
+    monkeypatch.setattr(common, "STREAM_BYTES", 2**20)
+    monkeypatch.setattr(pages, "STREAM_CHUNK_BYTES", 2**20)
+    n = 200  # 200 MB of uint8 rows of 1 MB
+    src = np.memmap(tmp_path / "set.u8", dtype=np.uint8, mode="w+", shape=(n, 2**20))
+    for i in range(n):
+        src[i] = i % 251
+        pages.release(src[i])  # the reader's writes leave nothing behind either
+    src.flush()
+    small = torch.arange(10)
+    base = _rss_file_mb()
+    big = torch.from_numpy(np.memmap(tmp_path / "set.u8", dtype=np.uint8, mode="c", shape=(n, 2**20)))
+    common.save({"a": {"x": big, "y": small}, "name": "set"}, tmp_path / "e.pt")
+    assert _rss_file_mb() - base < 40, "the saved set's pages stayed mapped in this process"
+    assert (tmp_path / "e.arrays" / "a" / "x.npy").is_file()
+    back = common.load(tmp_path / "e.pt")
+    assert torch.equal(back["a"]["y"], small) and back["name"] == "set"
+    assert back["a"]["x"].shape == big.shape and torch.equal(back["a"]["x"][::37], big[::37])
+    assert np.array_equal(np.load(tmp_path / "e.arrays" / "a" / "x.npy", mmap_mode="r")[:, ::4096], src[:, ::4096])
+    plain = {"x": torch.ones(3, 4), "y": {"z": torch.arange(5)}}
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "torch").mkdir()
+    common.save(plain, tmp_path / "ours" / "p.pt")
+    torch.save(plain, tmp_path / "torch" / "p.pt")
+    assert (tmp_path / "ours" / "p.pt").read_bytes() == (tmp_path / "torch" / "p.pt").read_bytes()
+    assert not pages.release(plain["x"])  # anonymous memory is never advised

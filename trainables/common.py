@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainables import pages
+
 
 class Reporter(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
@@ -198,15 +200,44 @@ def precise_bn(
 # ----------------------------------------------------------------------------------------------- storage
 
 
+ARRAY = "__array__"  # placeholder key: {ARRAY: "relative/name"} stands for <folder>/relative/name.npy
+STREAM_BYTES = 64 * 2**20  # a file-backed tensor this large is saved as its own streamed .npy (`save`)
+
+
 def save(obj: Any, path: Path) -> None:
-    """torch.save of plain tensors/containers only, so `load` can use weights_only=True."""
-    torch.save(obj, path)
+    """torch.save of plain tensors/containers only, so `load` can use weights_only=True.
+
+    A tensor that lives in a file map (an ImageNet-sized set read through `reading.Reader`) and holds at least
+    STREAM_BYTES is written beside, as `<stem>.arrays/<key path>.npy`, through a bounded window
+    (`pages.stream_npy`), and a placeholder takes its place in the pickle. Why: torch.save would read the whole
+    map through this process, leaving every page of the set in its resident set. In-memory tensors (every set of
+    the local profile) stay in the pickle: those files are byte-identical to a plain torch.save."""
+
+    def strip(node: Any, leaf: str) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v, f"{leaf}/{k}" if leaf else str(k)) for k, v in node.items()}
+        if pages.is_streamed(node, STREAM_BYTES):
+            pages.stream_npy(node, path.parent / f"{path.stem}.arrays" / f"{leaf}.npy")
+            return {ARRAY: f"{path.stem}.arrays/{leaf}"}
+        return node
+
+    torch.save(strip(obj, ""), path)
 
 
 def load(path: Path) -> Any:
     """Tensors memory-mapped from the file (copy-on-write): a stage reading a pool or eval sets of ImageNet size
-    touches only the pages it indexes, and the kernel can drop them again; nothing is read whole up front."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    touches only the pages it indexes, and the kernel can drop them again; nothing is read whole up front.
+    Placeholders ({ARRAY: name}, from `save` or `shards.store_tree`) become copy-on-write maps of their `.npy`."""
+    folder = path.parent
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict) and set(node) == {ARRAY}:
+            return torch.from_numpy(np.load(folder / f"{node[ARRAY]}.npy", mmap_mode="c"))
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        return node
+
+    return fill(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
 
 
 def write_metrics(folder: Path, metrics: dict[str, float]) -> None:

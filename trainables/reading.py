@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainables import pages
 from trainables.common import ShardMap, StageContext, serial_map
 from trainables.data import image_buffer, read_image, read_video_frames
 
@@ -101,6 +102,7 @@ class Reader:
             if folder is not None:
                 arr.flush()  # on disk before its marker: a marker promises a whole shard
                 (folder / f"{start:010d}.done").touch()
+            pages.release(arr[start : start + len(y)])  # written: its pages leave this process (trainables/pages.py)
 
         rows = sum(entry_rows(e) for _, chunk in todo for e in chunk)
         (self.read_shards if rows >= READ_MIN_ROWS else serial_map)(DecodeFiles(size), todo, write)

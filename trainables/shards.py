@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.common import ShardMap, apply_chunked, load, save, serial_map
+from trainables import pages
+from trainables.common import ARRAY, ShardMap, apply_chunked, load, save, serial_map
 from trainables.footprint import INFER_BATCH, SHARD_ROWS
 
 # Fewer unfinished rows than this in a stage: its shards are computed here even when the context offers a parallel
@@ -41,7 +42,6 @@ from trainables.footprint import INFER_BATCH, SHARD_ROWS
 # on the micro smoke sweep (5 shards of <= 200 rows): extract_features 2.7 s here vs 17.9 s as shard tasks. The
 # local profile stays under it (serial, as before); ImageNet is hundreds of times over.
 MAP_MIN_ROWS = 8 * SHARD_ROWS
-ARRAY = "__array__"  # placeholder key: {ARRAY: "relative/name"} stands for <folder>/relative/name.npy
 META = "meta.pt"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -155,9 +155,11 @@ def encode_tree(
     def write(path: Path, y: np.ndarray) -> None:
         nonlocal computed
         write_shard(path, y)
+        pages.release(inputs.pop(path))  # done with these input rows: their map pages leave this process
         computed += 1
 
     todo = list(_unfinished(arrays, work, 3))  # views: no row is read yet
+    inputs = dict(todo)
     mapper = map_shards if sum(len(x) for _, x in todo) >= MAP_MIN_ROWS else serial_map
     mapper(ShardFn(fn, dtype), todo, write)
     for name, x in arrays:
@@ -185,15 +187,7 @@ def store_tree(
 
 def load_tree(folder: Path) -> dict[str, Any]:
     """The tree `store_tree` wrote, every array a copy-on-write memory map (read lazily, never whole)."""
-
-    def fill(node: Any) -> Any:
-        if isinstance(node, dict) and set(node) == {ARRAY}:
-            return torch.from_numpy(np.load(folder / f"{node[ARRAY]}.npy", mmap_mode="c"))
-        if isinstance(node, dict):
-            return {k: fill(v) for k, v in node.items()}
-        return node
-
-    return fill(load(folder / META))
+    return load(folder / META)
 
 
 class Rows:
