@@ -226,8 +226,12 @@ def _dp_rank(rank: int, world: int, port: int, inputs, deps: dict[str, Path], ou
 
 def test_two_data_parallel_workers_match_one(dag, tmp_path: Path) -> None:
     """workers_per_trial: 2 splits every global batch (augmented rows and their clean partners) between the ranks
-    and DDP averages the gradients: the tail after two epochs equals one worker's, every tuned parameter within
-    1e-4 (gradient all-reduce sums in another order; the loss is a mean, and every batch here splits evenly)."""
+    and DDP averages the gradients: the tail after two epochs matches one worker's. Tolerance: the mean absolute
+    difference is under 10 % of the mean distance training moved the parameters. Why not a max-abs bound: Adam
+    normalises each step, so float reordering (all-reduce, half batches) flips the sign of near-zero gradients and
+    single entries drift by a full step; one worker at 1 vs 2 torch threads already differs by up to 2.3e-3.
+    Measured 2026-12-03 on this fixture (ViT-S tail, 1.79 M parameters): one vs 1-or-2 threads 0.7 %, two DDP
+    workers 3.0 %, two workers without the gradient all-reduce (each fits its half) 40 %."""
     import socket
 
     import torch.multiprocessing as mp
@@ -243,9 +247,9 @@ def test_two_data_parallel_workers_match_one(dag, tmp_path: Path) -> None:
     two = torch.load(tmp_path / "state.pt", weights_only=True)
     one = _tail_after_training(stage.inputs, deps, 0, 1, lambda m: m)
     assert one.keys() == two.keys() and len(one) > 0
-    worst = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
-    moved = max(float((one[k].float() - v.float()).abs().max()) for k, v in _initial_tail(deps).items())
-    assert worst < 1e-4 < moved, (worst, moved)
+    diff = torch.cat([(one[k].float() - two[k].float()).abs().flatten() for k in one]).mean()
+    moved = torch.cat([(one[k].float() - v.float()).abs().flatten() for k, v in _initial_tail(deps).items()]).mean()
+    assert moved > 1e-4 and diff < 0.1 * moved, (float(diff), float(moved))
 
 
 def _initial_tail(deps: dict[str, Path]) -> dict[str, torch.Tensor]:
