@@ -55,6 +55,21 @@ TRAIN_ENV = {
 }
 
 
+def pin_cluster_address() -> None:
+    """Every worker process of our job (`worker_process_setup_hook`): RAY_ADDRESS = the cluster it belongs to.
+
+    Why: code inside a worker that finds "its" cluster by address=None (Ray Train V2's PlacementGroupCleaner asks
+    the State API whether the trial's controller is alive) autodetects it from the host's running GCS processes
+    and raises "Found multiple active Ray instances" when a host runs two (a second sweep, a test suite, a user's
+    own Ray). The cleaner's thread then dies; a controller killed with its trial (Tune stops the driver actor)
+    leaves its workers' placement group behind, and every later trial waits for the leaked CPUs until
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S fails it (seen 2026-12-03: 14 of kd_pairs' 24 cells)."""
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+JOB_RUNTIME_ENV = {"worker_process_setup_hook": f"{__name__}.pin_cluster_address"}
+
+
 def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
     """Join a cluster (`address`) or start a local one that declares the driver resource."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -68,7 +83,8 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         "logging_level": "ERROR",
     }
     if address:  # the cluster's daemons were started without our environment: hand it to this job's workers
-        ray.init(address=address, runtime_env={"env_vars": {k: os.environ[k] for k in TRAIN_ENV}}, **quiet)
+        env = {k: os.environ[k] for k in TRAIN_ENV}
+        ray.init(address=address, runtime_env={**JOB_RUNTIME_ENV, "env_vars": env}, **quiet)
         started = False
     else:
         ray.init(  # "local": a Ray of our own, never one a `ray start` on this host left in ray_current_cluster
@@ -77,6 +93,7 @@ def start(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
             resources={TRIAL_DRIVER: 1000},
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            runtime_env=JOB_RUNTIME_ENV,
             **quiet,
         )
         started = True

@@ -3,6 +3,7 @@ the order in which shared stages go out (a real local Ray)."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 from orchestrator.driver import SHARD_TASKS_CAP, _read_tasks, _shard_tasks
@@ -98,3 +99,55 @@ def test_image_files_are_decoded_by_cpu_tasks_over_the_whole_cluster() -> None:
     assert _read_tasks(_sweep({"shard_tasks": 6}, gpu_box, 0, paper)) == {"read_tasks": 6}
     one = ClusterInfo(cpus=1, gpus=0, has_driver_resource=True, started_here=True)
     assert _read_tasks(_sweep({}, one, 0, paper)) == {}  # one CPU: the stage decodes its own files
+
+
+def test_workers_find_their_own_cluster_when_the_host_runs_another_ray() -> None:
+    """With a second Ray on the host, an actor nested as Ray Train nests its PlacementGroupCleaner (under an actor
+    with its own runtime_env, detached) reaches its own cluster's State API by address=None, as the cleaner does:
+    without the adapter's RAY_ADDRESS hook Ray raises "Found multiple active Ray instances", the cleaner's thread
+    dies and a trial killed mid-teardown leaks its workers' CPUs (ray_backend.pin_cluster_address)."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from orchestrator import ray_backend
+    from tests.procs import kill_marked, marked_env
+
+    code = "import ray, sys; ray.init(address='local', num_cpus=1, include_dashboard=False); print('up', flush=True)"
+    other = subprocess.Popen(
+        [sys.executable, "-c", code + "; sys.stdin.read()"],
+        env=marked_env("other-ray"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == b"up"
+        ray_backend.start(None, num_cpus=1)
+        try:
+
+            @ray.remote(num_cpus=0)
+            class Probe:
+                def look(self) -> tuple[str, int]:
+                    from ray.util.state import list_actors
+
+                    return os.environ.get("RAY_ADDRESS", ""), len(list_actors(limit=10))
+
+            @ray.remote(num_cpus=0, runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
+            class Controller:
+                def probe(self) -> tuple[str, int]:
+                    cleaner = Probe.options(lifetime="detached").remote()
+                    try:
+                        return ray.get(cleaner.look.remote())
+                    finally:
+                        ray.kill(cleaner)
+
+            address, actors = ray.get(Controller.remote().probe.remote(), timeout=120)
+            assert address == ray.get_runtime_context().gcs_address and actors >= 2
+        finally:
+            ray_backend.stop()
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
+        kill_marked("other-ray")
