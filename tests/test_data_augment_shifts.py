@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,18 @@ from trainables import augment, data, shifts
 @pytest.fixture(scope="module")
 def split():
     return data.load_mnist5k(seed=0, n_train=300, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    """One epoch of the DeepAugment autoencoder on the split, trained once for the module (a minute or more on
+    the 2-core CI machine); each test gets its own copy, so none sees another's changes."""
+    return augment.train_autoencoder(split[0].images, epochs=1, seed=0)
+
+
+@pytest.fixture
+def ae(trained):
+    return copy.deepcopy(trained[0])
 
 
 def test_mnist_split_is_stratified_padded_rgb(split) -> None:
@@ -33,9 +46,9 @@ def test_digits_transfer_split() -> None:
     assert len(tr) + len(te) == 1797 and tr.images.shape[1:] == (3, 32, 32)
 
 
-def test_autoencoder_reconstruction_is_checked(split) -> None:
+def test_autoencoder_reconstruction_is_checked(split, trained) -> None:
     train, _ = split
-    ae, rep = augment.train_autoencoder(train.images, epochs=1, seed=0)
+    rep = trained[1]
     assert rep["recon_mse"] < 0.5 * rep["mean_image_mse"]
     with pytest.raises(augment.CollapsedAutoencoder, match="mean-image"):
         augment.check_reconstruction({"recon_mse": 0.06, "mean_image_mse": 0.05})
@@ -47,9 +60,8 @@ def test_autoencoder_reconstruction_is_checked(split) -> None:
         augment.check_reconstruction(augment.reconstruction_report(collapsed, train.images))
 
 
-def test_pool_is_augmented_reproducible_and_keeps_labels(split) -> None:
+def test_pool_is_augmented_reproducible_and_keeps_labels(split, ae) -> None:
     train, _ = split
-    ae, _ = augment.train_autoencoder(train.images, epochs=1, seed=0)
     cfg = augment.PoolConfig(n_images=120)
     a = augment.build_pool(train, ae, seed=3, cfg=cfg)
     b = augment.build_pool(train, ae, seed=3, cfg=cfg)
@@ -60,9 +72,8 @@ def test_pool_is_augmented_reproducible_and_keeps_labels(split) -> None:
     assert not any(torch.equal(img, t) for img in a.images[:10] for t in train.images)  # every image changed
 
 
-def test_deepaugment_and_noise2net_change_images(split) -> None:
+def test_deepaugment_and_noise2net_change_images(split, ae) -> None:
     train, _ = split
-    ae, _ = augment.train_autoencoder(train.images, epochs=1, seed=0)
     x = train.images[:16]
     for y in (augment.deepaugment(x, ae, seed=0), augment.noise2net(x, seed=0)):
         assert y.shape == x.shape and y.dtype == torch.uint8
