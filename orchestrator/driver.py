@@ -322,6 +322,8 @@ def _pending_cells(
             if status == FAILED:
                 outcome.skipped_failed.append(key)
                 progress.already(key, "failed")
+            else:  # --rerun-failed reruns failures only: say what it left, or a sweep never run "finishes" empty
+                outcome.not_run.append(key)
             continue
         run_ids[key] = tracker.open_child(
             sc.parent_id, sc.sweep_id, "cell", key, cell.label(), {}, cell_params(plan, cell)

@@ -29,6 +29,7 @@ class Outcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     skipped_failed: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # --rerun-failed: cells never run (or never finished), left
     cached: list[str] = field(default_factory=list)
     computed_stages: int = 0
     cached_stages: int = 0

@@ -61,6 +61,7 @@ class SweepResult:
     finished: int = 0
     failed: int = 0  # cells that failed in this invocation
     skipped_failed: int = 0  # cells that had failed before and were not rerun (--rerun-failed)
+    not_run: int = 0  # --rerun-failed: cells it left because they had not failed (never run or never finished)
     error: str | None = None  # the sweep stopped on an error (traceback in <storage>/logs/last_error.txt)
     files: list[Path] = field(default_factory=list)
     report: SweepReportInput | None = None  # its part of the invocation's reproduction report
@@ -73,7 +74,9 @@ class SweepResult:
         if self.error is not None:
             return f"sweep {self.name}: stopped after {self.wall_s:.0f} s: {self.error}"
         before = f", {self.skipped_failed} previously failed" if self.skipped_failed else ""
-        return f"sweep {self.name}: {self.wall_s:.0f} s, {self.finished} cells finished, {self.failed} failed{before}"
+        left = f", {self.not_run} not run (--rerun-failed; rerun without it)" if self.not_run else ""
+        counts = f"{self.finished} cells finished, {self.failed} failed{before}{left}"
+        return f"sweep {self.name}: {self.wall_s:.0f} s, {counts}"
 
 
 def run_sweep(spec: SweepSpec, args: argparse.Namespace, server: LocalMlflowServer | None) -> int:
@@ -220,13 +223,14 @@ def _execute(
         f"done in {wall:.0f} s: {len(outcome.finished)} finished ({len(outcome.cached)} from cache), "
         f"{len(outcome.failed)} failed, {len(outcome.skipped_failed)} previously failed (use --rerun-failed); "
         f"{outcome.computed_stages} stages computed, {outcome.cached_stages} cached"
+        + (f"; {len(outcome.not_run)} cell(s) not run: --rerun-failed reruns failed ones" if outcome.not_run else "")
     )
     for f in files:
         progress.log(f"  {f}")
     for res in report.results:  # a broken regime is said on the terminal, not only in the tables (issue #13)
         for line in regime_warnings(res.spec.id, res.assumptions or []):
             progress.log(f"  warning: {line}")
-    n = (len(outcome.finished), len(outcome.failed), len(outcome.skipped_failed))
+    n = (len(outcome.finished), len(outcome.failed), len(outcome.skipped_failed), len(outcome.not_run))
     return SweepResult(spec.name, wall, *n, files=files, report=report)
 
 

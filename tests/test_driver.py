@@ -81,6 +81,7 @@ def test_status_branches_finished_failed_rerun_cached_and_upstream(sc: SweepCont
     outcome = Outcome()  # --rerun-failed: only the failed cell is work again, the finished one is still counted
     pending, run_ids = driver._pending_cells(sc, outcome, rerun_failed=True, failed_stages={})
     assert [p["key"] for p in pending] == [keys["apt"]] and outcome.finished == [keys["ours"]]
+    assert sorted(outcome.not_run) == sorted(set(keys.values()) - {keys["ours"], keys["apt"]})  # said, not hidden
     sc.tracker.logger(run_ids[keys["apt"]]).finish(FAILED)
 
     _publish_cell(sc, keys["apt"], {"acc/clean": 0.5, "time/train_s": 1.0})  # its entry appeared meanwhile
