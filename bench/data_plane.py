@@ -17,10 +17,14 @@ path, so reading costs the same). Stages read the images at `--size` px (default
 take at 224 px.
 Measured 2026-12-02 on the 2-core dev machine, nothing else running (16.7 min for all three N): peak anonymous RSS
 2k / 8k / 32k, in MB: read_pool 509 / 518 / 506, build_eval_sets 308 / 319 / 311, extract_features 778 / 805 / 765,
-teacher_targets 692 / 703 / 704 (flat: <= 1.02x). VmHWM grows with N by the memory maps' file-backed pages,
-which the kernel drops under pressure: extract_features 1,168 -> 2,318 MB while `shards.assemble` copied through a
-map of the whole output, 1,166 -> 1,907 MB since it streams it (the rest: the inputs read through maps). Wall
-time 32k / 8k: 2.8-3.95x for 4x the images (fixed start-up costs); per image at 32k: 1.1 / 0.8 / 14.3 / 5.7 ms.
+teacher_targets 692 / 703 / 704 (flat: <= 1.02x). Wall time 32k / 8k: 2.8-3.95x for 4x the images (fixed start-up
+costs); per image at 32k: 1.1 / 0.8 / 14.3 / 5.7 ms. VmHWM then still grew with N by the memory maps' file-backed
+pages (extract_features 1,166 -> 1,907 MB, read_pool 1.48x, build_eval_sets 1.73x).
+Measured 2026-12-03, after `trainables/pages.py` (each shard's rows leave the process once written or read, and
+`common.save` streams file-backed sets): VmHWM 2k / 8k / 32k, in MB: read_pool 859 / 943 / 832, build_eval_sets
+576 / 630 / 608, extract_features 1,089 / 1,186 / 1,120, teacher_targets 1,056 / 1,056 / 1,054: 32k / 2k <= 1.03x,
+the largest of the three <= 1.10x the smallest; anonymous RSS unchanged (506-837 MB). (That run shared the 2 cores
+with the test suite and a sweep, so its wall times are not quoted.)
 Usage: python -m bench.data_plane [--n 2000 8000 32000] [--size 64] [--out bench/out]
 """
 
