@@ -38,6 +38,7 @@ from orchestrator.capacity import (  # noqa: F401 - ClusterInfo, max_concurrent,
     max_concurrent,
     uses_gpus,
 )
+from orchestrator.tune_logs import quiet_tune_logs, short_error, trial_dirname
 
 # Every Ray cluster's head has this resource (1.0): trial drivers of a cluster without `trial_driver` (KubeRay, a
 # plain `ray start --head`) reserve a sliver of it, so they stay on the head and take no CPU a Train worker needs.
@@ -367,7 +368,7 @@ def run_trials(
     if not packs:
         return []
     log = Path(log_dir) / "ray_tune.log"
-    _quiet_tune_logs(log)
+    quiet_tune_logs(log)
     driver = tune.with_resources(
         _bound(_trial_driver, body, "trial_driver"), {TRIAL_DRIVER: 0.01} if use_driver_resource else {HEAD_NODE: 0.001}
     )
@@ -375,7 +376,7 @@ def run_trials(
         driver,
         param_space={"pack": tune.grid_search(packs)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=concurrency, trial_dirname_creator=lambda t: _trial_dirname(t.config["pack"]["key"])
+            max_concurrent_trials=concurrency, trial_dirname_creator=lambda t: trial_dirname(t.config["pack"]["key"])
         ),
         run_config=tune.RunConfig(
             name=experiment, storage_path=tune_storage, verbose=0, failure_config=tune.FailureConfig(max_failures=0)
@@ -386,30 +387,6 @@ def run_trials(
     out = []
     for r in grid:
         pack = r.config["pack"] if r.config else {"key": "?", "cells": []}
-        err = None if r.error is None else _short_error(r.error)
+        err = None if r.error is None else short_error(r.error)
         out.append(TrialOutcome(pack["key"], [c["key"] for c in pack["cells"]], err))
     return out
-
-
-def _trial_dirname(pack_key: str) -> str:
-    return pack_key[:17] if pack_key.startswith("pack-") else f"cell-{pack_key[:12]}"
-
-
-def _quiet_tune_logs(path: Path) -> None:
-    """Tune logs each failed trial's traceback at ERROR level on stderr; users get one line per failed cell from
-    us instead, and the tracebacks go to <storage>/logs/ray_tune.log."""
-    import logging
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("ray.tune", "ray.train", "ray.air"):
-        lg = logging.getLogger(name)
-        lg.handlers = [handler]
-        lg.propagate = False
-
-
-def _short_error(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    cause = [ln for ln in text if "Error" in ln or "error" in ln]
-    return (cause[-1] if cause else (text[-1] if text else type(err).__name__))[:500]
