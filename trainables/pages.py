@@ -20,6 +20,7 @@ import ctypes
 import mmap
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -69,18 +70,21 @@ def release(x: Tensor | np.ndarray) -> bool:
     return _libc.madvise(lo, hi - lo, advice) == 0
 
 
+def write_npy_header(f: BinaryIO, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """The header np.save writes for a C-ordered array: its rows may then be appended with `tofile`, in order."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(f, header)
+
+
 def stream_npy(x: Tensor, path: Path) -> None:
-    """`x` written as the `.npy` np.save would write, STREAM_CHUNK_BYTES of rows at a time, each chunk's source
-    pages released once written: a file-backed set of any size goes to disk through a bounded window."""
+    """`x` (at least 1-d) written as the `.npy` np.save would write, STREAM_CHUNK_BYTES of rows at a time, each
+    chunk's source pages released once written: a file-backed set of any size goes to disk through a bounded
+    window."""
     arr = x.numpy()
-    header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False, "shape": arr.shape}
-    rows = max(1, STREAM_CHUNK_BYTES // max(1, arr[:1].nbytes)) if arr.ndim else 1
+    rows = max(1, STREAM_CHUNK_BYTES // max(1, arr[:1].nbytes))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        if arr.ndim == 0:
-            arr.tofile(f)
-            return
+        write_npy_header(f, arr.dtype, arr.shape)
         for a in range(0, len(arr), rows):
             chunk = arr[a : a + rows]
             chunk.tofile(f)
@@ -92,6 +96,7 @@ def is_streamed(x: object, min_bytes: int) -> bool:
     `min_bytes` that lives in a file map (in-memory tensors stay in the pickle, as before)."""
     return (
         isinstance(x, Tensor)
+        and x.ndim > 0
         and x.layout == torch.strided
         and x.is_contiguous()
         and x.numel() * x.element_size() >= min_bytes

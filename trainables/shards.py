@@ -98,9 +98,8 @@ def assemble(work: Path, dest: Path, lead: tuple[int, ...], dtype: str) -> None:
     # dirty pages stay in this process's RSS until unmapped, so the peak grew with the whole set (bench/data_plane).
     dt = np.dtype(DTYPES[dtype])
     item = np.load(shards[0], mmap_mode="r").shape[1:]
-    header = {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": (*lead, *item)}
     with open(dest, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
+        pages.write_npy_header(f, dt, (*lead, *item))
         rows = 0
         for s in shards:
             part = np.load(s, mmap_mode="r")
