@@ -29,6 +29,7 @@ from orchestrator.search import run_study
 from orchestrator.tracking import RunLogger, system_metrics
 from trainables.common import NullReporter, StageContext, read_metrics, seed_everything, write_metrics
 from trainables.kinds import CELL, KINDS, CellInputs
+from trainables.pages import trim_heap
 from trainables.pipeline import run_stage
 
 CELL_MARKER = "cell.json"  # beside state.pt in every checkpoint: which cell (and epoch) it belongs to
@@ -86,7 +87,10 @@ def stage_task(task: dict[str, Any]) -> dict[str, Any]:
         run_stage(task["kind"], inputs, deps, out, ctx)
         return {"kind": task["kind"], "inputs": task["inputs"], "seconds": time.perf_counter() - t}
 
-    path, computed = cache.compute(task["kind"], task["key"], produce)
+    try:
+        path, computed = cache.compute(task["kind"], task["key"], produce)
+    finally:  # the worker outlives the stage (Ray reuses it): give back the heap the stage freed
+        trim_heap()
     shutil.rmtree(scratch, ignore_errors=True)  # published: the finished shards are no longer needed
     if logger is not None:
         logger.flush()
