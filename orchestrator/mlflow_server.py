@@ -17,6 +17,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Where `robustify ui` serves a finished local store by default. A sweep's own server listens on a free port and
+# stops with the sweep, so the report's run links point here, with the command that serves them (runner.py).
+UI_PORT = 5000
+
 
 class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer within the configured patience."""

@@ -24,6 +24,7 @@ from orchestrator.report_data import (
     claim_pairs,
     run_url,
     settings,
+    ui_note,
     varying_axes,
 )
 from orchestrator.report_html import report_html
@@ -79,7 +80,7 @@ def _md_assumptions(sweep: SweepReportInput) -> list[str]:
 def _md_runs(sweep: SweepReportInput) -> list[str]:
     axes = varying_axes(sweep.cells)
     parent = _md_link(run_url(sweep, sweep.parent_run_id), sweep.parent_run_id or "—")
-    lines = ["### Runs in MLflow", "", f"Parent run: {parent} (MLflow UI at {sweep.tracking_uri}).", ""]
+    lines = ["### Runs in MLflow", "", f"Parent run: {parent} (links open {ui_note(sweep)}).", ""]
     if not sweep.cells:
         return lines + ["No cell runs.", ""]
     lines += ["| cell run | status | " + " | ".join(axes) + " |", "|---|---|" + "---|" * len(axes)]
@@ -170,9 +171,11 @@ def sweep_input(
     parent_run_id: str | None,
     code_version: str,
     uri: str,
+    ui: tuple[str, str] | None = None,
 ) -> SweepReportInput:
     """One sweep's report input from runs already read and tables already built (the sweep renders its table
-    files from the same `results`, so report and files cannot disagree)."""
+    files from the same `results`, so report and files cannot disagree). `ui`: (URL, command) of the UI that
+    serves the runs after the sweep, when not `uri`."""
     return SweepReportInput(
         name=spec.name,
         sweep_id=sweep_id,
@@ -184,6 +187,8 @@ def sweep_input(
         parent_run_id=parent_run_id,
         results=tuple(results),
         cells=cell_runs(runs),
+        ui_url=ui[0] if ui else None,
+        ui_command=ui[1] if ui else None,
     )
 
 

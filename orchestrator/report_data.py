@@ -41,6 +41,9 @@ class SweepReportInput:
         parent_run_id: the sweep's parent run (None: no link, and nothing to log the report onto).
         results: the tables and figures built from the sweep's runs, in the paper's order.
         cells: the sweep's cell runs, for the links to each.
+        ui_url: where the runs' MLflow UI is once the sweep is over, when not at `tracking_uri` (a sweep's own
+            server stops with it); run links are made from it.
+        ui_command: what serves `ui_url` then (`robustify ui --storage ...`), said beside the links.
     """
 
     name: str
@@ -53,15 +56,24 @@ class SweepReportInput:
     parent_run_id: str | None
     results: tuple[TableResult, ...] = ()
     cells: tuple[CellRun, ...] = ()
+    ui_url: str | None = None
+    ui_command: str | None = None
 
 
 def run_url(sweep: SweepReportInput, run_id: str | None) -> str | None:
     """The run's page in the MLflow UI, `<uri>/#/experiments/<exp id>/runs/<run id>`; None when the tracking
     URI is not a web server (a file or SQLite store has no UI address to link to)."""
-    uri = sweep.tracking_uri.rstrip("/")
+    uri = (sweep.ui_url or sweep.tracking_uri).rstrip("/")
     if not run_id or sweep.experiment_id is None or not uri.startswith(("http://", "https://")):
         return None
     return f"{uri}/#/experiments/{sweep.experiment_id}/runs/{run_id}"
+
+
+def ui_note(sweep: SweepReportInput) -> str:
+    """Where the run links lead, said once beside them: the tracking server, or the UI a command serves later."""
+    if sweep.ui_url is None:
+        return f"the MLflow UI at {sweep.tracking_uri}"
+    return f"the MLflow UI at {sweep.ui_url} once `{sweep.ui_command}` serves this store (the sweep's server is gone)"
 
 
 def anchor(sweep: SweepReportInput, table_id: str | None = None) -> str:

@@ -19,6 +19,7 @@ from orchestrator.report_data import (
     claim_pairs,
     run_url,
     settings,
+    ui_note,
     varying_axes,
 )
 from orchestrator.tables import Claim, TableResult
@@ -143,8 +144,7 @@ def _runs(sweep: SweepReportInput) -> list[str]:
         for c in sweep.cells
     ]
     parent = _link(run_url(sweep, sweep.parent_run_id), sweep.parent_run_id or "—")
-    ui = e(sweep.tracking_uri)
-    out = ["<h3>Runs in MLflow</h3>", f"<p>Parent run: {parent}. Links open the MLflow UI at {ui}.</p>"]
+    out = ["<h3>Runs in MLflow</h3>", f"<p>Parent run: {parent}. Links open {e(ui_note(sweep))}.</p>"]
     return out + (_rows(rows, ["cell run", "status", *map(e, axes)], "text") if rows else ["<p>No cell runs.</p>"])
 
 

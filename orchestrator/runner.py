@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import subprocess
 import time
 import traceback
@@ -15,6 +16,7 @@ from pathlib import Path
 from orchestrator import driver, ray_backend, render
 from orchestrator.aggregate import build_results, write_results
 from orchestrator.cache import Cache
+from orchestrator.mlflow_server import UI_PORT
 from orchestrator.plan import build_plan
 from orchestrator.progress import Progress
 from orchestrator.progress_views import open_progress
@@ -213,7 +215,7 @@ def _execute(
     )
     sc = SweepContext(plan, cache, shared, tracker, parent_id, sweep_id, info, log=progress.log, logs=storage / "logs")
     outcome = driver.execute(sc, rerun_failed=args.rerun_failed, progress=progress)
-    files, report = _tables(spec, uri, storage, sweep_id, parent_id)
+    files, report = _tables(spec, uri, storage, sweep_id, parent_id, own_server=args.tracking_uri is None)
     for line in render.claim_lines(report.results):  # each verdict with its interval, as the tables print it
         progress.log(line)
     wall = time.perf_counter() - t0
@@ -247,13 +249,15 @@ def _close_parent(parent, outcome, wall: float) -> None:
     parent.finish(FINISHED)
 
 
-def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str):
+def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: str, own_server: bool):
     """The sweep's table files and its part of the report, from one read of its runs and one build of its tables
-    (so the files and the report cannot disagree)."""
+    (so the files and the report cannot disagree). With our own server (gone after the sweep), the report's run
+    links lead where `robustify ui` serves the store."""
     out = storage / "results" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     runs = sweep_runs(uri, spec.name, sweep_id)
     results = build_results(finished(runs), list(spec.reproduces) or None, outcomes_loader(uri))
     files = write_results(results, out)
     log_artifacts(uri, parent_id, files, "tables")
-    return files, sweep_input(spec, runs, results, sweep_id, parent_id, git_commit(), uri)
+    ui = (f"http://127.0.0.1:{UI_PORT}", f"robustify ui --storage {shlex.quote(str(storage))}") if own_server else None
+    return files, sweep_input(spec, runs, results, sweep_id, parent_id, git_commit(), uri, ui)

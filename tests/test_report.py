@@ -110,6 +110,19 @@ def test_settings_links_and_spec_are_shown() -> None:
     assert not [u for u in no_ui.links if not u.startswith("#")]  # a file store has no UI to link to
 
 
+def test_links_of_a_sweep_whose_own_server_is_gone_lead_to_robustify_ui() -> None:
+    """A sweep that started its own MLflow server (a free port, stopped with the sweep) links its runs where
+    `robustify ui` serves the store afterwards, and says which command serves them, on both pages."""
+    cmd = "robustify ui --storage /data/runs"
+    sweep = fixed_sweep(tracking_uri="http://127.0.0.1:42721", ui_url="http://127.0.0.1:5000", ui_command=cmd)
+    page = Page(report_html([sweep]))
+    assert "http://127.0.0.1:5000/#/experiments/7/runs/run-a" in page.links
+    assert not [u for u in page.links if "42721" in u]
+    assert f"the MLflow UI at http://127.0.0.1:5000 once `{cmd}` serves this store" in "".join(page.text)
+    md = report_markdown([sweep])
+    assert "(http://127.0.0.1:5000/#/experiments/7/runs/run-a)" in md and cmd in md and "42721/#" not in md
+
+
 def test_regime_checks_say_not_checked_yet_until_a_table_carries_them() -> None:
     t4 = result("supp_table4")
     checked = dataclasses.replace(t4, assumptions=[Claim("teacher more robust than student", False, "RN-34: 50.0")])
