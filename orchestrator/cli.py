@@ -13,11 +13,13 @@ ui` starts without loading torch or Ray.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 from pathlib import Path
 
 from orchestrator.inputs import BadInput, one_line, show
+from orchestrator.mlflow_server import UI_PORT
 
 EXIT_BAD_INPUT = 2
 VERBS = {
@@ -65,7 +67,7 @@ def ui_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--storage", default="./runs", help="the sweep's storage folder; its store is <storage>/mlflow")
-    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1; 0 picks a free one")
+    p.add_argument("--port", type=int, default=UI_PORT, help="port on 127.0.0.1; 0 picks a free one")
     return p
 
 
@@ -110,6 +112,10 @@ def ui(argv: list[str]) -> int:
     except SystemExit as done:  # --help
         return int(done.code or 0)
     server = LocalMlflowServer(store, port=args.port)
+    # `kill PID` or a closed terminal: stop as Ctrl-C does. Python's default for both exits at once, skipping the
+    # `finally`, and the MLflow server (and its uvicorn) would outlive us, holding the port
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     try:
         server.start()
         print(f"MLflow UI: {server.uri}  (store {store.resolve()}; Ctrl-C stops it)", flush=True)

@@ -240,8 +240,10 @@ def test_ui_refuses_a_storage_without_a_store(tmp_path: Path, capsys) -> None:
     assert _tree(tmp_path) == []
 
 
-def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path) -> None:
-    """A real store, a real `robustify ui` process: its URL answers; SIGINT ends it and the server it started."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path, sig: str) -> None:
+    """A real store, a real `robustify ui` process: its URL answers; Ctrl-C (SIGINT) or `kill` (SIGTERM) ends it
+    and the server it started."""
     import signal
     import subprocess
     import sys
@@ -261,7 +263,7 @@ def test_ui_serves_the_store_until_ctrl_c_then_stops_its_server(tmp_path: Path) 
         assert line.startswith("MLflow UI: http://127.0.0.1:"), line
         uri = line.split()[2]
         assert wait_healthy(uri, 30)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         # the server's graceful shutdown (then SIGKILL of its group) can take tens of seconds on 2 loaded cores
         assert proc.wait(timeout=120) == 0
         assert not wait_healthy(uri, 2) and pids_with_mark(mark) == []
