@@ -44,6 +44,21 @@ def test_a_distillation_cell_costs_its_tail_passes(plan) -> None:
     assert stage_seconds(cell, plan.spec) == pytest.approx(expected)
 
 
+def test_a_complete_fine_tuning_is_priced_once_in_its_stage(tmp_path: Path) -> None:
+    """The full_finetune stage trains; the full_ft cell on it only evaluates the whole model from images (it once
+    paid the training again: transfer's ViT-L/14@336 cells were priced 8x what they took)."""
+    text = (ROOT / "sweeps" / "smoke.yaml").read_text().replace("method: [ours, apt]", "method: [ours, full_ft]")
+    (tmp_path / "ft.yaml").write_text(text)
+    spec = load_spec(tmp_path / "ft.yaml", "local")
+    ft_plan = build_plan(spec)
+    ms = LOCAL_MS_PER_IMAGE["vit_small"] / 1000
+    cell = _one(ft_plan, "cell", method="full_ft")
+    assert stage_seconds(cell, spec) == pytest.approx(2 * 630 * ms)  # eval images only, whatever train.epochs
+    stage = next(s for s in ft_plan.stages.values() if s.kind == "full_finetune")
+    epochs = spec.train.full_ft_epochs or spec.train.epochs
+    assert stage_seconds(stage, spec) == pytest.approx(3 * epochs * 0.5 * (160 + 200) * ms)
+
+
 def test_teacher_and_data_stages(plan) -> None:
     robust = next(s for s in plan.stages.values() if s.kind == "robustify_teacher")
     # AugMix + JSD: 3 views x 3 (fwd + bwd) = 9 passes over the teacher's 120 clean + all 160 pool images, 1 epoch,
