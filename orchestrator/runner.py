@@ -259,5 +259,6 @@ def _tables(spec: SweepSpec, uri: str, storage: Path, sweep_id: str, parent_id: 
     results = build_results(finished(runs), list(spec.reproduces) or None, outcomes_loader(uri))
     files = write_results(results, out)
     log_artifacts(uri, parent_id, files, "tables")
-    ui = (f"http://127.0.0.1:{UI_PORT}", f"robustify ui --storage {shlex.quote(str(storage))}") if own_server else None
+    serve = f"robustify ui --storage {shlex.quote(str(storage.resolve()))}"
+    ui = (f"http://127.0.0.1:{UI_PORT}", serve) if own_server else None
     return files, sweep_input(spec, runs, results, sweep_id, parent_id, git_commit(), uri, ui)
