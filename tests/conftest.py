@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.tracking import LocalMlflowServer
 from tests import micro
-from tests.procs import kill_marked, run_cli
+from tests.procs import kill_marked, native_threads, run_cli
 
 
 @dataclass
@@ -22,6 +22,16 @@ class SmokeSweep:
     stdout: str
     stderr: str
     returncode: int
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_driver_in_pytest():
+    """Fails the test that made pytest itself a Ray driver: the native threads Ray leaves after `ray.shutdown()`
+    can crash the process at exit, after every test passed (tests/procs.py). Run the driver in a child instead."""
+    before = native_threads()
+    yield
+    after = native_threads()
+    assert len(after) <= len(before), f"this test started a Ray driver in the pytest process: {after}"
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,17 @@ them by PID, so a failed or killed sweep never leaves Ray behind for the next te
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import pickle
+import select
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +99,91 @@ def start_cli(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+# A Ray driver in the pytest process leaves Ray's native threads behind after `ray.shutdown()` (the GCS client's
+# io_service, gRPC's event engine and timers: /proc/self/task shows them for the rest of the session), and a
+# process that exits with them running can crash in its C++ static destructors. CI's pytest once passed every test
+# and then died with SIGSEGV at exit (stop 23: exit 139). So tests that need a driver run it in a child of their
+# own: `run_in_child` below, or a `ray_cluster_process`; conftest's guard fails any test that starts one here.
+RAY_NATIVE_THREADS = ("gcs_client_io", "grpc_global_tim", "event_engine", "client.poll", "global.accessor")
+
+
+def native_threads() -> list[str]:
+    """The names (comm, 15 characters) of this process's threads that only a Ray driver starts."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith(RAY_NATIVE_THREADS):
+            names.append(comm)
+    return sorted(names)
+
+
+_CHILD = (
+    "import pickle, sys, importlib; sys.path.insert(0, sys.argv[1]); mod, fn = sys.argv[2].split(':'); "
+    "args = pickle.load(open(sys.argv[3], 'rb')); out = getattr(importlib.import_module(mod), fn)(*args); "
+    "pickle.dump(out, open(sys.argv[4], 'wb'))"
+)
+
+
+def run_in_child(target: str, *args: object, tmp: Path, timeout: float = 600, env: dict | None = None) -> object:
+    """`module:function(*args)` in a fresh Python (its return value and arguments pickled through `tmp`), then
+    everything it started killed by PID. Assertions inside it fail this test with the child's traceback."""
+    mark = uuid.uuid4().hex
+    tmp.mkdir(parents=True, exist_ok=True)
+    arg_file, out_file = tmp / f"{mark}.args.pkl", tmp / f"{mark}.out.pkl"
+    with open(arg_file, "wb") as f:
+        pickle.dump(args, f)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(ROOT), target, str(arg_file), str(out_file)],
+            cwd=ROOT,
+            env=marked_env(mark, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        kill_marked(mark)
+    assert proc.returncode == 0, f"{target} failed in its child (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    with open(out_file, "rb") as f:
+        return pickle.load(f)
+
+
+_CLUSTER = (
+    "import json, sys; from ray.cluster_utils import Cluster; spec = json.loads(sys.argv[1]); "
+    "c = Cluster(initialize_head=True, head_node_args=spec['head']); "
+    "nodes = [c.add_node(**n) for n in spec['nodes']]; c.wait_for_nodes(); "
+    "print(json.dumps({'address': c.address, 'head': c.head_node.node_id, "
+    "'nodes': [n.node_id for n in nodes]}), flush=True); sys.stdin.read(); c.shutdown()"
+)
+
+
+@contextlib.contextmanager
+def ray_cluster_process(head: dict, nodes: list[dict], timeout: float = 180) -> Iterator[dict]:
+    """A `ray.cluster_utils.Cluster` (head + `nodes`) hosted by a child process, not by pytest: yields its address
+    and node ids; on exit the child shuts the cluster down and anything left is killed by PID."""
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLUSTER, json.dumps({"head": head, "nodes": nodes})],
+        cwd=ROOT,
+        env=marked_env(mark),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        assert line, f"the Ray cluster did not come up in {timeout:.0f} s (exit {proc.poll()})"
+        yield json.loads(line)
+    finally:
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_marked(mark)

@@ -14,27 +14,18 @@ from pathlib import Path
 import pytest
 
 from tests.micro import MICRO, seeded
-from tests.procs import run_cli
+from tests.procs import ray_cluster_process, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture
 def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
     # a head without our `trial_driver` resource, as any cluster not started by cluster.yaml (KubeRay, a plain
-    # `ray start --head`): trial drivers still go to the head (ray_backend.HEAD_NODE), taking no CPU
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address)
-    try:
-        yield c, gpu_nodes
-    finally:
-        ray.shutdown()
-        c.shutdown()
+    # `ray start --head`): trial drivers still go to the head (ray_backend.HEAD_NODE), taking no CPU. Hosted by a
+    # child process: a Ray driver in pytest leaves native threads that can crash its exit (tests/procs.py)
+    with ray_cluster_process({"num_cpus": 1}, [{"num_cpus": 1, "num_gpus": 1}] * 2) as c:
+        yield c
 
 
 def _args(storage: Path, address: str, *extra: str) -> list[str]:
@@ -59,15 +50,14 @@ def _placements(storage: Path) -> list[dict]:
 
 
 def test_trials_spread_over_gpu_nodes_drivers_on_head(cluster, tmp_path: Path, built_stages: Path) -> None:
-    c, gpu_nodes = cluster
-    head = c.head_node.node_id
+    head = cluster["head"]
     storage = seeded(tmp_path, built_stages)  # the cells' placement is the point: their shared stages are cached
-    proc = run_cli(_args(storage, c.address), timeout=1200)
+    proc = run_cli(_args(storage, cluster["address"]), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     placed = _placements(storage)
     assert len(placed) == 2
     assert {p["driver_node"] for p in placed} == {head}
     workers = {p["worker_node"] for p in placed}
-    assert workers <= {n.node_id for n in gpu_nodes} and head not in workers
+    assert workers <= set(cluster["nodes"]) and head not in workers
     assert len(workers) == 2, "the two trials ran concurrently on both GPU nodes"
     assert "2 at a time" in proc.stdout  # max_concurrent_trials derived from the cluster's GPUs

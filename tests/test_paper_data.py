@@ -16,6 +16,7 @@ from torch import nn
 
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
+from tests.procs import run_in_child
 from trainables import data, imagenet, shifts
 from trainables.artifacts import load_model_folder
 from trainables.build import source_split
@@ -352,25 +353,29 @@ def test_plan_time_check_accepts_the_folders_and_wants_the_objectnet_mapping(roo
         check_data_roots(_spec(without), "smoke.yaml")
 
 
-@pytest.mark.timeout(300)
-def test_eval_sets_decoded_by_ray_tasks_are_the_serial_bytes(roots, eval_sets, tmp_path, monkeypatch) -> None:
-    """build_eval_sets with its files decoded by CPU-only Ray shard tasks (a local Ray of 2 CPUs, shards of 16
-    files: the 75 C cells x 2 images alone are 10 shards) writes the same sets as the serial fixture, and leaves
-    each decoded shard in its scratch folder for a retry."""
+def _decode_with_ray_tasks(inputs, out: Path, scratch: Path) -> None:
+    """In a child process (tests/procs.py: no Ray driver in pytest): shards of 16 files, a local Ray of 2 CPUs."""
     from orchestrator import ray_backend
     from trainables import reading
 
-    monkeypatch.setattr(reading, "READ_ROWS", 16)
-    monkeypatch.setattr(reading, "READ_MIN_ROWS", 0)
-    ref, inputs = eval_sets
-    out, scratch = tmp_path / "out", tmp_path / "scratch"
-    out.mkdir()
+    reading.READ_ROWS, reading.READ_MIN_ROWS = 16, 0
     ray_backend.start(None, num_cpus=2)
     try:
         ctx = StageContext(threads=1, scratch=scratch, read_shards=ray_backend.shard_map(1, 0, 2))
         run_stage("build_eval_sets", inputs, {}, out, ctx)
     finally:
         ray_backend.stop()
+
+
+@pytest.mark.timeout(300)
+def test_eval_sets_decoded_by_ray_tasks_are_the_serial_bytes(roots, eval_sets, tmp_path) -> None:
+    """build_eval_sets with its files decoded by CPU-only Ray shard tasks (a local Ray of 2 CPUs, shards of 16
+    files: the 75 C cells x 2 images alone are 10 shards) writes the same sets as the serial fixture, and leaves
+    each decoded shard in its scratch folder for a retry."""
+    ref, inputs = eval_sets
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    out.mkdir()
+    run_in_child("tests.test_paper_data:_decode_with_ray_tasks", inputs, out, scratch, tmp=tmp_path / "child")
     got = load(out / "eval.pt")
     for name in ("clean", "c", "p", "v2", "r", "a", "sketch", "objectnet"):
         assert torch.equal(got[name]["x"], ref[name]["x"]) and torch.equal(got[name]["y"], ref[name]["y"]), name

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from orchestrator.driver import SHARD_TASKS_CAP, _read_tasks, _shard_tasks
 from orchestrator.ray_backend import ClusterInfo, max_concurrent, uses_gpus
 from orchestrator.spec import SweepSpec
+from tests.procs import run_in_child
 
 
 def test_gpu_requests_and_concurrency_on_local_and_joined_clusters() -> None:
@@ -24,9 +25,8 @@ def test_gpu_requests_and_concurrency_on_local_and_joined_clusters() -> None:
     assert not uses_gpus(cold_cluster, 0.0)
 
 
-def test_run_dag_runs_the_critical_path_first_and_holds_back_the_rest() -> None:
-    """One CPU, one task in flight: ready tasks go out by priority, and a task that becomes ready later (c, behind
-    b) still runs before a low-priority one submitted earlier (a): Ray's own queue would have run a first."""
+def _run_dag_order() -> list[str]:
+    """In a child process (tests/procs.py: no Ray driver in pytest)."""
     import ray
 
     from orchestrator.ray_backend import run_dag
@@ -55,6 +55,13 @@ def test_run_dag_runs_the_critical_path_first_and_holds_back_the_rest() -> None:
         )
     finally:
         ray.shutdown()
+    return order
+
+
+def test_run_dag_runs_the_critical_path_first_and_holds_back_the_rest(tmp_path) -> None:
+    """One CPU, one task in flight: ready tasks go out by priority, and a task that becomes ready later (c, behind
+    b) still runs before a low-priority one submitted earlier (a): Ray's own queue would have run a first."""
+    order = run_in_child("tests.test_ray_backend:_run_dag_order", tmp=tmp_path)
     assert order == ["b", "c", "x!", "d!", "a"]  # d never ran: its upstream failed
 
 
@@ -101,11 +108,8 @@ def test_image_files_are_decoded_by_cpu_tasks_over_the_whole_cluster() -> None:
     assert _read_tasks(_sweep({}, one, 0, paper)) == {}  # one CPU: the stage decodes its own files
 
 
-def test_workers_find_their_own_cluster_when_the_host_runs_another_ray() -> None:
-    """With a second Ray on the host, an actor nested as Ray Train nests its PlacementGroupCleaner (under an actor
-    with its own runtime_env, detached) reaches its own cluster's State API by address=None, as the cleaner does:
-    without the adapter's RAY_ADDRESS hook Ray raises "Found multiple active Ray instances", the cleaner's thread
-    dies and a trial killed mid-teardown leaks its workers' CPUs (ray_backend.pin_cluster_address)."""
+def _probe_from_a_nested_actor() -> None:
+    """In a child process (tests/procs.py: no Ray driver in pytest)."""
     import subprocess
     import sys
 
@@ -151,3 +155,11 @@ def test_workers_find_their_own_cluster_when_the_host_runs_another_ray() -> None
         other.stdin.close()
         other.wait(timeout=60)
         kill_marked("other-ray")
+
+
+def test_workers_find_their_own_cluster_when_the_host_runs_another_ray(tmp_path) -> None:
+    """With a second Ray on the host, an actor nested as Ray Train nests its PlacementGroupCleaner (under an actor
+    with its own runtime_env, detached) reaches its own cluster's State API by address=None, as the cleaner does:
+    without the adapter's RAY_ADDRESS hook Ray raises "Found multiple active Ray instances", the cleaner's thread
+    dies and a trial killed mid-teardown leaks its workers' CPUs (ray_backend.pin_cluster_address)."""
+    run_in_child("tests.test_ray_backend:_probe_from_a_nested_actor", tmp=tmp_path)

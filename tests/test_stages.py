@@ -13,6 +13,7 @@ import torch
 from orchestrator import ray_backend
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
+from tests.procs import run_in_child
 from trainables import outcomes, shards
 from trainables.common import NullReporter, StageContext, read_metrics
 from trainables.distill import run_cell
@@ -161,30 +162,23 @@ def test_extraction_resumes_from_its_finished_shards(dag, tmp_path: Path) -> Non
         assert f.read_bytes() == (first / "features" / rel).read_bytes() == (second / "features" / rel).read_bytes()
 
 
-@pytest.mark.timeout(300)
-def test_shards_as_ray_tasks_write_the_serial_bytes(dag, tmp_path: Path, monkeypatch) -> None:
-    """extract_features and teacher_targets with every shard a Ray task (a local Ray of 2 CPUs, 2 shard tasks in
-    flight, the fixture's 2 torch threads each) write byte for byte the .npy files of the serial path; a retry
-    through the same mapper computes only the shard its scratch folder lacks (teacher_targets, the cheaper).
-    About a minute on the shared 2-core machine, niced; most of it the two extractions and Ray's start."""
-    plan, done, _ = dag
-    monkeypatch.setattr(shards, "MAP_MIN_ROWS", 0)  # tiny stages would keep their shards in-process
+def _shards_as_ray_tasks(jobs: list[tuple[str, str, object, dict[str, Path], Path, Path]]) -> None:
+    """In a child process (tests/procs.py: no Ray driver in pytest): each (kind, folder, inputs, deps, the serial
+    output, a work folder) run with every shard a Ray task, checked against the serial bytes."""
+    shards.MAP_MIN_ROWS = 0  # tiny stages would keep their shards in-process
     ray_backend.start(None, num_cpus=2)
     try:
-        for kind, folder in (("extract_features", "features"), ("teacher_targets", "targets")):
-            stage = next(s for s in plan.stages.values() if s.kind == kind)
-            deps = {role: done[k] for role, k in stage.deps.items()}
-            scratch = tmp_path / kind / "scratch"
+        for kind, folder, inputs, deps, ref, work in jobs:
+            scratch = work / "scratch"
             ctx = StageContext(threads=2, scratch=scratch, map_shards=ray_backend.shard_map(1, 0, 2, threads=2))
-            outs = [tmp_path / kind / "first", tmp_path / kind / "second"]
+            outs = [work / "first", work / "second"]
             outs[0].mkdir(parents=True)
-            computed = run_stage(kind, stage.inputs, deps, outs[0], ctx)[f"{folder}/shards_computed"]
+            computed = run_stage(kind, inputs, deps, outs[0], ctx)[f"{folder}/shards_computed"]
             assert computed >= 2  # several shards, so two ran at once
             if kind == "teacher_targets":  # the cheaper stage: a retry after a shard was lost
                 next(scratch.rglob("00000.npy")).unlink()  # the shard a killed attempt had not finished
                 outs[1].mkdir()
-                assert run_stage(kind, stage.inputs, deps, outs[1], ctx)[f"{folder}/shards_computed"] == 1
-            ref = done[stage.key] / folder
+                assert run_stage(kind, inputs, deps, outs[1], ctx)[f"{folder}/shards_computed"] == 1
             files = sorted(ref.rglob("*.npy"))
             assert len(files) >= 2
             for f in files:
@@ -192,6 +186,21 @@ def test_shards_as_ray_tasks_write_the_serial_bytes(dag, tmp_path: Path, monkeyp
                 assert all(f.read_bytes() == (out / folder / rel).read_bytes() for out in outs if out.is_dir())
     finally:
         ray_backend.stop()
+
+
+@pytest.mark.timeout(300)
+def test_shards_as_ray_tasks_write_the_serial_bytes(dag, tmp_path: Path) -> None:
+    """extract_features and teacher_targets with every shard a Ray task (a local Ray of 2 CPUs, 2 shard tasks in
+    flight, the fixture's 2 torch threads each) write byte for byte the .npy files of the serial path; a retry
+    through the same mapper computes only the shard its scratch folder lacks (teacher_targets, the cheaper).
+    About a minute on the shared 2-core machine, niced; most of it the two extractions and Ray's start."""
+    plan, done, _ = dag
+    jobs = []
+    for kind, folder in (("extract_features", "features"), ("teacher_targets", "targets")):
+        stage = next(s for s in plan.stages.values() if s.kind == kind)
+        deps = {role: done[k] for role, k in stage.deps.items()}
+        jobs.append((kind, folder, stage.inputs, deps, done[stage.key] / folder, tmp_path / kind))
+    run_in_child("tests.test_stages:_shards_as_ray_tasks", jobs, tmp=tmp_path / "child")
 
 
 def _tail_after_training(inputs, deps: dict[str, Path], rank: int, world: int, wrap) -> dict[str, torch.Tensor]:
