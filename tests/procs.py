@@ -15,6 +15,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -151,6 +152,52 @@ def run_in_child(target: str, *args: object, tmp: Path, timeout: float = 600, en
     assert proc.returncode == 0, f"{target} failed in its child (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     with open(out_file, "rb") as f:
         return pickle.load(f)
+
+
+_PEEK_LOOP = (
+    "import json, sys, time\n"
+    "from orchestrator.ray_backend import peek\n"
+    "while True:\n"
+    "    try:\n"
+    "        seen = peek(sys.argv[1])\n"
+    "        print(json.dumps([int(seen.gpus), seen.starting]), flush=True)\n"
+    "    except ConnectionError:\n"
+    "        pass\n"
+    "    time.sleep(float(sys.argv[2]))\n"
+)
+
+
+@contextlib.contextmanager
+def cluster_watch(address: str, t0: float, interval: float = 1.0) -> Iterator[list[tuple[float, int, int]]]:
+    """Yields a list that fills with (seconds since `t0`, GPUs up, nodes starting) each time the cluster at
+    `address` changes. `ray_backend.peek` opens a GCS client, whose threads would stay in pytest: a child polls."""
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PEEK_LOOP, address, str(interval)],
+        cwd=ROOT,
+        env=marked_env(mark),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    events: list[tuple[float, int, int]] = []
+
+    def read() -> None:
+        last = None
+        for line in proc.stdout:
+            now = tuple(json.loads(line))
+            if now != last:
+                events.append((round(time.monotonic() - t0, 1), *now))
+                last = now
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield events
+    finally:
+        proc.kill()
+        kill_marked(mark)
+        reader.join(timeout=10)
 
 
 _CLUSTER = (

@@ -17,6 +17,7 @@ import pytest
 
 from tests import rig as rigmod
 from tests.micro import MICRO, wait_for
+from tests.procs import cluster_watch, run_in_child
 
 pytestmark = [pytest.mark.integration, pytest.mark.rig, pytest.mark.timeout(1800)]
 
@@ -178,47 +179,31 @@ def test_gpu_sweep_waits_for_the_autoscaler_and_idle_nodes_go_away(rig, tmp_path
     rig: the sweep, submitted while no GPU node is up, waits for the nodes the autoscaler launches for its demand,
     completes, and the idle nodes are removed. The stages come from the bucket's cache (the s3 test above), so the
     GPU demand is mostly the cells'. Launch and removal times go to rig-autoscaler.txt for the closing report."""
-    import threading
     import time
 
-    from orchestrator.ray_backend import peek
     from orchestrator.tracking import runs_dataframe
 
     node = rigmod.add_autoscaling_cluster(rig)
     address = f"{node.ip}:6379"
-    assert peek(address).gpus == 0, "a GPU node was up before the sweep"
+    before = run_in_child("orchestrator.ray_backend:peek", address, tmp=tmp_path)
+    assert before.gpus == 0, "a GPU node was up before the sweep"
     with contextlib.suppress(Exception):
         rigmod.s3_client(rig).create_bucket(Bucket="robustify")
-    t0, events, stop = time.monotonic(), [], threading.Event()
-
-    def watch() -> None:
-        last = None
-        while not stop.wait(1.0):
-            with contextlib.suppress(ConnectionError):
-                seen = peek(address)
-                now = (int(seen.gpus), seen.starting)
-                if now != last:
-                    events.append((round(time.monotonic() - t0, 1), *now))
-                    last = now
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     argv = [
         *smoke_on_s3(rig),
         "--set",
         "train.epochs=2",
     ]
-    done = None
-    try:
-        proc = subprocess.run(rig.cmd(node, shlex.join(argv)), capture_output=True, text=True, timeout=1200)
-        done = round(time.monotonic() - t0, 1)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        wait_for(lambda: events and events[-1][1] == 0 and any(e[1] > 0 for e in events), 300, "idle nodes removed")
-    finally:
-        stop.set()
-        watcher.join()
-        lines = [f"t={t:>6} s  GPUs up {g}, nodes starting {s}" for t, g, s in events]
-        (tmp_path.parent / "rig-autoscaler.txt").write_text("\n".join([*lines, f"sweep done at t={done} s"]) + "\n")
+    t0, done = time.monotonic(), None
+    with cluster_watch(address, t0) as events:
+        try:
+            proc = subprocess.run(rig.cmd(node, shlex.join(argv)), capture_output=True, text=True, timeout=1200)
+            done = round(time.monotonic() - t0, 1)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            wait_for(lambda: events and events[-1][1] == 0 and any(e[1] > 0 for e in events), 300, "idle nodes removed")
+        finally:
+            lines = [f"t={t:>6} s  GPUs up {g}, nodes starting {s}" for t, g, s in events]
+            (tmp_path.parent / "rig-autoscaler.txt").write_text("\n".join([*lines, f"sweep done at t={done} s"]) + "\n")
     assert max(g for _, g, _ in events) >= 1, lines
     assert "2 at a time" in proc.stdout, proc.stdout[-2000:]  # concurrency from the GPUs the cluster can reach
     df = runs_dataframe(rig.mlflow_uri, "smoke")

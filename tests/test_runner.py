@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from orchestrator import runner
 from orchestrator.spec import load_spec
 from orchestrator.tracking import TrackingUnavailable
@@ -23,6 +25,13 @@ def _args(tmp_path: Path) -> argparse.Namespace:
         rerun_failed=False,
         mlflow_patience=1.0,
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_cluster(monkeypatch) -> None:
+    """The failing step comes after Ray starts; a local Ray here would make pytest a Ray driver (tests/procs.py)
+    and test nothing these tests are about."""
+    monkeypatch.setattr(runner, "_start_ray", lambda args, stack: None)
 
 
 def test_an_unexpected_error_is_one_line_and_a_traceback_file(tmp_path, monkeypatch, capsys) -> None:
